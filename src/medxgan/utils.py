@@ -1,0 +1,72 @@
+"""Small helpers shared by every step: seeding, device choice, atomic writes, provenance."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every random source the pipeline uses (Python, NumPy, torch on CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """CUDA when present (or asked for), CPU otherwise."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+
+    A reader never sees a half-written file, and a crash leaves the previous version intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def provenance(seed: int | None = None, device: torch.device | None = None) -> dict:
+    """Seeds, versions and hardware, recorded next to every result."""
+    import medxgan
+
+    info = {
+        "medxgan": medxgan.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device) if device is not None else None,
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    if seed is not None:
+        info["seed"] = seed
+    return info
