@@ -70,3 +70,14 @@ def provenance(seed: int | None = None, device: torch.device | None = None) -> d
     if seed is not None:
         info["seed"] = seed
     return info
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm bar that stays readable in a log file: frequent redraws on a terminal, rare ones otherwise."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("mininterval", 0.2 if sys.stderr.isatty() else 30.0)
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, **kwargs)

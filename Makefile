@@ -1,0 +1,28 @@
+# Set-up and the two everyday commands. `make run` and `make test` create the virtual environment
+# when it is missing and install the package into it first.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+CORES ?= 2
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup run test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: setup  ## the default DAG on the built-in synthetic datasets
+	snakemake --cores $(CORES)
+
+test: setup  ## the test suite (includes a tiny end-to-end workflow run)
+	pytest
+
+clean:  ## remove generated data and results (keeps the environment)
+	rm -rf results/* data/synthetic-* .snakemake
+	touch results/.gitkeep

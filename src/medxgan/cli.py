@@ -1,0 +1,139 @@
+"""`medxgan <step>`: the pipeline's steps as commands, each runnable by hand or from Snakemake.
+
+Every step takes its settings either as JSON (`--settings`, what the Snakefile passes) or from a
+config file and a dataset name (`--config config/config.yaml --dataset synthetic-mri`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from medxgan import steps
+from medxgan.config import ConfigError, add_user_manifest, dataset_settings, load_config
+from medxgan.data.manifest import ManifestError
+
+STEP_HELP = {
+    "prepare": "generate a built-in synthetic dataset (images, lesion masks, manifest.csv)",
+    "train-classifier": "train the classifier C; write its weights and test accuracy, AUROC, confusion matrix",
+    "train-gan": "train medXGAN's G and D against the frozen C (checkpointed, resumes after a kill)",
+    "invert": "find (z1, z2) for every positive test image; write codes, reconstructions, negative realisations",
+    "explain": "compute one method's heatmaps for the test positives",
+    "evaluate": "score every method's heatmaps against the lesion masks and by perturbation",
+    "figures": "draw the paper's pipeline rows, the interpolation strip and the metrics plot",
+    "summarize": "gather every dataset's metrics into one Markdown/CSV table",
+}
+
+
+def _settings(args) -> dict:
+    if args.settings:
+        text = Path(args.settings).read_text() if Path(args.settings).is_file() else args.settings
+        return json.loads(text)
+    if not (args.config and args.dataset):
+        raise ConfigError("give --settings JSON, or --config FILE together with --dataset NAME")
+    config = load_config(args.config)
+    add_user_manifest(config)
+    return dataset_settings(config, args.dataset)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medxgan",
+        description="medXGAN: explain a binary medical image classifier through a generative latent space, "
+                    "and compare with Grad-CAM and Integrated Gradients. Each subcommand is one pipeline step; "
+                    "`snakemake --cores N` runs them all in order.",
+    )
+    sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+
+    def step(name: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=STEP_HELP[name], description=STEP_HELP[name])
+        if name != "summarize":
+            p.add_argument("--settings", help="the step's settings as JSON text or a JSON file (the Snakefile passes this)")
+            p.add_argument("--config", help="a config file such as config/config.yaml (instead of --settings)")
+            p.add_argument("--dataset", help="the dataset entry of --config to use")
+            p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+        return p
+
+    def inputs(p, *names):
+        helps = {
+            "manifest": "the dataset's manifest.csv (columns path,label,split,mask_path,patient_id)",
+            "classifier": "classifier weights (.safetensors from train-classifier)",
+            "generator": "generator weights (.safetensors from train-gan)",
+            "inversion": "latents.safetensors from invert",
+        }
+        for name in names:
+            p.add_argument(f"--{name}", type=Path, required=True, help=helps[name])
+
+    p = step("prepare")
+    p.add_argument("--out-dir", type=Path, required=True, help="folder to write images/, masks/ and manifest.csv to")
+    p = step("train-classifier")
+    inputs(p, "manifest")
+    p.add_argument("--out-dir", type=Path, required=True, help="writes model.safetensors and metrics.json")
+    p = step("train-gan")
+    inputs(p, "manifest", "classifier")
+    p.add_argument("--out-dir", type=Path, required=True,
+                   help="writes generator/discriminator weights, losses.csv/png, summary.json; checkpoint.pt while training")
+    p = step("invert")
+    inputs(p, "manifest", "classifier", "generator")
+    p.add_argument("--out-dir", type=Path, required=True, help="writes latents.safetensors and inversion.csv")
+    p = step("explain")
+    inputs(p, "manifest", "classifier", "generator", "inversion")
+    p.add_argument("--method", required=True, help="difference, interpolation, latent_ig, gradcam or ig")
+    p.add_argument("--out", type=Path, required=True, help="heatmaps file (.safetensors)")
+    p = step("evaluate")
+    inputs(p, "manifest", "classifier", "inversion")
+    p.add_argument("--explanations", type=Path, nargs="+", required=True, help="heatmap files from explain")
+    p.add_argument("--out-dir", type=Path, required=True, help="writes metrics.csv and metrics_per_image.csv")
+    p = step("figures")
+    inputs(p, "manifest", "classifier", "generator", "inversion")
+    p.add_argument("--explanations", type=Path, nargs="+", required=True, help="heatmap files from explain")
+    p.add_argument("--metrics", type=Path, required=True, help="metrics.csv from evaluate")
+    p.add_argument("--out-dir", type=Path, required=True, help="folder for the PNG figures")
+    p = step("summarize")
+    p.add_argument("--results", type=Path, default=Path("results"), help="the results folder (default results/)")
+    p.add_argument("--datasets", nargs="+", required=True, help="dataset names under --results")
+    p.add_argument("--out", type=Path, required=True, help="Markdown table; a .csv twin is written beside it")
+    return parser
+
+
+def run(args) -> None:
+    if args.step == "summarize":
+        steps.summarize_step(args.results, args.datasets, args.out)
+        return
+    torch.set_num_threads(args.threads)
+    s = _settings(args)
+    if args.step == "prepare":
+        steps.prepare(s, args.out_dir)
+    elif args.step == "train-classifier":
+        steps.train_classifier_step(s, args.manifest, args.out_dir)
+    elif args.step == "train-gan":
+        steps.train_gan_step(s, args.manifest, args.classifier, args.out_dir)
+    elif args.step == "invert":
+        steps.invert_step(s, args.manifest, args.classifier, args.generator, args.out_dir)
+    elif args.step == "explain":
+        steps.explain_step(s, args.manifest, args.classifier, args.generator, args.inversion, args.method, args.out)
+    elif args.step == "evaluate":
+        steps.evaluate_step(s, args.manifest, args.classifier, args.inversion, args.explanations, args.out_dir)
+    elif args.step == "figures":
+        steps.figures_step(s, args.manifest, args.classifier, args.generator, args.inversion, args.explanations,
+                           args.metrics, args.out_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (ConfigError, ManifestError, FileNotFoundError) as error:  # bad input: one clear line, no traceback
+        logging.getLogger("medxgan").error("%s failed: %s", args.step, error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Configuration: load and validate `config/config.yaml`, resolve one dataset's settings.
+
+The same functions serve the Snakefile (which validates with `snakemake.utils.validate`) and the
+command line, so a step run by hand sees exactly the settings a workflow run would.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+SECTIONS = ("data", "classifier", "gan", "inversion", "explain", "evaluate", "figures")
+SCHEMA_RELATIVE = Path("schema") / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the key."""
+
+
+def schema_for(config_path: str | Path) -> Path:
+    """The schema lives in `schema/` beside the config files (config/schema/config.schema.yaml)."""
+    return Path(config_path).resolve().parent / SCHEMA_RELATIVE
+
+
+def validate(config: dict, schema_path: str | Path) -> None:
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path))
+    if errors:
+        lines = [f"  {'.'.join(map(str, e.path)) or '(top level)'}: {e.message}" for e in errors]
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    config = yaml.safe_load(path.read_text()) or {}
+    validate(config, schema_for(path))
+    return config
+
+
+def add_user_manifest(config: dict) -> str | None:
+    """Register `manifest=... negative=... positive=...` as a dataset named after the manifest's folder.
+
+    Returns that dataset's name, or None when no manifest was given.
+    """
+    manifest = config.get("manifest")
+    if not manifest:
+        return None
+    missing = [key for key in ("negative", "positive") if not config.get(key)]
+    if missing:
+        raise ConfigError(f"manifest={manifest} also needs {' and '.join(k + '=LABEL' for k in missing)}")
+    path = Path(manifest).resolve()
+    if not path.is_file():
+        raise ConfigError(f"manifest file not found: {manifest}")
+    name = path.parent.name
+    config["datasets"][name] = {"manifest": str(path), "negative": str(config["negative"]), "positive": str(config["positive"])}
+    return name
+
+
+def dataset_settings(config: dict, dataset: str) -> dict:
+    """Defaults merged with the dataset's overrides, plus the run-wide seed and device and, for a
+    built-in dataset, its phantom settings."""
+    if dataset not in config["datasets"]:
+        raise ConfigError(f"unknown dataset {dataset!r}; configured: {', '.join(config['datasets'])}")
+    entry = config["datasets"][dataset]
+    settings = {section: {**copy.deepcopy(config["defaults"][section]), **entry.get(section, {})} for section in SECTIONS}
+    settings["data"].update(negative=str(entry["negative"]), positive=str(entry["positive"]))
+    settings.update(seed=config["seed"], device=config["device"], phantom=entry.get("phantom"))
+    return settings
+
+
+def step_settings(config: dict, dataset: str, *sections: str) -> str:
+    """The sections one step needs, as JSON: Snakemake reruns a step when exactly these change."""
+    full = dataset_settings(config, dataset)
+    return json.dumps({key: full[key] for key in (*sections, "seed", "device")}, sort_keys=True)
+
+
+def manifest_path(config: dict, dataset: str) -> str:
+    entry = config["datasets"][dataset]
+    return entry["manifest"] if "manifest" in entry else f"data/{dataset}/manifest.csv"

@@ -1,0 +1,143 @@
+"""Figures: the paper's pipeline rows and interpolation strip, GAN losses, and the metrics plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+import torch  # noqa: E402
+
+from medxgan.data.manifest import ImageSet  # noqa: E402
+from medxgan.evaluation import INVERSION_METHOD  # noqa: E402
+from medxgan.explainers import Interpolation  # noqa: E402
+from medxgan.models import positive_probability  # noqa: E402
+from medxgan.utils import atomic_path  # noqa: E402
+
+HEATMAP_COLUMNS = {"difference": "difference map", "gradcam": "Grad-CAM", "latent_ig": "Latent IG", "ig": "IG"}
+CELL_INCHES = 1.6
+LOSS_SMOOTHING = 50  # steps in the rolling mean of the loss curves
+
+
+def save(fig: plt.Figure, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(path).suffix.lstrip("."))
+    plt.close(fig)
+
+
+def _grey(image: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [-1, 1] -> (H, W) in [0, 1]."""
+    return ((image.float().mean(0) + 1) / 2).clamp(0, 1).numpy()
+
+
+def _normalised(heatmap: torch.Tensor) -> np.ndarray:
+    h = heatmap.float()
+    return ((h - h.min()) / (h.max() - h.min() + 1e-12)).numpy()
+
+
+def _probability_label(p_positive: float) -> str:
+    return f"[{1 - p_positive:.2f}, {p_positive:.2f}]"
+
+
+def example_indices(data: ImageSet, count: int) -> list[int]:
+    """Evenly spaced test positives, preferring those with a lesion mask to draw."""
+    candidates = data.has_mask.nonzero().flatten().tolist() or list(range(len(data)))
+    picks = np.linspace(0, len(candidates) - 1, min(count, len(candidates))).round().astype(int)
+    return [candidates[i] for i in picks]
+
+
+def pipeline_rows(C, data: ImageSet, latents: dict, heatmaps: dict[str, torch.Tensor], examples: list[int]) -> plt.Figure:
+    """Original, reconstruction, negative realisation, difference, colorized map, Grad-CAM, LIG, IG."""
+    maps = [(title, heatmaps[m]) for m, title in HEATMAP_COLUMNS.items() if m in heatmaps]
+    columns = ["original", "reconstruction", "negative realisation"] + (
+        ["colorized map"] if "difference" in heatmaps else []) + [t for t, _ in maps]
+    fig, axes = plt.subplots(len(examples), len(columns), squeeze=False,
+                             figsize=(CELL_INCHES * len(columns), CELL_INCHES * 1.25 * len(examples)))
+    for row, i in enumerate(examples):
+        original = _grey(data.images[i])
+        images = [(original, latents["p_image"][i]), (_grey(latents["reconstruction"][i]), latents["p_reconstruction"][i]),
+                  (_grey(latents["negative"][i]), latents["p_negative"][i])]
+        cells = [(img, _probability_label(float(p)), "gray", None) for img, p in images]
+        if "difference" in heatmaps:
+            cells.append((original, "", "gray", _normalised(heatmaps["difference"][i])))
+        cells += [(_normalised(h[i]), "", "inferno", None) for _, h in maps]
+        for col, (img, label, cmap, overlay) in enumerate(cells):
+            ax = axes[row, col]
+            ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
+            if overlay is not None:
+                ax.imshow(overlay, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            if data.has_mask[i] and (col == 0 or col >= len(images)):  # the original and every map
+                ax.contour(data.masks[i].numpy(), levels=[0.5], colors="cyan", linewidths=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(label, fontsize=7)
+            if row == 0:
+                ax.set_title(columns[col], fontsize=8)
+    fig.suptitle("medXGAN pipeline; C's [negative, positive] probabilities under each image; lesion mask in cyan",
+                 fontsize=9)
+    return fig
+
+
+@torch.no_grad()
+def interpolation_strip(C, G, latents: dict, examples: list[int], n_points: int) -> plt.Figure:
+    """G(z1, a z2) from the negative realisation (a = 0) to the reconstruction (a = 1), with C's probabilities."""
+    device = next(G.parameters()).device
+    interpolation = Interpolation(C, G, n_points=n_points)
+    z1, z2 = latents["z1"][examples].to(device), latents["z2"][examples].to(device)
+    path = interpolation.path(z1, z2).cpu()  # (N, P, C, H, W)
+    accumulated = interpolation.attribute(path[:, 0], latents=(z1, z2))
+    probs = positive_probability(C, path.flatten(0, 1).to(device)).view(len(examples), n_points).cpu()
+    alphas = np.linspace(0, 1, n_points)
+    fig, axes = plt.subplots(len(examples), n_points + 1, squeeze=False,
+                             figsize=(CELL_INCHES * 0.8 * (n_points + 1), CELL_INCHES * len(examples)))
+    for row in range(len(examples)):
+        for col in range(n_points):
+            ax = axes[row, col]
+            ax.imshow(_grey(path[row, col]), cmap="gray", vmin=0, vmax=1)
+            ax.set_xlabel(f"p={probs[row, col]:.2f}", fontsize=7)
+            if row == 0:
+                ax.set_title(f"a={alphas[col]:.1f}", fontsize=8)
+        ax = axes[row, n_points]
+        ax.imshow(_normalised(accumulated[row]), cmap="inferno")
+        if row == 0:
+            ax.set_title("accumulated |Δ|", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("Interpolation G(z1, a·z2); p = C's positive probability", fontsize=9)
+    return fig
+
+
+def gan_losses(losses: pd.DataFrame) -> plt.Figure:
+    smooth = losses.set_index("step").rolling(LOSS_SMOOTHING, min_periods=1).mean()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    smooth[["d_loss", "g_adversarial"]].plot(ax=axes[0], title="adversarial losses")
+    smooth[["g_classifier"]].plot(ax=axes[1], title="classifier-consistency term (CE)", logy=True)
+    smooth[["d_real", "d_fake"]].plot(ax=axes[2], title="D's mean output", ylim=(0, 1))
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    return fig
+
+
+def metrics_bars(table: pd.DataFrame) -> plt.Figure:
+    """Methods side by side for each metric (means; the error bar is one standard deviation)."""
+    scores = table[table.method != INVERSION_METHOD]
+    metrics = list(dict.fromkeys(scores.metric))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
+    palette = dict(zip(dict.fromkeys(scores.method), sns.color_palette("colorblind")))
+    for ax, metric in zip(axes[0], metrics):
+        part = scores[scores.metric == metric]
+        sns.barplot(data=part, x="method", y="mean", hue="method", palette=palette, ax=ax, legend=False)
+        ax.errorbar(range(len(part)), part["mean"], yerr=part["std"], fmt="none", ecolor="black", capsize=3)
+        ax.set_title(metric.replace("_", " "), fontsize=9)
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+        ax.tick_params(axis="x", rotation=60, labelsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,82 @@
+"""Inversion: find (z1, z2) with G(z1, z2) close to a real image x and C(G(z1, z2)) close to C(x).
+
+Many images, each with several random restarts, are optimised together in one batch. Every
+image's starting codes come from its own seed, and its loss does not depend on the others, so a
+batch gives each image the result it would get alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medxgan.models import positive_probability
+from medxgan.utils import progress
+
+
+@dataclass
+class Inversion:
+    z1: torch.Tensor         # (N, nz1)
+    z2: torch.Tensor         # (N, nz2)
+    loss: torch.Tensor       # (N,) final objective of the kept restart
+    p_image: torch.Tensor    # (N,) C's positive probability for x
+
+    def as_tensors(self) -> dict[str, torch.Tensor]:
+        return {"z1": self.z1, "z2": self.z2, "loss": self.loss, "p_image": self.p_image}
+
+
+def starting_codes(rows: torch.Tensor, restarts: int, nz1: int, nz2: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """z1, z2 ~ N(0, I) for each (image, restart), drawn from a generator seeded by the image's row."""
+    z1, z2 = [], []
+    for row in rows.tolist():
+        rng = torch.Generator().manual_seed(seed * 1_000_003 + row)
+        z1.append(torch.randn(restarts, nz1, generator=rng))
+        z2.append(torch.randn(restarts, nz2, generator=rng))
+    return torch.cat(z1), torch.cat(z2)
+
+
+def inversion_loss(G: nn.Module, C: nn.Module, z1, z2, images, p_target, cfg: dict) -> torch.Tensor:
+    """Per-sample objective: mse_weight * MSE(G(z), x) + bce_weight * BCE(C(G(z)), C(x))."""
+    generated = G(z1, z2)
+    mse = (generated - images).pow(2).flatten(1).mean(1)
+    p = positive_probability(C, generated).clamp(1e-6, 1 - 1e-6)
+    bce = F.binary_cross_entropy(p, p_target, reduction="none")
+    return cfg["mse_weight"] * mse + cfg["bce_weight"] * bce
+
+
+def invert_batch(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, cfg: dict, seed: int) -> Inversion:
+    device = next(G.parameters()).device
+    restarts = cfg["restarts"]
+    images = images.to(device)
+    with torch.no_grad():
+        p_image = positive_probability(C, images)
+    targets = images.repeat_interleave(restarts, 0)
+    p_target = p_image.repeat_interleave(restarts, 0)
+    z1, z2 = (z.to(device).requires_grad_() for z in starting_codes(rows, restarts, G.nz1, G.nz2, seed))
+    optimizer = torch.optim.Adam([z1, z2], lr=cfg["lr"])
+    best_loss = torch.full((len(z1),), float("inf"), device=device)
+    best_z1, best_z2 = z1.detach().clone(), z2.detach().clone()
+    for _ in range(cfg["steps"] + 1):
+        loss = inversion_loss(G, C, z1, z2, targets, p_target, cfg)
+        with torch.no_grad():  # keep each sample's best codes so far; the last pass only evaluates
+            improved = loss < best_loss
+            best_loss = torch.where(improved, loss, best_loss)
+            best_z1[improved], best_z2[improved] = z1[improved], z2[improved]
+        optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()  # a sum keeps each sample's gradient independent of the batch
+        optimizer.step()
+    best_loss = best_loss.view(-1, restarts)
+    keep = best_loss.argmin(1) + torch.arange(len(images), device=device) * restarts
+    return Inversion(best_z1[keep].cpu(), best_z2[keep].cpu(), best_loss.min(1).values.cpu(), p_image.cpu())
+
+
+def invert(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, cfg: dict, seed: int) -> Inversion:
+    """Invert all images, `cfg['batch_size']` at a time, with a progress bar."""
+    G.eval().requires_grad_(False)
+    C.eval().requires_grad_(False)
+    parts = [invert_batch(G, C, images[i:i + cfg["batch_size"]], rows[i:i + cfg["batch_size"]], cfg, seed)
+             for i in progress(range(0, len(images), cfg["batch_size"]), desc="inversion batches")]
+    return Inversion(*(torch.cat([getattr(p, name) for p in parts]) for name in ("z1", "z2", "loss", "p_image")))

@@ -1,0 +1,202 @@
+"""The networks: medXGAN's generator and discriminator, and the two classifiers of the paper.
+
+Images are tensors in [-1, 1] of shape (N, C, H, W). Classifiers return logits of shape (N, 2),
+class 0 = negative, class 1 = positive, and expose `target_layer` (their last convolution block)
+for Grad-CAM.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models.vgg import VGG, make_layers
+
+VGG16_LAYERS = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+def _ch(channels: int, width: float) -> int:
+    return max(1, round(channels * width))
+
+
+class Generator(nn.Module):
+    """G(z1, z2): the release's AC-GAN-style generator, with a channel-width multiplier.
+
+    z1 encodes anatomy, z2 pathology (exactly 0 for negatives). Output 64x64 or 128x128, tanh.
+    """
+
+    def __init__(self, nz1: int, nz2: int, image_size: int = 64, channels: int = 3, width: float = 1.0):
+        super().__init__()
+        if image_size not in (64, 128):
+            raise ValueError(f"generator image_size must be 64 or 128, got {image_size}")
+        self.nz1, self.nz2, self.image_size = nz1, nz2, image_size
+        c0, c1, c2, c3, c4 = (_ch(c, width) for c in (768, 384, 256, 192, 64))
+        self.c0 = c0
+        self.project = nn.Linear(nz1 + nz2, c0)
+
+        def up(cin, cout):  # spatial size s -> 2s + 3
+            return [nn.ConvTranspose2d(cin, cout, 5, 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+
+        layers = up(c0, c1) + up(c1, c2) + up(c2, c3)  # 1 -> 5 -> 13 -> 29
+        if image_size == 128:
+            layers += up(c3, c4) + [nn.ConvTranspose2d(c4, channels, 8, 2)]  # 29 -> 61 -> 128
+        else:
+            layers += [nn.ConvTranspose2d(c3, channels, 8, 2)]  # 29 -> 64
+        self.net = nn.Sequential(*layers, nn.Tanh())
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        h = self.project(torch.cat([z1, z2], dim=1))
+        return self.net(h.view(-1, self.c0, 1, 1))
+
+
+class Discriminator(nn.Module):
+    """D(x): real vs fake only (no class head). Returns logits of shape (N,)."""
+
+    def __init__(self, image_size: int = 64, channels: int = 3, width: float = 1.0, dropout: float = 0.5):
+        super().__init__()
+        plan = [(16, 2), (32, 1), (64, 2), (128, 1), (256, 2), (512, 1)]
+        layers, cin = [], channels
+        for i, (cout, stride) in enumerate(plan):
+            cout = _ch(cout, width)
+            layers.append(nn.Conv2d(cin, cout, 3, stride, 1))
+            if i > 0:
+                layers.append(nn.BatchNorm2d(cout))
+            layers += [nn.LeakyReLU(0.2, True), nn.Dropout(dropout)]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(cin * (image_size // 8) ** 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1)).squeeze(1)
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """DCGAN initialisation: conv weights N(0, 0.02), batch-norm weights N(1, 0.02), biases 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+class SimpleCNN(nn.Module):
+    """The paper's brain classifier: three conv -> ReLU -> BN -> MaxPool -> Dropout blocks."""
+
+    def __init__(self, image_size: int = 64, channels: int = 3, width: float = 1.0, dropout: float = 0.2):
+        super().__init__()
+        c1, c2, c3 = _ch(16, width), _ch(32, width), _ch(32, width)
+
+        def block(cin, cout, k):
+            return [nn.Conv2d(cin, cout, k), nn.ReLU(), nn.BatchNorm2d(cout), nn.MaxPool2d(2), nn.Dropout(dropout)]
+
+        self.features = nn.Sequential(*block(channels, c1, 3), *block(c1, c2, 6), *block(c2, c3, 6))
+        with torch.no_grad():
+            n_flat = self.features(torch.zeros(1, channels, image_size, image_size)).numel()
+        self.head = nn.Linear(n_flat, 2)
+        self.target_layer = self.features[-5]  # last BatchNorm before pooling: full-resolution activations
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+class VGG16Classifier(nn.Module):
+    """The paper's COVID classifier: VGG16 with frozen convolutions and a new 4096->1024->256->64->2 head.
+
+    With width < 1 the network is narrowed (no pretrained weights then) so a CPU run stays small.
+    Grayscale inputs are repeated to three channels.
+    """
+
+    def __init__(self, width: float = 1.0, weights: str | None = None, freeze_features: bool = True):
+        super().__init__()
+        cfg = [v if v == "M" else _ch(v, width) for v in VGG16_LAYERS]
+        fc = _ch(4096, width)
+        vgg = VGG(make_layers(cfg), num_classes=1000, init_weights=True)
+        if width != 1.0:
+            vgg.classifier[0] = nn.Linear(cfg[-2] * 7 * 7, fc)
+            vgg.classifier[3] = nn.Linear(fc, fc)
+        if weights:
+            if width != 1.0:
+                raise ValueError("pretrained VGG16 weights need classifier width 1.0")
+            vgg.load_state_dict(load_state_dict(weights))
+        self.features, self.avgpool = vgg.features, vgg.avgpool
+        self.fc = nn.Sequential(*list(vgg.classifier.children())[:-1])  # keep FC layers, drop the 1000-way layer
+        self.head = nn.Sequential(
+            nn.Linear(fc, 1024), nn.ReLU(True), nn.Linear(1024, 256), nn.ReLU(True),
+            nn.Linear(256, 64), nn.ReLU(True), nn.Linear(64, 2),
+        )
+        if freeze_features:
+            self.features.requires_grad_(False)
+        self.target_layer = self.features[-2]  # last ReLU before the final pooling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.head(self.fc(self.avgpool(self.features(x)).flatten(1)))
+
+
+def build_classifier(arch: str, image_size: int, channels: int, width: float = 1.0,
+                     weights: str | None = None) -> nn.Module:
+    if arch == "simple_cnn":
+        return SimpleCNN(image_size=image_size, channels=channels, width=width)
+    if arch == "vgg16":
+        return VGG16Classifier(width=width, weights=weights)
+    raise ValueError(f"unknown classifier arch {arch!r} (expected 'simple_cnn' or 'vgg16')")
+
+
+def load_state_dict(path: str | Path) -> dict:
+    """Weights from .safetensors, or from a torch file without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def positive_probability(classifier: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """C's probability of the positive class, shape (N,)."""
+    return classifier(images).softmax(dim=1)[:, 1]
+
+
+def build_from_spec(spec: dict) -> nn.Module:
+    """Rebuild a network from the spec stored in its weights file."""
+    kind = spec["kind"]
+    if kind == "classifier":
+        return build_classifier(spec["arch"], spec["image_size"], spec["channels"], spec["width"])
+    if kind == "generator":
+        return Generator(spec["nz1"], spec["nz2"], spec["image_size"], spec["channels"], spec["width"])
+    if kind == "discriminator":
+        return Discriminator(spec["image_size"], spec["channels"], spec["width"])
+    raise ValueError(f"unknown model kind {kind!r}")
+
+
+def save_model(model: nn.Module, path: str | Path, spec: dict) -> None:
+    """Weights as safetensors, with the spec needed to rebuild the network in the file's metadata."""
+    from safetensors.torch import save_file
+
+    from medxgan.utils import atomic_path
+
+    state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"spec": json.dumps(spec)})
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+    """A network saved by `save_model`, in eval mode, with gradients switched off for its weights."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata() or {}
+    if "spec" not in metadata:
+        raise ValueError(f"{path} has no model spec in its metadata: was it written by medxgan?")
+    model = build_from_spec(json.loads(metadata["spec"]))
+    model.load_state_dict(load_state_dict(path))
+    return model.to(device).eval().requires_grad_(False)

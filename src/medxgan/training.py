@@ -1,0 +1,217 @@
+"""Training: the classifier C, then medXGAN's G and D against the frozen C.
+
+Both loops draw their batches from a permutation seeded by (seed, epoch), so the batch at any step
+is known without replaying the run; that is what lets a killed GAN run resume exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.functional.classification import binary_auroc, binary_confusion_matrix
+
+from medxgan.data.manifest import ImageSet
+from medxgan.models import Discriminator, Generator, build_classifier, dcgan_init
+from medxgan.utils import atomic_path, progress
+
+log = logging.getLogger(__name__)
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
+    """Indices of the batch used at `step`: epoch-wise permutations, last partial batch dropped."""
+    batches_per_epoch = max(1, n // batch_size)
+    epoch, position = divmod(step, batches_per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return order[position * batch_size:(position + 1) * batch_size]
+
+
+def random_flips(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Flip each image horizontally and vertically, each with probability 1/2."""
+    for dim in (3, 2):
+        flip = torch.rand(len(images), generator=generator) < 0.5
+        images = torch.where(flip[:, None, None, None].to(images.device), images.flip(dim), images)
+    return images
+
+
+# ---------------------------------------------------------------------------------- classifier
+
+@torch.no_grad()
+def evaluate_classifier(classifier: nn.Module, data: ImageSet, device, batch_size: int = 256) -> dict:
+    classifier.eval()
+    probs = torch.cat([
+        classifier(data.images[i:i + batch_size].to(device)).softmax(1)[:, 1].cpu()
+        for i in range(0, len(data), batch_size)
+    ])
+    labels = data.labels
+    confusion = binary_confusion_matrix(probs, labels)  # rows: true negative/positive
+    return {
+        "n": len(data),
+        "accuracy": ((probs >= 0.5).long() == labels).float().mean().item(),
+        "auroc": binary_auroc(probs, labels).item() if labels.unique().numel() == 2 else None,
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def train_classifier(train: ImageSet, val: ImageSet, cfg: dict, data_cfg: dict, seed: int, device) -> tuple[nn.Module, dict]:
+    torch.manual_seed(seed)
+    spec = {"kind": "classifier", "arch": cfg["arch"], "image_size": data_cfg["image_size"],
+            "channels": data_cfg["channels"], "width": cfg["width"]}
+    model = build_classifier(cfg["arch"], spec["image_size"], spec["channels"], cfg["width"], cfg["weights"]).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=cfg["lr"], betas=tuple(cfg["betas"]))
+    augment_rng = torch.Generator().manual_seed(seed + 1)
+    steps_per_epoch = max(1, len(train) // cfg["batch_size"])
+    history = []
+    for epoch in progress(range(cfg["epochs"]), desc="classifier epochs"):
+        model.train()
+        total = 0.0
+        for position in range(steps_per_epoch):
+            idx = batch_indices(len(train), cfg["batch_size"], epoch * steps_per_epoch + position, seed)
+            images = train.images[idx]
+            if cfg["flips"]:
+                images = random_flips(images, augment_rng)
+            loss = F.cross_entropy(model(images.to(device)), train.labels[idx].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+        val_metrics = evaluate_classifier(model, val, device)
+        history.append({"epoch": epoch + 1, "train_loss": total / steps_per_epoch, "val_accuracy": val_metrics["accuracy"]})
+        log.info("epoch %d: train loss %.4f, val accuracy %.3f", epoch + 1, history[-1]["train_loss"], val_metrics["accuracy"])
+    model.eval().requires_grad_(False)
+    return model, {"spec": spec, "history": history}
+
+
+# ---------------------------------------------------------------------------------- medXGAN
+
+def sample_codes(labels: torch.Tensor, nz1: int, nz2: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """z1 ~ N(0, I) for every image; z2 ~ N(0, I) for positives and exactly 0 for negatives."""
+    z1 = torch.randn(len(labels), nz1, generator=generator)
+    z2 = torch.randn(len(labels), nz2, generator=generator) * labels[:, None].float()
+    return z1, z2
+
+
+class GANTrainer:
+    """G and D trained against a frozen classifier C, checkpointed atomically so a killed run resumes."""
+
+    def __init__(self, classifier: nn.Module, cfg: dict, data_cfg: dict, seed: int, device):
+        self.cfg, self.seed, self.device = cfg, seed, torch.device(device)
+        size, channels = data_cfg["image_size"], data_cfg["channels"]
+        torch.manual_seed(seed)
+        self.g_spec = {"kind": "generator", "nz1": cfg["nz1"], "nz2": cfg["nz2"], "image_size": size,
+                       "channels": channels, "width": cfg["width"]}
+        self.d_spec = {"kind": "discriminator", "image_size": size, "channels": channels, "width": cfg["width"]}
+        self.G = Generator(cfg["nz1"], cfg["nz2"], size, channels, cfg["width"]).to(self.device)
+        self.D = Discriminator(size, channels, cfg["width"]).to(self.device)
+        dcgan_init(self.G)
+        dcgan_init(self.D)
+        self.C = classifier.to(self.device).eval().requires_grad_(False)
+        betas = tuple(cfg["betas"])
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg["lr"], betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg["lr"], betas=betas)
+        self.noise = torch.Generator().manual_seed(seed + 2)
+        self.step = 0
+        self.losses: list[list[float]] = []
+
+    LOSS_COLUMNS = ("step", "d_loss", "g_adversarial", "g_classifier", "d_real", "d_fake")
+
+    def train_step(self, real: torch.Tensor, labels: torch.Tensor) -> None:
+        cfg, dev = self.cfg, self.device
+        real = real.to(dev)
+        # D: real vs fake; fake images carry uniformly drawn labels (as in the release).
+        fake_labels = torch.randint(0, 2, (len(labels),), generator=self.noise)
+        z1, z2 = sample_codes(fake_labels, cfg["nz1"], cfg["nz2"], self.noise)
+        fake = self.G(z1.to(dev), z2.to(dev)).detach()
+        d_real, d_fake = self.D(real), self.D(fake)
+        d_loss = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+                  + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+        # G: fool D, and make C agree with the class the code encodes (labels follow the real batch).
+        z1, z2 = sample_codes(labels, cfg["nz1"], cfg["nz2"], self.noise)
+        fake = self.G(z1.to(dev), z2.to(dev))
+        d_out = self.D(fake)
+        g_adv = F.binary_cross_entropy_with_logits(d_out, torch.ones_like(d_out))
+        g_cls = F.cross_entropy(self.C(fake), labels.to(dev))  # on logits: the release applied softmax twice
+        g_loss = g_adv + cfg["lambda_cls"] * g_cls
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        self.step += 1
+        self.losses.append([self.step, d_loss.item(), g_adv.item(), g_cls.item(),
+                            torch.sigmoid(d_real).mean().item(), torch.sigmoid(d_fake).mean().item()])
+
+    def fit(self, train: ImageSet, checkpoint: Path) -> None:
+        checkpoint = Path(checkpoint)
+        if checkpoint.is_file():
+            self.resume(checkpoint)
+        bar = progress(total=self.cfg["steps"], initial=self.step, desc="GAN steps")
+        while self.step < self.cfg["steps"]:
+            idx = batch_indices(len(train), self.cfg["batch_size"], self.step, self.seed)
+            self.train_step(train.images[idx], train.labels[idx])
+            bar.update(1)
+            if self.step % self.cfg["checkpoint_every"] == 0 or self.step == self.cfg["steps"]:
+                _, d_loss, g_adv, g_cls, d_real, d_fake = self.losses[-1]
+                bar.set_postfix(d=f"{d_loss:.3f}", g=f"{g_adv:.3f}", cls=f"{g_cls:.3f}")
+                log.info("step %d: D %.3f, G adv %.3f, G cls %.4f, D(x) %.2f, D(G(z)) %.2f",
+                         self.step, d_loss, g_adv, g_cls, d_real, d_fake)
+                self.save_checkpoint(checkpoint)
+        bar.close()
+
+    def _state(self) -> dict:
+        return {"step": self.step, "G": self.G.state_dict(), "D": self.D.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "noise_rng": self.noise.get_state(), "torch_rng": torch.get_rng_state(),
+                "losses": self.losses, "settings": self._resume_key()}
+
+    def _resume_key(self) -> dict:
+        """Settings a checkpoint must share with this run to be resumed (the step count may grow)."""
+        return {"seed": self.seed, **{k: v for k, v in self.cfg.items() if k not in ("steps", "checkpoint_every")},
+                "generator": self.g_spec}
+
+    def save_checkpoint(self, path: Path) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(self._state(), tmp)
+
+    def resume(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state["settings"] != self._resume_key():
+            log.warning("checkpoint %s was written with other settings: starting afresh", path)
+            return
+        if state["step"] > self.cfg["steps"]:
+            log.warning("checkpoint %s is past the requested %d steps: starting afresh", path, self.cfg["steps"])
+            return
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.noise.set_state(state["noise_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.losses = state["step"], state["losses"]
+        log.info("resumed from %s at step %d", path, self.step)
+
+
+@torch.no_grad()
+def disentanglement_check(G: nn.Module, C: nn.Module, n: int, seed: int, device, draws: int = 3,
+                          batch_size: int = 256) -> dict:
+    """The paper's check: n random z1, decoded with z2 = 0 and with `draws` random z2 each.
+
+    Returns the share C labels negative (z2 = 0) and positive (random z2).
+    """
+    G.eval()
+    rng = torch.Generator().manual_seed(seed + 3)
+    z1 = torch.randn(n, G.nz1, generator=rng)
+    z2 = torch.randn(n * draws, G.nz2, generator=rng)
+
+    def positive_share(a, b):
+        return torch.cat([(C(G(a[i:i + batch_size].to(device), b[i:i + batch_size].to(device))).argmax(1) == 1).cpu()
+                          for i in range(0, len(a), batch_size)]).float().mean().item()
+
+    return {"samples": n, "positive_draws_per_sample": draws,
+            "negative_called_negative": 1.0 - positive_share(z1, torch.zeros(n, G.nz2)),
+            "positive_called_positive": positive_share(z1.repeat_interleave(draws, 0), z2)}

@@ -1,0 +1,61 @@
+# Scores per image and method, the paper's figures, and one summary over all datasets.
+
+
+rule evaluate:
+    input:
+        manifest=manifest_of,
+        classifier=rules.train_classifier.output.model,
+        latents=rules.invert.output.latents,
+        explanations=explanations_of,
+    output:
+        summary="results/{dataset}/metrics.csv",
+        per_image="results/{dataset}/metrics_per_image.csv",
+    params:
+        settings=settings("data", "evaluate"),
+    threads: config["threads"]
+    log:
+        "results/{dataset}/logs/evaluate.log",
+    shell:
+        "medxgan evaluate --settings {params.settings:q} --manifest {input.manifest:q}"
+        " --classifier {input.classifier:q} --inversion {input.latents:q} --explanations {input.explanations:q}"
+        " --out-dir results/{wildcards.dataset} --threads {threads} 2> {log:q}"
+
+
+rule figures:
+    input:
+        manifest=manifest_of,
+        classifier=rules.train_classifier.output.model,
+        generator=rules.train_gan.output.generator,
+        latents=rules.invert.output.latents,
+        explanations=explanations_of,
+        metrics=rules.evaluate.output.summary,
+    output:
+        pipeline="results/{dataset}/figures/pipeline.png",
+        interpolation="results/{dataset}/figures/interpolation.png",
+        metrics="results/{dataset}/figures/metrics.png",
+    params:
+        settings=settings("data", "explain", "figures"),
+    threads: config["threads"]
+    log:
+        "results/{dataset}/logs/figures.log",
+    shell:
+        "medxgan figures --settings {params.settings:q} --manifest {input.manifest:q}"
+        " --classifier {input.classifier:q} --generator {input.generator:q} --inversion {input.latents:q}"
+        " --explanations {input.explanations:q} --metrics {input.metrics:q}"
+        " --out-dir results/{wildcards.dataset}/figures --threads {threads} 2> {log:q}"
+
+
+rule summarize:
+    input:
+        metrics=expand("results/{dataset}/metrics.csv", dataset=DATASETS),
+        classifiers=expand("results/{dataset}/classifier/metrics.json", dataset=DATASETS),
+        gans=expand("results/{dataset}/gan/summary.json", dataset=DATASETS),
+    output:
+        markdown="results/summary.md",
+        table="results/summary.csv",
+    params:
+        datasets=DATASETS,
+    log:
+        "results/logs/summarize.log",
+    shell:
+        "medxgan summarize --results results --datasets {params.datasets:q} --out {output.markdown:q} 2> {log:q}"

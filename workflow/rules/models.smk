@@ -1,0 +1,42 @@
+# The classifier C, then medXGAN's generator and discriminator trained against the frozen C.
+
+
+rule train_classifier:
+    input:
+        manifest=manifest_of,
+    output:
+        model="results/{dataset}/classifier/model.safetensors",
+        metrics="results/{dataset}/classifier/metrics.json",
+    params:
+        settings=settings("data", "classifier"),
+    threads: config["threads"]
+    resources:
+        gpu=1,
+    log:
+        "results/{dataset}/logs/train_classifier.log",
+    shell:
+        "medxgan train-classifier --settings {params.settings:q} --manifest {input.manifest:q}"
+        " --out-dir results/{wildcards.dataset}/classifier --threads {threads} 2> {log:q}"
+
+
+rule train_gan:
+    input:
+        manifest=manifest_of,
+        classifier=rules.train_classifier.output.model,
+    output:
+        generator="results/{dataset}/gan/generator.safetensors",
+        discriminator="results/{dataset}/gan/discriminator.safetensors",
+        losses="results/{dataset}/gan/losses.csv",
+        figure="results/{dataset}/gan/losses.png",
+        summary="results/{dataset}/gan/summary.json",
+    params:
+        settings=settings("data", "gan"),
+    threads: config["threads"]
+    resources:
+        gpu=1,
+    log:
+        "results/{dataset}/logs/train_gan.log",
+    shell:
+        # checkpoint.pt in the same folder is not an output, so a killed run keeps it and resumes.
+        "medxgan train-gan --settings {params.settings:q} --manifest {input.manifest:q}"
+        " --classifier {input.classifier:q} --out-dir results/{wildcards.dataset}/gan --threads {threads} 2> {log:q}"
