@@ -32,7 +32,7 @@ STEP_HELP = {
 
 def _settings(args) -> dict:
     if args.settings:
-        text = Path(args.settings).read_text() if Path(args.settings).is_file() else args.settings
+        text = args.settings if args.settings.lstrip().startswith("{") else Path(args.settings).read_text()
         return json.loads(text)
     if not (args.config and args.dataset):
         raise ConfigError("give --settings JSON, or --config FILE together with --dataset NAME")

@@ -96,7 +96,10 @@ class SimpleCNN(nn.Module):
         with torch.no_grad():
             n_flat = self.features(torch.zeros(1, channels, image_size, image_size)).numel()
         self.head = nn.Linear(n_flat, 2)
-        self.target_layer = self.features[-5]  # last BatchNorm before pooling: full-resolution activations
+
+    @property
+    def target_layer(self) -> nn.Module:
+        return self.features[-3]  # the last block's BatchNorm, before pooling: full-resolution activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1))
@@ -129,7 +132,10 @@ class VGG16Classifier(nn.Module):
         )
         if freeze_features:
             self.features.requires_grad_(False)
-        self.target_layer = self.features[-2]  # last ReLU before the final pooling
+
+    @property
+    def target_layer(self) -> nn.Module:
+        return self.features[-3]  # the last convolution (not its in-place ReLU, which breaks hooks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:

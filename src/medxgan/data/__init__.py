@@ -1,0 +1,1 @@
+"""Datasets: procedural phantoms and the manifest format every step reads."""

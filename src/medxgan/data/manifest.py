@@ -1,0 +1,184 @@
+"""The manifest: one CSV listing every image with its label, split, optional mask and patient.
+
+Paths in a manifest are relative to the manifest's folder (absolute paths also work). Every
+problem is reported as a ManifestError naming the manifest, the line as an editor shows it
+(the header is line 1) and the column or file at fault.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from medxgan.utils import atomic_path
+
+MANIFEST_COLUMNS = ("path", "label", "split", "mask_path", "patient_id")
+SPLITS = ("train", "val", "test")
+LABEL_CHOICES = ("positive", "negative")
+FIRST_DATA_LINE = 2  # line 1 is the header
+IMAGE_MODES = {1: "L", 3: "RGB"}
+HALF_PIXEL_RANGE = 127.5  # maps 8-bit 0..255 onto -1..1
+MAX_MASK_LEVELS = 2
+PROGRESS_MIN_IMAGES = 500  # below this, loading is quick enough to run silently
+READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class ManifestError(ValueError):
+    """A manifest, or a file it lists, that cannot be used; the message says where."""
+
+
+def _read_table(manifest: Path) -> pd.DataFrame:
+    if not manifest.is_file():
+        raise ManifestError(f"{manifest}: manifest file not found")
+    try:
+        # blank lines are kept (and dropped later) so row positions map onto line numbers
+        table = pd.read_csv(manifest, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{manifest}: cannot parse the CSV: {err}") from err
+    missing = [column for column in MANIFEST_COLUMNS if column not in table.columns]
+    if missing:
+        raise ManifestError(f"{manifest}: missing column(s) {', '.join(missing)}; "
+                            f"a manifest needs {', '.join(MANIFEST_COLUMNS)}")
+    table["line"] = table.index + FIRST_DATA_LINE
+    blank = (table.drop(columns="line") == "").all(axis=1)
+    return table[~blank].reset_index(drop=True)
+
+
+def _check_row(row, manifest: Path, negative: str, positive: str) -> tuple[Path, Path | None]:
+    """Validate one row; return its image file and mask file (None without a mask)."""
+    where = f"{manifest}, line {row.line}"
+    if not row.path:
+        raise ManifestError(f"{where}: column 'path' is empty")
+    if row.split not in SPLITS:
+        raise ManifestError(f"{where}: column 'split' has {row.split!r}; expected one of {', '.join(SPLITS)}")
+    if row.label not in (negative, positive):
+        raise ManifestError(f"{where}: column 'label' has {row.label!r}; expected {negative!r} or {positive!r}")
+    image_file = (manifest.parent / row.path).resolve()
+    if not image_file.is_file():
+        raise ManifestError(f"{where}: column 'path': image file {image_file} not found")
+    if not row.mask_path:
+        return image_file, None
+    mask_file = (manifest.parent / row.mask_path).resolve()
+    if not mask_file.is_file():
+        raise ManifestError(f"{where}: column 'mask_path': mask file {mask_file} not found")
+    return image_file, mask_file
+
+
+def read_manifest(manifest: str | Path, negative: str, positive: str) -> pd.DataFrame:
+    """Read and validate a manifest.
+
+    Adds columns 'target' (0 negative, 1 positive), 'line' (the CSV line number), and
+    'image_file' / 'mask_file' (absolute Paths; mask_file None where there is no mask).
+    Empty cells are empty strings.
+    """
+    if negative == positive:
+        raise ValueError(f"negative and positive labels must differ, both are {negative!r}")
+    manifest = Path(manifest)
+    table = _read_table(manifest)
+    files = [_check_row(row, manifest, negative, positive) for row in table.itertuples(index=False)]
+    table["target"] = (table["label"] == positive).astype(np.int64)
+    table["image_file"] = [image_file for image_file, _ in files]
+    table["mask_file"] = pd.Series([mask_file for _, mask_file in files], index=table.index, dtype=object)
+    return table
+
+
+@dataclass
+class ImageSet:
+    """Images of one split, ready for a model."""
+
+    images: torch.Tensor  # float32 (N, C, H, W) in [-1, 1]
+    labels: torch.Tensor  # int64 (N,) 0/1
+    masks: torch.Tensor  # bool (N, H, W); all False where there is no mask
+    has_mask: torch.Tensor  # bool (N,)
+    ids: list[str]  # the manifest's 'path' values
+    rows: torch.Tensor  # int64 (N,) 0-based data-row index in the manifest
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index) -> "ImageSet":
+        """The images picked by a boolean mask or an index tensor/sequence."""
+        index = torch.as_tensor(index)
+        if index.dtype == torch.bool:
+            index = index.nonzero().flatten()
+        index = index.long()
+        return ImageSet(self.images[index], self.labels[index], self.masks[index], self.has_mask[index],
+                        [self.ids[i] for i in index.tolist()], self.rows[index])
+
+
+def _load_image(file: Path, where: str, image_size: int, channels: int) -> np.ndarray:
+    """(channels, image_size, image_size) float32 in [-1, 1]."""
+    try:
+        with Image.open(file) as image:
+            pixels = image.convert(IMAGE_MODES[channels]).resize((image_size, image_size),
+                                                                 Image.Resampling.BILINEAR)
+    except READ_ERRORS as err:
+        raise ManifestError(f"{where}: cannot read image {file}: {err}") from err
+    array = np.asarray(pixels, dtype=np.float32) / HALF_PIXEL_RANGE - 1
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def _load_mask(file: Path, where: str, image_size: int) -> np.ndarray:
+    """(image_size, image_size) bool, True where the mask is non-zero."""
+    try:
+        with Image.open(file) as mask:
+            grey = mask.convert("L")
+    except READ_ERRORS as err:
+        raise ManifestError(f"{where}: cannot read mask {file}: {err}") from err
+    levels = np.unique(np.asarray(grey))
+    if len(levels) > MAX_MASK_LEVELS:
+        raise ManifestError(f"{where}: mask {file} is not binary: it has {len(levels)} grey levels")
+    return np.asarray(grey.resize((image_size, image_size), Image.Resampling.NEAREST)) > 0
+
+
+def load_split(manifest: str | Path, split: str, negative: str, positive: str, image_size: int,
+               channels: int, label: str | None = None) -> ImageSet:
+    """Load one split's images (and masks) resized to image_size and scaled to [-1, 1].
+
+    label None keeps both classes; 'positive' or 'negative' keeps one.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
+    if label is not None and label not in LABEL_CHOICES:
+        raise ValueError(f"label must be None or one of {', '.join(LABEL_CHOICES)}, got {label!r}")
+    if channels not in IMAGE_MODES:
+        raise ValueError(f"channels must be one of {sorted(IMAGE_MODES)}, got {channels}")
+    table = read_manifest(manifest, negative, positive)
+    chosen = table[table["split"] == split]
+    if label is not None:
+        chosen = chosen[chosen["target"] == int(label == "positive")]
+    if chosen.empty:
+        which = f"split {split!r}" + (f" with {label} label" if label else "")
+        raise ManifestError(f"{manifest}: no rows in {which}")
+
+    images, masks = [], []
+    blank_mask = np.zeros((image_size, image_size), dtype=bool)
+    for row in tqdm(chosen.itertuples(), total=len(chosen), desc=f"loading {split}", unit="image",
+                    disable=len(chosen) < PROGRESS_MIN_IMAGES):
+        where = f"{manifest}, line {row.line}"
+        images.append(_load_image(row.image_file, where, image_size, channels))
+        masks.append(blank_mask if row.mask_file is None else _load_mask(row.mask_file, where, image_size))
+    return ImageSet(
+        images=torch.from_numpy(np.stack(images)),
+        labels=torch.tensor(chosen["target"].to_numpy(), dtype=torch.int64),
+        masks=torch.from_numpy(np.stack(masks)),
+        has_mask=torch.tensor(chosen["mask_file"].notna().to_numpy(), dtype=torch.bool),
+        ids=chosen["path"].tolist(),
+        rows=torch.tensor(chosen.index.to_numpy(), dtype=torch.int64),
+    )
+
+
+def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write the manifest columns of `df` (and only those) atomically."""
+    missing = [column for column in MANIFEST_COLUMNS if column not in df.columns]
+    if missing:
+        raise ValueError(f"cannot write manifest {path}: missing column(s) {', '.join(missing)}")
+    with atomic_path(path) as tmp:
+        df.loc[:, list(MANIFEST_COLUMNS)].to_csv(tmp, index=False)

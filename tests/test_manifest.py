@@ -1,0 +1,179 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from medxgan.data.manifest import MANIFEST_COLUMNS, ManifestError, load_split, read_manifest, write_manifest
+
+NEG, POS = "normal", "opacity"
+SIZE = 32
+MASK_SIDE = 128
+SQUARE = (slice(32, 64), slice(64, 96))  # rows, columns of the mask's square at MASK_SIDE
+SCALE = MASK_SIDE // SIZE
+
+
+def save_image(path, size, mode):
+    """A random image of (width, height) `size` in PIL `mode`."""
+    channels = 3 if mode == "RGB" else 1
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    Image.fromarray(pixels.squeeze()).save(path)
+
+
+def save_square_mask(path):
+    """A 3-channel mask of another size than the images, with a square in a known place."""
+    mask = np.zeros((MASK_SIDE, MASK_SIDE, 3), dtype=np.uint8)
+    mask[SQUARE] = 255
+    Image.fromarray(mask).save(path)
+
+
+def write_rows(folder, rows):
+    manifest = folder / "manifest.csv"
+    pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(manifest, index=False)
+    return manifest
+
+
+@pytest.fixture
+def folder(tmp_path):
+    (tmp_path / "img").mkdir()
+    save_image(tmp_path / "img" / "grey.png", (50, 37), "L")
+    save_image(tmp_path / "img" / "colour.jpg", (61, 45), "RGB")
+    save_image(tmp_path / "img" / "colour.png", (20, 20), "RGB")
+    save_square_mask(tmp_path / "img" / "mask.png")
+    return tmp_path
+
+
+ROWS = [
+    ("img/grey.png", NEG, "train", "", "p1"),
+    ("img/colour.jpg", POS, "train", "img/mask.png", "p2"),
+    ("img/colour.png", POS, "train", "", "p3"),
+    ("img/grey.png", NEG, "test", "", "p4"),
+]
+
+
+def test_read_manifest_adds_columns(folder):
+    table = read_manifest(write_rows(folder, ROWS), NEG, POS)
+    assert list(table["target"]) == [0, 1, 1, 0]
+    assert list(table["line"]) == [2, 3, 4, 5]
+    assert table.loc[1, "mask_file"] == (folder / "img" / "mask.png").resolve()
+    assert table.loc[0, "mask_file"] is None and table.loc[0, "mask_path"] == ""
+    assert all(path.is_absolute() for path in table["image_file"])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_load_split_shapes_and_ranges(folder, channels):
+    images = load_split(write_rows(folder, ROWS), "train", NEG, POS, SIZE, channels)
+    assert len(images) == 3
+    assert images.images.shape == (3, channels, SIZE, SIZE) and images.images.dtype == torch.float32
+    assert images.images.min() >= -1 and images.images.max() <= 1
+    assert images.labels.tolist() == [0, 1, 1] and images.labels.dtype == torch.int64
+    assert images.has_mask.tolist() == [False, True, False]
+    assert images.masks.shape == (3, SIZE, SIZE) and images.masks.dtype == torch.bool
+    assert not images.masks[0].any() and not images.masks[2].any()
+    assert images.ids == ["img/grey.png", "img/colour.jpg", "img/colour.png"]
+    assert images.rows.tolist() == [0, 1, 2]
+
+
+def test_mask_is_resized_in_place(folder):
+    images = load_split(write_rows(folder, ROWS), "train", NEG, POS, SIZE, 1)
+    expected = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    rows, columns = SQUARE
+    expected[rows.start // SCALE:rows.stop // SCALE, columns.start // SCALE:columns.stop // SCALE] = True
+    assert torch.equal(images.masks[1], expected)
+
+
+def test_label_filter_and_subset(folder):
+    manifest = write_rows(folder, ROWS)
+    positives = load_split(manifest, "train", NEG, POS, SIZE, 1, label="positive")
+    assert positives.labels.tolist() == [1, 1] and positives.rows.tolist() == [1, 2]
+    test = load_split(manifest, "test", NEG, POS, SIZE, 1, label="negative")
+    assert test.rows.tolist() == [3]
+    everything = load_split(manifest, "train", NEG, POS, SIZE, 1)
+    picked = everything.subset(everything.labels == 1)
+    assert picked.ids == positives.ids and torch.equal(picked.images, positives.images)
+    assert everything.subset(torch.tensor([2])).ids == ["img/colour.png"]
+
+
+def test_write_manifest_keeps_only_manifest_columns(folder):
+    table = read_manifest(write_rows(folder, ROWS), NEG, POS)
+    out = folder / "copy.csv"
+    write_manifest(table, out)
+    copy = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert tuple(copy.columns) == MANIFEST_COLUMNS
+    assert copy.values.tolist() == [list(row) for row in ROWS]
+
+
+def with_row(row_index, **changes):
+    """ROWS with one row's fields replaced."""
+    rows = [list(row) for row in ROWS]
+    for column, value in changes.items():
+        rows[row_index][MANIFEST_COLUMNS.index(column)] = value
+    return rows
+
+
+def test_missing_image_names_file_and_line(folder):
+    manifest = write_rows(folder, with_row(2, path="img/absent.png"))
+    with pytest.raises(ManifestError, match=r"manifest\.csv, line 4.*absent\.png"):
+        read_manifest(manifest, NEG, POS)
+
+
+def test_unreadable_image_names_file_and_line(folder):
+    (folder / "img" / "garbage.png").write_bytes(b"not an image at all" * 10)
+    manifest = write_rows(folder, with_row(1, path="img/garbage.png"))
+    with pytest.raises(ManifestError, match=r"line 3.*garbage\.png"):
+        load_split(manifest, "train", NEG, POS, SIZE, 1)
+
+
+def test_unknown_label_names_label_and_choices(folder):
+    manifest = write_rows(folder, with_row(0, label="covid"))
+    with pytest.raises(ManifestError, match=r"line 2.*'covid'.*'normal' or 'opacity'"):
+        read_manifest(manifest, NEG, POS)
+
+
+def test_missing_mask_names_file_and_line(folder):
+    manifest = write_rows(folder, with_row(1, mask_path="img/no_mask.png"))
+    with pytest.raises(ManifestError, match=r"line 3.*mask_path.*no_mask\.png"):
+        read_manifest(manifest, NEG, POS)
+
+
+def test_non_binary_mask_is_rejected(folder):
+    gradient = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))
+    Image.fromarray(gradient).save(folder / "img" / "gradient.png")
+    manifest = write_rows(folder, with_row(1, mask_path="img/gradient.png"))
+    with pytest.raises(ManifestError, match=r"line 3.*gradient\.png.*not binary"):
+        load_split(manifest, "train", NEG, POS, SIZE, 1)
+
+
+def test_missing_column_is_named(folder):
+    manifest = folder / "manifest.csv"
+    pd.DataFrame(ROWS, columns=list(MANIFEST_COLUMNS)).drop(columns="split").to_csv(manifest, index=False)
+    with pytest.raises(ManifestError, match=r"manifest\.csv.*missing column.*split"):
+        read_manifest(manifest, NEG, POS)
+
+
+def test_bad_split_is_named(folder):
+    manifest = write_rows(folder, with_row(3, split="validation"))
+    with pytest.raises(ManifestError, match=r"line 5.*'split'.*'validation'"):
+        read_manifest(manifest, NEG, POS)
+
+
+def test_empty_path_is_named(folder):
+    manifest = write_rows(folder, with_row(0, path=""))
+    with pytest.raises(ManifestError, match=r"line 2.*'path' is empty"):
+        read_manifest(manifest, NEG, POS)
+
+
+def test_blank_lines_keep_line_numbers(folder):
+    manifest = write_rows(folder, with_row(2, label="covid"))
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(lines[:2] + [""] + lines[2:]) + "\n")
+    with pytest.raises(ManifestError, match=r"line 5.*'covid'"):
+        read_manifest(manifest, NEG, POS)
+
+
+def test_missing_manifest_and_empty_split(folder):
+    with pytest.raises(ManifestError, match=r"nowhere\.csv"):
+        read_manifest(folder / "nowhere.csv", NEG, POS)
+    manifest = write_rows(folder, ROWS)
+    with pytest.raises(ManifestError, match=r"manifest\.csv.*'val'"):
+        load_split(manifest, "val", NEG, POS, SIZE, 1)
