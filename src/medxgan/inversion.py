@@ -59,12 +59,14 @@ def invert_batch(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.T
     optimizer = torch.optim.Adam([z1, z2], lr=cfg["lr"])
     best_loss = torch.full((len(z1),), float("inf"), device=device)
     best_z1, best_z2 = z1.detach().clone(), z2.detach().clone()
-    for _ in range(cfg["steps"] + 1):
+    for step in range(cfg["steps"] + 1):
         loss = inversion_loss(G, C, z1, z2, targets, p_target, cfg)
-        with torch.no_grad():  # keep each sample's best codes so far; the last pass only evaluates
+        with torch.no_grad():  # keep each sample's best codes so far
             improved = loss < best_loss
             best_loss = torch.where(improved, loss, best_loss)
             best_z1[improved], best_z2[improved] = z1[improved], z2[improved]
+        if step == cfg["steps"]:  # the last pass only scores the final codes
+            break
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()  # a sum keeps each sample's gradient independent of the batch
         optimizer.step()

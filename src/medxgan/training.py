@@ -6,6 +6,7 @@ is known without replaying the run; that is what lets a killed GAN run resume ex
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
-    """Indices of the batch used at `step`: epoch-wise permutations, last partial batch dropped."""
+    """Indices of the batch used at `step`: epoch-wise permutations, the last partial batch dropped
+    (a set smaller than one batch gives that one short batch)."""
     batches_per_epoch = max(1, n // batch_size)
     epoch, position = divmod(step, batches_per_epoch)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
@@ -87,6 +89,15 @@ def train_classifier(train: ImageSet, val: ImageSet, cfg: dict, data_cfg: dict, 
 
 
 # ---------------------------------------------------------------------------------- medXGAN
+
+def state_digest(model: nn.Module) -> str:
+    """SHA-256 of a network's weights and buffers, identifying it in a checkpoint."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
 
 def sample_codes(labels: torch.Tensor, nz1: int, nz2: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """z1 ~ N(0, I) for every image; z2 ~ N(0, I) for positives and exactly 0 for negatives."""
@@ -169,10 +180,13 @@ class GANTrainer:
                 "noise_rng": self.noise.get_state(), "torch_rng": torch.get_rng_state(),
                 "losses": self.losses, "settings": self._resume_key()}
 
+    NOT_IN_RESUME_KEY = ("steps", "checkpoint_every", "disentanglement_samples")
+
     def _resume_key(self) -> dict:
-        """Settings a checkpoint must share with this run to be resumed (the step count may grow)."""
-        return {"seed": self.seed, **{k: v for k, v in self.cfg.items() if k not in ("steps", "checkpoint_every")},
-                "generator": self.g_spec}
+        """What a checkpoint must share with this run to be resumed: the training settings (the step
+        count may grow) and the classifier it was trained against."""
+        settings = {k: v for k, v in self.cfg.items() if k not in self.NOT_IN_RESUME_KEY}
+        return {"seed": self.seed, **settings, "generator": self.g_spec, "classifier": state_digest(self.C)}
 
     def save_checkpoint(self, path: Path) -> None:
         with atomic_path(path) as tmp:

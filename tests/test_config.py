@@ -1,0 +1,79 @@
+"""The configuration: schema validation names the key at fault; dataset settings merge as documented."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medxgan.config import ConfigError, add_user_manifest, dataset_settings, load_config, step_settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    return tmp_path / "config"
+
+
+def edit(config_dir: Path, change) -> Path:
+    path = config_dir / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    change(config)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_shipped_config_is_valid():
+    config = load_config(REPO / "config" / "config.yaml")
+    assert set(config["datasets"]) == {"synthetic-cxr", "synthetic-mri"}
+
+
+def test_wrong_type_names_the_key(config_dir: Path):
+    path = edit(config_dir, lambda c: c["defaults"]["gan"].update(steps="many"))
+    with pytest.raises(ConfigError, match=r"defaults\.gan\.steps: 'many' is not of type 'integer'"):
+        load_config(path)
+
+
+def test_unknown_method_is_refused(config_dir: Path):
+    path = edit(config_dir, lambda c: c["defaults"]["explain"].update(methods=["difference", "lime"]))
+    with pytest.raises(ConfigError, match=r"defaults\.explain\.methods\.1"):
+        load_config(path)
+
+
+def test_dataset_overrides_one_key_and_keeps_the_rest(config_dir: Path):
+    path = edit(config_dir, lambda c: c["datasets"]["synthetic-mri"].update(gan={"lambda_cls": 2.0}))
+    config = load_config(path)
+    mri, cxr = dataset_settings(config, "synthetic-mri"), dataset_settings(config, "synthetic-cxr")
+    assert mri["gan"]["lambda_cls"] == 2.0 and cxr["gan"]["lambda_cls"] == config["defaults"]["gan"]["lambda_cls"]
+    assert mri["gan"]["steps"] == cxr["gan"]["steps"]
+    assert mri["data"]["positive"] == "tumor"
+
+
+def test_step_settings_hold_only_the_sections_asked_for():
+    config = load_config(REPO / "config" / "config.yaml")
+    settings = json.loads(step_settings(config, "synthetic-cxr", "data", "inversion"))
+    assert set(settings) == {"data", "inversion", "seed", "device"}
+
+
+def test_unknown_dataset_is_named():
+    config = load_config(REPO / "config" / "config.yaml")
+    with pytest.raises(ConfigError, match="'nope'"):
+        dataset_settings(config, "nope")
+
+
+def test_user_manifest_needs_both_labels(tmp_path: Path):
+    manifest = tmp_path / "scans" / "manifest.csv"
+    manifest.parent.mkdir()
+    manifest.write_text("path,label,split,mask_path,patient_id\n")
+    config = load_config(REPO / "config" / "config.yaml")
+    config.update(manifest=str(manifest), negative="healthy", positive=None)
+    with pytest.raises(ConfigError, match="positive=LABEL"):
+        add_user_manifest(config)
+    config.update(positive=1)
+    assert add_user_manifest(config) == "scans"
+    assert dataset_settings(config, "scans")["data"]["positive"] == "1"

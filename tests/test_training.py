@@ -1,0 +1,250 @@
+import logging
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from medxgan.data.manifest import load_split
+from medxgan.data.phantoms import PHANTOMS, write_phantom_dataset
+from medxgan.models import Generator, SimpleCNN
+from medxgan.training import GANTrainer, batch_indices, disentanglement_check, sample_codes, train_classifier
+
+SIZE = 64
+DATA_CFG = {"image_size": SIZE, "channels": 1}
+GAN_CFG = {"steps": 12, "checkpoint_every": 4, "width": 0.0625, "nz1": 8, "nz2": 4, "batch_size": 8,
+           "lambda_cls": 1.0, "lr": 2e-4, "betas": [0.5, 0.999], "disentanglement_samples": 8}
+# 3 epochs of 8 steps: the training loss falls (measured 0.82 -> 0.58 for seed 0; 0.92 -> 0.43 and 0.97 -> 0.49
+# for seeds 1, 2), while eval-mode accuracy is still ~0.5 because batch-norm running statistics lag this early.
+CLASSIFIER_CFG = {"arch": "simple_cnn", "width": 0.5, "weights": None, "epochs": 3, "batch_size": 8, "lr": 1e-3,
+                  "betas": [0.5, 0.999], "flips": True}
+KILL_AFTER = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny models: extra threads cost more than they save, many times more on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    manifest = write_phantom_dataset("synthetic-mri", tmp_path_factory.mktemp("phantoms") / "mri", SIZE,
+                                     {"train": 64, "val": 16}, 0.5, seed=0)
+    kind = PHANTOMS["synthetic-mri"]
+    return {split: load_split(manifest, split, kind.negative, kind.positive, SIZE, 1) for split in ("train", "val")}
+
+
+@pytest.fixture(scope="module")
+def frozen_classifier():
+    torch.manual_seed(0)
+    return SimpleCNN(SIZE, 1, width=0.25).eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------- batches and codes
+
+def epoch_batches(n, batch_size, epoch, seed):
+    per_epoch = n // batch_size
+    return [batch_indices(n, batch_size, epoch * per_epoch + p, seed) for p in range(per_epoch)]
+
+
+def test_each_epoch_is_a_permutation():
+    n, batch_size = 24, 6
+    for epoch in range(3):
+        batches = epoch_batches(n, batch_size, epoch, seed=5)
+        assert all(len(b) == batch_size for b in batches)
+        assert torch.equal(torch.cat(batches).sort().values, torch.arange(n))
+
+
+def test_a_partial_last_batch_is_dropped_and_nothing_repeats():
+    n, batch_size = 26, 6  # 4 full batches, 2 images left out each epoch
+    for epoch in range(3):
+        seen = torch.cat(epoch_batches(n, batch_size, epoch, seed=5))
+        assert len(seen) == 24 and seen.unique().numel() == 24
+        assert seen.min() >= 0 and seen.max() < n
+
+
+def test_batches_are_seeded_and_epochs_differ():
+    n, batch_size = 24, 6
+    first = torch.cat(epoch_batches(n, batch_size, 0, seed=5))
+    assert torch.equal(first, torch.cat(epoch_batches(n, batch_size, 0, seed=5)))
+    assert not torch.equal(first, torch.cat(epoch_batches(n, batch_size, 1, seed=5)))
+    assert not torch.equal(first, torch.cat(epoch_batches(n, batch_size, 0, seed=6)))
+    # Any step's batch is known without replaying the run.
+    assert torch.equal(batch_indices(n, batch_size, 9, seed=5), epoch_batches(n, batch_size, 2, seed=5)[1])
+
+
+def test_sample_codes_zero_pathology_for_negatives():
+    labels = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    z1, z2 = sample_codes(labels, 8, 4, torch.Generator().manual_seed(0))
+    assert z1.shape == (8, 8) and z2.shape == (8, 4)
+    assert (z2[labels == 0] == 0).all()
+    assert (z2[labels == 1] != 0).all()
+    assert (z1 != 0).all()
+    again = sample_codes(labels, 8, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], z1) and torch.equal(again[1], z2)
+
+
+# ---------------------------------------------------------------------------------- classifier
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_train_classifier_lowers_its_loss(phantoms, seed):
+    model, report = train_classifier(phantoms["train"], phantoms["val"], CLASSIFIER_CFG, DATA_CFG, seed=seed,
+                                     device="cpu")
+    history = report["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert all(0 <= h["val_accuracy"] <= 1 for h in history)
+    assert report["spec"] == {"kind": "classifier", "arch": "simple_cnn", "image_size": SIZE, "channels": 1,
+                              "width": CLASSIFIER_CFG["width"]}
+    assert not any(m.training for m in model.modules())
+    assert not any(p.requires_grad for p in model.parameters())
+    assert model(phantoms["val"].images[:2]).shape == (2, 2)
+
+
+# ---------------------------------------------------------------------------------- GAN and resume
+
+def fit(classifier, train, checkpoint, **overrides) -> GANTrainer:
+    trainer = GANTrainer(classifier, {**GAN_CFG, **overrides}, DATA_CFG, seed=0, device="cpu")
+    trainer.fit(train, checkpoint)
+    return trainer
+
+
+def assert_same_state(a: nn.Module, b: nn.Module) -> None:
+    state_a, state_b = a.state_dict(), b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for name in state_a:
+        assert torch.equal(state_a[name], state_b[name]), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(frozen_classifier, phantoms, tmp_path_factory):
+    checkpoint = tmp_path_factory.mktemp("run_a") / "checkpoint.pt"
+    return fit(frozen_classifier, phantoms["train"], checkpoint), checkpoint
+
+
+def test_gan_run_records_every_step_and_checkpoints_the_end(uninterrupted):
+    trainer, checkpoint = uninterrupted
+    assert trainer.step == GAN_CFG["steps"]
+    assert [row[0] for row in trainer.losses] == list(range(1, GAN_CFG["steps"] + 1))
+    assert all(len(row) == len(GANTrainer.LOSS_COLUMNS) for row in trainer.losses)
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["step"] == GAN_CFG["steps"]
+    assert state["losses"] == trainer.losses
+
+
+def test_a_killed_gan_run_resumes_exactly(frozen_classifier, phantoms, uninterrupted, tmp_path, monkeypatch, caplog):
+    reference, _ = uninterrupted
+    checkpoint = tmp_path / "b" / "checkpoint.pt"
+    original = GANTrainer.save_checkpoint
+
+    def save_then_die(self, path):
+        original(self, path)
+        if self.step == KILL_AFTER:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(GANTrainer, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        fit(frozen_classifier, phantoms["train"], checkpoint)
+    monkeypatch.undo()
+    assert torch.load(checkpoint, weights_only=True)["step"] == KILL_AFTER
+
+    with caplog.at_level(logging.INFO, logger="medxgan.training"):
+        resumed = fit(frozen_classifier, phantoms["train"], checkpoint)
+    assert f"at step {KILL_AFTER}" in caplog.text
+    assert len(resumed.losses) == GAN_CFG["steps"]
+    assert resumed.losses == reference.losses  # the first 8 rows come from the checkpoint, the rest are re-run
+    assert_same_state(resumed.G, reference.G)
+    assert_same_state(resumed.D, reference.D)
+
+
+def test_a_finished_shorter_run_extends_exactly(frozen_classifier, phantoms, uninterrupted, tmp_path):
+    reference, _ = uninterrupted
+    checkpoint = tmp_path / "checkpoint.pt"
+    short = fit(frozen_classifier, phantoms["train"], checkpoint, steps=KILL_AFTER)
+    assert short.losses == reference.losses[:KILL_AFTER]
+    extended = fit(frozen_classifier, phantoms["train"], checkpoint)
+    assert extended.losses == reference.losses
+    assert_same_state(extended.G, reference.G)
+
+
+def test_a_checkpoint_with_other_settings_is_not_resumed(frozen_classifier, phantoms, uninterrupted, tmp_path, caplog):
+    reference, _ = uninterrupted
+    checkpoint = tmp_path / "checkpoint.pt"
+    other = fit(frozen_classifier, phantoms["train"], checkpoint, steps=4, lambda_cls=2.0)
+    assert torch.load(checkpoint, weights_only=True)["step"] == 4
+    with caplog.at_level(logging.WARNING, logger="medxgan.training"):
+        fresh = fit(frozen_classifier, phantoms["train"], checkpoint)
+    assert "other settings" in caplog.text
+    assert len(fresh.losses) == GAN_CFG["steps"]
+    assert fresh.losses == reference.losses
+    assert fresh.losses[:4] != other.losses  # lambda_cls changes the run: the comparison can tell them apart
+    assert_same_state(fresh.G, reference.G)
+
+
+def test_a_checkpoint_past_the_requested_steps_is_not_resumed(frozen_classifier, phantoms, uninterrupted, tmp_path):
+    reference, finished = uninterrupted
+    checkpoint = tmp_path / "checkpoint.pt"
+    shutil.copy(finished, checkpoint)
+    shorter = fit(frozen_classifier, phantoms["train"], checkpoint, steps=KILL_AFTER)
+    assert shorter.losses == reference.losses[:KILL_AFTER]
+
+
+# ---------------------------------------------------------------------------------- disentanglement
+
+KEYS = {"samples", "positive_draws_per_sample", "negative_called_negative", "positive_called_positive"}
+
+
+def test_disentanglement_check_reports_shares(uninterrupted, frozen_classifier):
+    trainer, _ = uninterrupted
+    n = GAN_CFG["disentanglement_samples"]
+    report = disentanglement_check(trainer.G, frozen_classifier, n, seed=0, device="cpu", draws=3)
+    assert set(report) == KEYS
+    assert report["samples"] == n and report["positive_draws_per_sample"] == 3
+    assert 0 <= report["negative_called_negative"] <= 1
+    assert 0 <= report["positive_called_positive"] <= 1
+    chunked = disentanglement_check(trainer.G, frozen_classifier, n, seed=0, device="cpu", draws=3, batch_size=5)
+    assert chunked == report
+
+
+class CodeImage(nn.Module):
+    """A stand-in generator whose image is a constant: |z2| summed, or z1's first entry."""
+
+    def __init__(self, use_pathology: bool):
+        super().__init__()
+        self.nz1, self.nz2, self.use_pathology = 8, 4, use_pathology
+
+    def forward(self, z1, z2):
+        value = z2.abs().sum(1) if self.use_pathology else z1[:, 0]
+        return value.view(-1, 1, 1, 1).expand(-1, 1, 4, 4)
+
+
+class MeanAboveZero(nn.Module):
+    """Positive iff the image's mean is clearly above zero."""
+
+    def forward(self, x):
+        score = x.mean(dim=(1, 2, 3)) - 1e-3
+        return torch.stack([torch.zeros_like(score), score], dim=1)
+
+
+def test_disentanglement_check_measures_what_it_says():
+    # C reads the pathology code only: a perfect check.
+    perfect = disentanglement_check(CodeImage(use_pathology=True), MeanAboveZero(), 50, seed=0, device="cpu")
+    assert perfect["negative_called_negative"] == 1.0 and perfect["positive_called_positive"] == 1.0
+    # C reads the anatomy code only: each z1 gets the same call with and without pathology, so the
+    # two shares add up to one (and neither is trivial).
+    leaky = disentanglement_check(CodeImage(use_pathology=False), MeanAboveZero(), 50, seed=0, device="cpu",
+                                  batch_size=7)
+    assert 0 < leaky["positive_called_positive"] < 1
+    assert leaky["negative_called_negative"] + leaky["positive_called_positive"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_disentanglement_check_leaves_a_real_generator_in_eval_mode(frozen_classifier):
+    torch.manual_seed(0)
+    generator = Generator(8, 4, SIZE, 1, width=0.0625)
+    report = disentanglement_check(generator, frozen_classifier, 4, seed=1, device="cpu", draws=2)
+    assert not generator.training
+    assert set(report) == KEYS

@@ -1,0 +1,100 @@
+"""End to end: the real Snakefile, run by the real snakemake, on tiny configurations."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from medxgan.data.phantoms import write_phantom_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile")]
+TINY = {
+    "datasets": {name: {"phantom": {"counts": {"train": 48, "val": 16, "test": 16}}}
+                 for name in ("synthetic-cxr", "synthetic-mri")},
+    "defaults": {
+        "classifier": {"epochs": 1},
+        "gan": {"steps": 6, "width": 0.0625, "nz1": 8, "nz2": 4, "batch_size": 8, "checkpoint_every": 3,
+                "disentanglement_samples": 16},
+        "inversion": {"restarts": 2, "steps": 5},
+        "explain": {"latent_ig_steps": 4, "ig_steps": 4, "interpolation_points": 3},
+        "figures": {"examples": 2},
+    },
+}
+
+
+def merged(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A working directory with the project's config, shrunk so the whole DAG runs in about a minute."""
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    config = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(merged(config, TINY)))
+    return tmp_path
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    bin_dir = str(Path(sys.executable).parent)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(workdir)}
+    return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_default_dag_on_both_synthetic_datasets(workdir: Path):
+    run = snakemake(workdir, "--cores", "2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    for dataset in ("synthetic-cxr", "synthetic-mri"):
+        root = workdir / "results" / dataset
+        for name in ("classifier/model.safetensors", "gan/generator.safetensors", "gan/losses.png",
+                     "inversion/latents.safetensors", "figures/pipeline.png", "figures/interpolation.png",
+                     "figures/metrics.png", "logs/train_gan.log"):
+            assert (root / name).stat().st_size > 0, name
+        metrics = pd.read_csv(root / "metrics.csv")
+        assert {"difference", "latent_ig", "gradcam", "ig", "random", "medxgan inversion"} <= set(metrics.method)
+        assert {"pointing_game", "mass_in_lesion", "mask_auroc", "reconstruction_ssim"} <= set(metrics.metric)
+        classifier = json.loads((root / "classifier" / "metrics.json").read_text())
+        assert classifier["test"]["n"] == 16 and "torch" in classifier["provenance"]
+    assert "synthetic-mri" in (workdir / "results" / "summary.md").read_text()
+
+    again = snakemake(workdir, "--cores", "2", "-n")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_own_manifest_runs_under_its_folder_name(workdir: Path, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("own") / "my-scans"
+    manifest = write_phantom_dataset("synthetic-mri", folder, 64, {"train": 48, "val": 16, "test": 16}, 0.5, seed=5)
+    run = snakemake(workdir, "--cores", "2", "--config", f"manifest={manifest}", "negative=no_tumor", "positive=tumor")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (workdir / "results" / "my-scans" / "metrics.csv").is_file()
+    assert not (workdir / "results" / "synthetic-cxr").exists()
+
+
+def test_config_value_of_wrong_type_names_the_key(workdir: Path):
+    run = snakemake(workdir, "--cores", "1", "-n", "--config", "seed=abc")
+    assert run.returncode != 0
+    assert "seed" in run.stderr and "'abc' is not of type 'integer'" in run.stderr
+
+
+def test_own_manifest_with_unknown_label_names_the_row(workdir: Path, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad") / "scans"
+    manifest = write_phantom_dataset("synthetic-mri", folder, 64, {"train": 8, "val": 4, "test": 4}, 0.5, seed=1)
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    table.loc[2, "label"] = "glioma"
+    table.to_csv(manifest, index=False)
+    run = snakemake(workdir, "--cores", "1", "--config", f"manifest={manifest}", "negative=no_tumor", "positive=tumor")
+    assert run.returncode != 0
+    log = (workdir / "results" / "scans" / "logs" / "train_classifier.log").read_text()
+    assert "line 4" in log and "glioma" in log
