@@ -77,3 +77,11 @@ def test_user_manifest_needs_both_labels(tmp_path: Path):
     config.update(positive=1)
     assert add_user_manifest(config) == "scans"
     assert dataset_settings(config, "scans")["data"]["positive"] == "1"
+
+
+def test_later_config_files_override_earlier_ones_key_by_key(config_dir: Path):
+    override = config_dir / "fast.yaml"
+    override.write_text(yaml.safe_dump({"defaults": {"gan": {"steps": 7}}}))
+    config = load_config(config_dir / "config.yaml", override)
+    assert config["defaults"]["gan"]["steps"] == 7
+    assert config["defaults"]["gan"]["nz1"] == load_config(config_dir / "config.yaml")["defaults"]["gan"]["nz1"]

@@ -233,7 +233,7 @@ def saved_cases():
         "classifier": (classifier, {"kind": "classifier", "arch": "simple_cnn", "image_size": 64, "channels": 1,
                                     "width": 0.25}, (images,)),
         "discriminator": (discriminator, {"kind": "discriminator", "image_size": 64, "channels": 1,
-                                          "width": 0.0625}, (images,)),
+                                          "width": 0.0625, "dropout": 0.5}, (images,)),
     }
 
 

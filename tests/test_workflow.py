@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from medxgan.config import merge
 from medxgan.data.phantoms import write_phantom_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +22,7 @@ TINY = {
                  for name in ("synthetic-cxr", "synthetic-mri")},
     "defaults": {
         "classifier": {"epochs": 1},
-        "gan": {"steps": 6, "width": 0.0625, "nz1": 8, "nz2": 4, "batch_size": 8, "checkpoint_every": 3,
+        "gan": {"steps": 6, "width": 0.0625, "d_width": 0.0625, "d_dropout": 0.0, "nz1": 8, "nz2": 4, "batch_size": 8, "checkpoint_every": 3,
                 "disentanglement_samples": 16},
         "inversion": {"restarts": 2, "steps": 5},
         "explain": {"latent_ig_steps": 4, "ig_steps": 4, "interpolation_points": 3},
@@ -30,19 +31,12 @@ TINY = {
 }
 
 
-def merged(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return out
-
-
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A working directory with the project's config, shrunk so the whole DAG runs in about a minute."""
     shutil.copytree(REPO / "config", tmp_path / "config")
     config = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(merged(config, TINY)))
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(merge(config, TINY)))
     return tmp_path
 
 
@@ -85,7 +79,8 @@ def test_own_manifest_runs_under_its_folder_name(workdir: Path, tmp_path_factory
 def test_config_value_of_wrong_type_names_the_key(workdir: Path):
     run = snakemake(workdir, "--cores", "1", "-n", "--config", "seed=abc")
     assert run.returncode != 0
-    assert "seed" in run.stderr and "'abc' is not of type 'integer'" in run.stderr
+    output = run.stdout + run.stderr
+    assert "seed" in output and "'abc' is not of type 'integer'" in output
 
 
 def test_own_manifest_with_unknown_label_names_the_row(workdir: Path, tmp_path_factory):

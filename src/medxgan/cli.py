@@ -36,7 +36,7 @@ def _settings(args) -> dict:
         return json.loads(text)
     if not (args.config and args.dataset):
         raise ConfigError("give --settings JSON, or --config FILE together with --dataset NAME")
-    config = load_config(args.config)
+    config = load_config(*args.config)
     add_user_manifest(config)
     return dataset_settings(config, args.dataset)
 
@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=STEP_HELP[name], description=STEP_HELP[name])
         if name != "summarize":
             p.add_argument("--settings", help="the step's settings as JSON text or a JSON file (the Snakefile passes this)")
-            p.add_argument("--config", help="a config file such as config/config.yaml (instead of --settings)")
+            p.add_argument("--config", nargs="+", metavar="FILE",
+                           help="config files such as config/config.yaml, later ones laid over earlier ones "
+                                "(instead of --settings)")
             p.add_argument("--dataset", help="the dataset entry of --config to use")
             p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
         return p

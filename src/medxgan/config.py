@@ -34,12 +34,23 @@ def validate(config: dict, schema_path: str | Path) -> None:
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
 
 
-def load_config(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    config = yaml.safe_load(path.read_text()) or {}
-    validate(config, schema_for(path))
+def merge(base: dict, override: dict) -> dict:
+    """`override` laid over `base`, nested mappings merged key by key (as Snakemake's --configfile does)."""
+    merged = dict(base)
+    for key, value in override.items():
+        both_dicts = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = merge(base[key], value) if both_dicts else value
+    return merged
+
+
+def load_config(*paths: str | Path) -> dict:
+    """One or more config files, each laid over the previous one, validated against the first's schema."""
+    config = {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        config = merge(config, yaml.safe_load(path.read_text()) or {})
+    validate(config, schema_for(paths[0]))
     return config
 
 

@@ -54,8 +54,9 @@ def example_indices(data: ImageSet, count: int) -> list[int]:
 def pipeline_rows(C, data: ImageSet, latents: dict, heatmaps: dict[str, torch.Tensor], examples: list[int]) -> plt.Figure:
     """Original, reconstruction, negative realisation, difference, colorized map, Grad-CAM, LIG, IG."""
     maps = [(title, heatmaps[m]) for m, title in HEATMAP_COLUMNS.items() if m in heatmaps]
-    columns = ["original", "reconstruction", "negative realisation"] + (
-        ["colorized map"] if "difference" in heatmaps else []) + [t for t, _ in maps]
+    columns = ["original", "reconstruction", "negative realisation"] + [t for t, _ in maps]
+    if "difference" in heatmaps:  # the paper shows the colorized map right after the difference map
+        columns.insert(4, "colorized map")
     fig, axes = plt.subplots(len(examples), len(columns), squeeze=False,
                              figsize=(CELL_INCHES * len(columns), CELL_INCHES * 1.25 * len(examples)))
     for row, i in enumerate(examples):
@@ -63,9 +64,9 @@ def pipeline_rows(C, data: ImageSet, latents: dict, heatmaps: dict[str, torch.Te
         images = [(original, latents["p_image"][i]), (_grey(latents["reconstruction"][i]), latents["p_reconstruction"][i]),
                   (_grey(latents["negative"][i]), latents["p_negative"][i])]
         cells = [(img, _probability_label(float(p)), "gray", None) for img, p in images]
-        if "difference" in heatmaps:
-            cells.append((original, "", "gray", _normalised(heatmaps["difference"][i])))
         cells += [(_normalised(h[i]), "", "inferno", None) for _, h in maps]
+        if "difference" in heatmaps:
+            cells.insert(4, (original, "", "gray", _normalised(heatmaps["difference"][i])))
         for col, (img, label, cmap, overlay) in enumerate(cells):
             ax = axes[row, col]
             ax.imshow(img, cmap=cmap, vmin=0, vmax=1)

@@ -177,7 +177,7 @@ def build_from_spec(spec: dict) -> nn.Module:
     if kind == "generator":
         return Generator(spec["nz1"], spec["nz2"], spec["image_size"], spec["channels"], spec["width"])
     if kind == "discriminator":
-        return Discriminator(spec["image_size"], spec["channels"], spec["width"])
+        return Discriminator(spec["image_size"], spec["channels"], spec["width"], spec["dropout"])
     raise ValueError(f"unknown model kind {kind!r}")
 
 

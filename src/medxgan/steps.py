@@ -59,7 +59,8 @@ def train_classifier_step(s: dict, manifest: Path, out_dir: Path) -> None:
     log.info("test accuracy %.3f, AUROC %.3f", report["test"]["accuracy"], report["test"]["auroc"] or float("nan"))
     out_dir = Path(out_dir)
     save_model(model, out_dir / "model.safetensors", info["spec"])
-    write_json(out_dir / "metrics.json", {**report, "history": info["history"], "settings": s,
+    write_json(out_dir / "metrics.json", {**report, "history": info["history"], "selected_epoch": info["selected_epoch"],
+                                          "settings": s,
                                           "provenance": provenance(s["seed"], device)})
 
 

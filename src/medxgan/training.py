@@ -6,6 +6,7 @@ is known without replaying the run; that is what lets a killed GAN run resume ex
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from pathlib import Path
@@ -67,7 +68,7 @@ def train_classifier(train: ImageSet, val: ImageSet, cfg: dict, data_cfg: dict, 
     optimizer = torch.optim.Adam(trainable, lr=cfg["lr"], betas=tuple(cfg["betas"]))
     augment_rng = torch.Generator().manual_seed(seed + 1)
     steps_per_epoch = max(1, len(train) // cfg["batch_size"])
-    history = []
+    history, best = [], {"val_accuracy": -1.0}
     for epoch in progress(range(cfg["epochs"]), desc="classifier epochs"):
         model.train()
         total = 0.0
@@ -81,11 +82,14 @@ def train_classifier(train: ImageSet, val: ImageSet, cfg: dict, data_cfg: dict, 
             loss.backward()
             optimizer.step()
             total += loss.item()
-        val_metrics = evaluate_classifier(model, val, device)
-        history.append({"epoch": epoch + 1, "train_loss": total / steps_per_epoch, "val_accuracy": val_metrics["accuracy"]})
-        log.info("epoch %d: train loss %.4f, val accuracy %.3f", epoch + 1, history[-1]["train_loss"], val_metrics["accuracy"])
+        val_accuracy = evaluate_classifier(model, val, device)["accuracy"]
+        history.append({"epoch": epoch + 1, "train_loss": total / steps_per_epoch, "val_accuracy": val_accuracy})
+        log.info("epoch %d: train loss %.4f, val accuracy %.3f", epoch + 1, history[-1]["train_loss"], val_accuracy)
+        if val_accuracy > best["val_accuracy"]:  # model selection on the validation split; test stays unseen
+            best = {"val_accuracy": val_accuracy, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
+    model.load_state_dict(best["state"])
     model.eval().requires_grad_(False)
-    return model, {"spec": spec, "history": history}
+    return model, {"spec": spec, "history": history, "selected_epoch": best["epoch"]}
 
 
 # ---------------------------------------------------------------------------------- medXGAN
@@ -115,9 +119,10 @@ class GANTrainer:
         torch.manual_seed(seed)
         self.g_spec = {"kind": "generator", "nz1": cfg["nz1"], "nz2": cfg["nz2"], "image_size": size,
                        "channels": channels, "width": cfg["width"]}
-        self.d_spec = {"kind": "discriminator", "image_size": size, "channels": channels, "width": cfg["width"]}
+        self.d_spec = {"kind": "discriminator", "image_size": size, "channels": channels, "width": cfg["d_width"],
+                       "dropout": cfg["d_dropout"]}
         self.G = Generator(cfg["nz1"], cfg["nz2"], size, channels, cfg["width"]).to(self.device)
-        self.D = Discriminator(size, channels, cfg["width"]).to(self.device)
+        self.D = Discriminator(size, channels, cfg["d_width"], cfg["d_dropout"]).to(self.device)
         dcgan_init(self.G)
         dcgan_init(self.D)
         self.C = classifier.to(self.device).eval().requires_grad_(False)

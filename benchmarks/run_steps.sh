@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every pipeline step by hand (no Snakemake) for the given datasets and prints each step's
+# wall time. Usage: benchmarks/run_steps.sh OUT_ROOT CONFIG [CONFIG ...] -- DATASET [DATASET ...]
+# Example: benchmarks/run_steps.sh /tmp/bench config/config.yaml config/gpu.yaml -- synthetic-mri
+set -euo pipefail
+root=$1; shift
+configs=(); while [ "$1" != "--" ]; do configs+=("$1"); shift; done; shift
+medxgan=${MEDXGAN:-medxgan}
+methods=(difference interpolation latent_ig gradcam ig)
+
+timed() {  # timed NAME COMMAND...: run, print "NAME seconds"
+    local name=$1; shift
+    local start=$EPOCHREALTIME
+    "$@"
+    awk -v n="$name" -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%-28s %8.1f s\n", n, b - a }'
+}
+
+for ds in "$@"; do
+    data=$root/data/$ds; out=$root/results/$ds; mkdir -p "$out/logs"
+    common=(--config "${configs[@]}" --dataset "$ds")
+    m=(--manifest "$data/manifest.csv")
+    c=(--classifier "$out/classifier/model.safetensors")
+    g=(--generator "$out/gan/generator.safetensors")
+    i=(--inversion "$out/inversion/latents.safetensors")
+    timed "$ds prepare" $medxgan prepare "${common[@]}" --out-dir "$data" 2>"$out/logs/prepare.log"
+    timed "$ds train-classifier" $medxgan train-classifier "${common[@]}" "${m[@]}" --out-dir "$out/classifier" 2>"$out/logs/train_classifier.log"
+    timed "$ds train-gan" $medxgan train-gan "${common[@]}" "${m[@]}" "${c[@]}" --out-dir "$out/gan" 2>"$out/logs/train_gan.log"
+    timed "$ds invert" $medxgan invert "${common[@]}" "${m[@]}" "${c[@]}" "${g[@]}" --out-dir "$out/inversion" 2>"$out/logs/invert.log"
+    for method in "${methods[@]}"; do
+        timed "$ds explain $method" $medxgan explain "${common[@]}" "${m[@]}" "${c[@]}" "${g[@]}" "${i[@]}" \
+            --method "$method" --out "$out/explanations/$method.safetensors" 2>"$out/logs/explain_$method.log"
+    done
+    heatmaps=("$out"/explanations/*.safetensors)
+    timed "$ds evaluate" $medxgan evaluate "${common[@]}" "${m[@]}" "${c[@]}" "${i[@]}" --explanations "${heatmaps[@]}" --out-dir "$out" 2>"$out/logs/evaluate.log"
+    timed "$ds figures" $medxgan figures "${common[@]}" "${m[@]}" "${c[@]}" "${g[@]}" "${i[@]}" --explanations "${heatmaps[@]}" \
+        --metrics "$out/metrics.csv" --out-dir "$out/figures" 2>"$out/logs/figures.log"
+done
+$medxgan summarize --results "$root/results" --datasets "$@" --out "$root/results/summary.md"
