@@ -9,31 +9,12 @@ from medxgan.explainers import (
     Interpolation, LatentIG,
 )
 from medxgan.models import Generator, SimpleCNN, positive_probability
+from helpers import RegionClassifier, calibrate_batch_norm
 
 NZ1, NZ2, SIZE = 8, 4, 64
 # Latent IG path form vs C(x_m) - C(x_0) with 64 steps: the largest error measured over 20 seeds
 # x 8 images was 1.1e-3 (the endpoint form's was 5e-3 to 3.4e-2); the bound leaves a ~3x margin.
 COMPLETENESS_STEPS, COMPLETENESS_TOL = 64, 3e-3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models: extra threads cost more than they save, many times more on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def calibrate_batch_norm(model: nn.Module, *inputs: torch.Tensor) -> None:
-    """Set batch-norm running statistics from one batch, so a random eval-mode model is not near-constant."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None  # cumulative average: one batch sets the statistics
-    model.train()
-    with torch.no_grad():
-        model(*inputs)
-    model.eval()
 
 
 def latents(n: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,19 +55,6 @@ def build(name: str, classifier, generator, **kwargs):
 
 
 FAST = {"latent_ig": {"n_steps": 4}, "ig": {"n_steps": 8}}  # few steps: these tests check plumbing
-
-
-class RegionClassifier(nn.Module):
-    """Positive logit = `gain` x the mean of rows/cols [lo, hi); negative logit = 0."""
-
-    def __init__(self, lo: int = 8, hi: int = 24, gain: float = 4.0):
-        super().__init__()
-        self.region = slice(lo, hi)
-        self.gain = nn.Parameter(torch.tensor(gain))
-
-    def forward(self, x):
-        score = self.gain * x[:, :, self.region, self.region].mean(dim=(1, 2, 3))
-        return torch.stack([torch.zeros_like(score), score], dim=1)
 
 
 def test_generative_methods_are_the_generative_explainers():

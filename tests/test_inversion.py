@@ -2,11 +2,11 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 import medxgan.inversion as inversion
 from medxgan.inversion import Inversion, invert, invert_batch, inversion_loss, starting_codes
 from medxgan.models import Generator, SimpleCNN, positive_probability
+from helpers import calibrate_batch_norm
 
 NZ1, NZ2, SIZE = 8, 4, 64
 CFG = {"restarts": 2, "steps": 60, "lr": 0.05, "mse_weight": 10.0, "bce_weight": 1.0, "batch_size": 4}
@@ -14,26 +14,6 @@ ROWS = torch.tensor([10, 3, 7, 0])  # manifest rows, deliberately not 0..N-1
 # One image inverted alone vs inside a batch of 4: the largest difference measured was 2.4e-7
 # (z1, z2) and 0 (loss); convolutions may round differently for other batch sizes.
 BATCH_TOL = 1e-4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models: extra threads cost more than they save, many times more on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def calibrate_batch_norm(model: nn.Module, *inputs: torch.Tensor) -> None:
-    """Set batch-norm running statistics from one batch, so a random eval-mode model is not near-constant."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None  # cumulative average: one batch sets the statistics
-    model.train()
-    with torch.no_grad():
-        model(*inputs)
-    model.eval()
 
 
 def latents(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

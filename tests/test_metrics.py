@@ -1,11 +1,11 @@
 import pytest
 import torch
-from torch import nn
 
 from medxgan.metrics import (
     mask_auroc, mass_in_lesion, perturb_top_k, pointing_game, probability_drop, reconstruction_mse,
     reconstruction_ssim,
 )
+from helpers import RegionClassifier
 
 SIZE = 16
 
@@ -14,19 +14,6 @@ def square_masks(n: int = 2, lo: int = 4, hi: int = 10) -> torch.Tensor:
     masks = torch.zeros(n, SIZE, SIZE, dtype=torch.bool)
     masks[:, lo:hi, lo:hi] = True
     return masks
-
-
-class RegionClassifier(nn.Module):
-    """Positive logit = `gain` x the mean of rows/cols [lo, hi); negative logit = 0."""
-
-    def __init__(self, lo: int = 4, hi: int = 10, gain: float = 4.0):
-        super().__init__()
-        self.region = slice(lo, hi)
-        self.gain = nn.Parameter(torch.tensor(gain))
-
-    def forward(self, x):
-        score = self.gain * x[:, :, self.region, self.region].mean(dim=(1, 2, 3))
-        return torch.stack([torch.zeros_like(score), score], dim=1)
 
 
 def test_heatmap_equal_to_mask_scores_one():

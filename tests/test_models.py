@@ -11,17 +11,9 @@ from medxgan.models import (
     Discriminator, Generator, SimpleCNN, VGG16Classifier, build_classifier, dcgan_init, load_model,
     load_state_dict, save_model,
 )
+from helpers import calibrate_batch_norm
 
 NZ1, NZ2 = 8, 4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models: extra threads cost more than they save, many times more on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def codes(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,18 +198,8 @@ def test_dcgan_init_draws_conv_and_batch_norm_weights():
 
 # ---------------------------------------------------------------------------------- saving and loading
 
-def calibrate_batch_norm(model: nn.Module, *inputs: torch.Tensor) -> None:
-    """Non-default running statistics, so a round trip that lost them would show."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(*inputs)
-    model.eval()
-
-
 def saved_cases():
+    # Non-default running statistics, so a round trip that lost them would show.
     torch.manual_seed(0)
     z1, z2 = codes(4)
     images = torch.rand(4, 1, 64, 64) * 2 - 1

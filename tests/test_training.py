@@ -21,15 +21,6 @@ CLASSIFIER_CFG = {"arch": "simple_cnn", "width": 0.5, "weights": None, "epochs":
 KILL_AFTER = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models: extra threads cost more than they save, many times more on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory):
     manifest = write_phantom_dataset("synthetic-mri", tmp_path_factory.mktemp("phantoms") / "mri", SIZE,
