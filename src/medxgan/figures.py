@@ -22,6 +22,7 @@ from medxgan.utils import atomic_path  # noqa: E402
 HEATMAP_COLUMNS = {"difference": "difference map", "gradcam": "Grad-CAM", "latent_ig": "Latent IG", "ig": "IG"}
 CELL_INCHES = 1.6
 LOSS_SMOOTHING = 50  # steps in the rolling mean of the loss curves
+METRICS_PER_ROW = 3
 
 
 def save(fig: plt.Figure, path: str | Path) -> None:
@@ -130,9 +131,13 @@ def metrics_bars(table: pd.DataFrame) -> plt.Figure:
     """Methods side by side for each metric (means; the error bar is one standard deviation)."""
     scores = table[table.method != INVERSION_METHOD]
     metrics = list(dict.fromkeys(scores.metric))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
+    columns = min(METRICS_PER_ROW, len(metrics))
+    rows = -(-len(metrics) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.4 * rows), squeeze=False)
     palette = dict(zip(dict.fromkeys(scores.method), sns.color_palette("colorblind")))
-    for ax, metric in zip(axes[0], metrics):
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, metrics):
         part = scores[scores.metric == metric]
         sns.barplot(data=part, x="method", y="mean", hue="method", palette=palette, ax=ax, legend=False)
         ax.errorbar(range(len(part)), part["mean"], yerr=part["std"], fmt="none", ecolor="black", capsize=3)
