@@ -1,10 +1,14 @@
+import math
+
 import pytest
 import torch
 
 from medxgan.metrics import (
-    mask_auroc, mass_in_lesion, perturb_top_k, pointing_game, probability_drop, reconstruction_mse,
-    reconstruction_ssim,
+    baseline_image, bootstrap_ci, curve_auc, deletion_curve, insertion_curve, mask_auroc, mass_in_lesion,
+    paired_wilcoxon, perturb_top_k, pointing_game, probability_drop, reconstruction_mse, reconstruction_ssim,
+    relevance_rank_accuracy, top_k_dice, top_k_iou,
 )
+from medxgan.models import positive_probability
 from helpers import RegionClassifier
 
 SIZE = 16
@@ -107,3 +111,129 @@ def test_reconstruction_scores():
     torch.testing.assert_close(reconstruction_ssim(images, images), torch.ones(3))
     ssim_noisy = reconstruction_ssim(images + 0.3 * torch.randn_like(images), images)
     assert ssim_noisy.shape == (3,) and (ssim_noisy < 0.9).all()
+
+
+MASK_SHARE = 36 / (SIZE * SIZE)  # area share of square_masks()
+
+
+def test_region_scores_for_heatmap_equal_to_mask_and_its_inverse():
+    masks = square_masks()
+    assert torch.equal(relevance_rank_accuracy(masks.float(), masks), torch.ones(2))
+    assert torch.equal(top_k_iou(masks.float(), masks, MASK_SHARE), torch.ones(2))
+    assert torch.equal(top_k_dice(masks.float(), masks, MASK_SHARE), torch.ones(2))
+    assert torch.equal(relevance_rank_accuracy((~masks).float(), masks), torch.zeros(2))
+    assert torch.equal(top_k_iou((~masks).float(), masks, MASK_SHARE), torch.zeros(2))
+    assert torch.equal(top_k_dice((~masks).float(), masks, MASK_SHARE), torch.zeros(2))
+
+
+def partial_overlap_case() -> tuple[torch.Tensor, torch.Tensor]:
+    """4x4: mask = top-left 2x2; ranked pixels (0,0) > (0,1) > (2,2) > (3,3) > (1,0) > the rest."""
+    masks = torch.zeros(1, 4, 4, dtype=torch.bool)
+    masks[0, :2, :2] = True
+    heatmaps = torch.zeros(1, 4, 4)
+    for value, (row, col) in zip([1.0, 0.9, 0.8, 0.7, 0.6], [(0, 0), (0, 1), (2, 2), (3, 3), (1, 0)]):
+        heatmaps[0, row, col] = value
+    return heatmaps, masks
+
+
+def test_region_scores_for_a_partial_overlap():
+    heatmaps, masks = partial_overlap_case()
+    # K = 4: (0,0), (0,1) hit, (2,2), (3,3) miss.
+    torch.testing.assert_close(relevance_rank_accuracy(heatmaps, masks), torch.tensor([0.5]))
+    # Top 4 pixels: overlap 2, union 6.
+    torch.testing.assert_close(top_k_iou(heatmaps, masks, 0.25), torch.tensor([2 / 6]))
+    torch.testing.assert_close(top_k_dice(heatmaps, masks, 0.25), torch.tensor([4 / 8]))
+    # Top 2 pixels: both in the mask; overlap 2, union 4.
+    torch.testing.assert_close(top_k_iou(heatmaps, masks, 0.125), torch.tensor([2 / 4]))
+    torch.testing.assert_close(top_k_dice(heatmaps, masks, 0.125), torch.tensor([4 / 6]))
+
+
+def test_relevance_rank_accuracy_is_undefined_for_empty_mask():
+    empty = torch.zeros(1, SIZE, SIZE, dtype=torch.bool)
+    assert torch.isnan(relevance_rank_accuracy(torch.rand(1, SIZE, SIZE), empty)).all()
+
+
+def evidence_case(n: int = 4) -> tuple[RegionClassifier, torch.Tensor]:
+    """RegionClassifier on rows/cols [4, 10) and images that are bright exactly there."""
+    torch.manual_seed(0)
+    images = torch.rand(n, 1, SIZE, SIZE) * 2 - 1
+    images[:, :, 4:10, 4:10] = 1.0
+    return RegionClassifier(4, 10).eval(), images
+
+
+def test_deletion_and_insertion_favour_the_heatmap_on_the_evidence():
+    classifier, images = evidence_case()
+    on_evidence, inverse = square_masks(4).float(), (~square_masks(4)).float()
+    baseline = baseline_image(images, "mean")
+    deletion = {name: curve_auc(deletion_curve(classifier, images, maps, baseline, steps=8))
+                for name, maps in [("on", on_evidence), ("inverse", inverse)]}
+    insertion = {name: curve_auc(insertion_curve(classifier, images, maps, baseline, steps=8))
+                 for name, maps in [("on", on_evidence), ("inverse", inverse)]}
+    assert (deletion["on"] < deletion["inverse"] - 0.1).all()
+    assert (insertion["on"] > insertion["inverse"] + 0.1).all()
+
+
+@pytest.mark.parametrize("kind", ["mean", "blur"])
+def test_curves_run_from_image_to_baseline(kind):
+    classifier, images = evidence_case(3)
+    heatmaps, baseline, steps = torch.rand(3, SIZE, SIZE), baseline_image(images, kind), 5
+    deletion = deletion_curve(classifier, images, heatmaps, baseline, steps)
+    insertion = insertion_curve(classifier, images, heatmaps, baseline, steps)
+    p_image, p_baseline = positive_probability(classifier, images), positive_probability(classifier, baseline)
+    assert deletion.shape == insertion.shape == (3, steps + 1)
+    torch.testing.assert_close(deletion[:, 0], p_image.detach())
+    torch.testing.assert_close(deletion[:, -1], p_baseline.detach())
+    torch.testing.assert_close(insertion[:, 0], p_baseline.detach())
+    torch.testing.assert_close(insertion[:, -1], p_image.detach())
+    assert not torch.equal(p_image, p_baseline)  # the baseline removes evidence
+
+
+def test_curves_do_not_depend_on_batch_size():
+    classifier, images = evidence_case(3)
+    heatmaps, baseline = torch.rand(3, SIZE, SIZE), baseline_image(images, "mean")
+    whole = deletion_curve(classifier, images, heatmaps, baseline, steps=4)
+    torch.testing.assert_close(deletion_curve(classifier, images, heatmaps, baseline, steps=4, batch_size=3), whole)
+
+
+def test_curves_leave_the_classifier_as_it_was():
+    classifier, images = evidence_case(2)
+    classifier.train()
+    insertion_curve(classifier, images, torch.rand(2, SIZE, SIZE), baseline_image(images, "blur"), steps=2)
+    assert classifier.training and classifier.gain.requires_grad
+
+
+def test_unknown_baseline_raises():
+    with pytest.raises(ValueError, match="sharpen"):
+        baseline_image(torch.zeros(1, 1, SIZE, SIZE), "sharpen")
+
+
+def test_mean_baseline_is_the_channel_mean():
+    images = torch.rand(2, 3, SIZE, SIZE)
+    torch.testing.assert_close(baseline_image(images, "mean")[:, :, 3, 7], images.mean(dim=(2, 3)))
+
+
+def test_curve_auc_uses_the_unit_interval():
+    curves = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.5, 1.0], [1.0, 0.0, 0.0]])
+    torch.testing.assert_close(curve_auc(curves), torch.tensor([1.0, 0.5, 0.25]))
+
+
+def test_bootstrap_ci():
+    values = torch.randn(40, generator=torch.Generator().manual_seed(0)) + 3.0
+    low, high = bootstrap_ci(values)
+    assert low < values.mean().item() < high
+    assert bootstrap_ci(values, seed=5) == bootstrap_ci(values, seed=5)
+    many = torch.randn(4000, generator=torch.Generator().manual_seed(1)) + 3.0
+    many_low, many_high = bootstrap_ci(many)
+    assert many_high - many_low < (high - low) / 4  # width shrinks like 1 / sqrt(n)
+
+
+def test_bootstrap_ci_drops_nans():
+    assert bootstrap_ci([1.0, float("nan"), 1.0]) == (1.0, 1.0)
+    assert all(math.isnan(bound) for bound in bootstrap_ci([float("nan")]))
+
+
+def test_paired_wilcoxon():
+    a, noise = torch.rand(2, 20, generator=torch.Generator().manual_seed(0))
+    assert paired_wilcoxon(a + 1.0 + 0.1 * noise, a) < 1e-4  # every difference is positive
+    assert math.isnan(paired_wilcoxon(a, a))  # all differences zero
+    assert math.isnan(paired_wilcoxon([1.0, float("nan")], [0.0, 2.0]))  # one pair left

@@ -1,20 +1,26 @@
 """Per-image scores for explanations and reconstructions; each returns a (N,) float tensor on the CPU.
 
 Heatmaps are non-negative (N, H, W) tensors, masks boolean (N, H, W) lesion masks, images (N, C, H, W)
-in [-1, 1].
+in [-1, 1]. Pixels are ranked by heatmap value, highest first; equal values keep row-major order, so
+every ranking (and every top-k region built from it) is deterministic. The statistics at the end turn
+per-image scores into an interval or a paired test.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy.stats import wilcoxon
 from torch import Tensor, nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 from torchmetrics.functional.classification import binary_auroc
+from torchvision.transforms.functional import gaussian_blur
 
 from medxgan.explainers import frozen, module_device
 from medxgan.models import positive_probability
 
 IMAGE_RANGE = 2.0  # images span [-1, 1]
+BASELINES = ("mean", "blur")
 
 
 def pointing_game(heatmaps: Tensor, masks: Tensor) -> Tensor:
@@ -46,15 +52,73 @@ def mask_auroc(heatmaps: Tensor, masks: Tensor) -> Tensor:
     return torch.stack(scores).cpu()
 
 
+def relevance_ranks(heatmaps: Tensor) -> Tensor:
+    """(N, H, W) rank of every pixel in its heatmap: 0 is the most relevant."""
+    flat = heatmaps.flatten(1)
+    # A stable sort breaks ties by position, so equal heatmap values still give one fixed ranking.
+    order = flat.sort(dim=1, descending=True, stable=True).indices
+    positions = torch.arange(flat.shape[1], device=flat.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions).view_as(heatmaps)
+
+
+def top_k_count(fraction: float, height: int, width: int) -> int:
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+    return round(fraction * height * width)
+
+
+def top_k_region(heatmaps: Tensor, fraction: float) -> Tensor:
+    """Boolean (N, H, W): each heatmap's top `fraction` of pixels, k = round(fraction * H * W)."""
+    return relevance_ranks(heatmaps) < top_k_count(fraction, *heatmaps.shape[-2:])
+
+
+def relevance_rank_accuracy(heatmaps: Tensor, masks: Tensor) -> Tensor:
+    """Share of the K highest-ranked pixels inside the mask, K = mask area (Arras et al. 2022).
+
+    NaN for an empty mask.
+    """
+    inside = masks.flatten(1).cpu()
+    area = inside.sum(dim=1)
+    top = relevance_ranks(heatmaps).flatten(1).cpu() < area[:, None]
+    hits = (top & inside).sum(dim=1)
+    return torch.where(area > 0, hits / area, float("nan")).float()
+
+
+def _region_overlap(heatmaps: Tensor, masks: Tensor, fraction: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Per image: |top-k region & mask|, |top-k region|, |mask|."""
+    region = top_k_region(heatmaps, fraction).flatten(1).cpu()
+    inside = masks.flatten(1).cpu()
+    return (region & inside).sum(dim=1).float(), region.sum(dim=1).float(), inside.sum(dim=1).float()
+
+
+def top_k_iou(heatmaps: Tensor, masks: Tensor, fraction: float) -> Tensor:
+    """IoU of the top `fraction` region with the mask; NaN when both are empty."""
+    overlap, region, mask = _region_overlap(heatmaps, masks, fraction)
+    return overlap / (region + mask - overlap)
+
+
+def top_k_dice(heatmaps: Tensor, masks: Tensor, fraction: float) -> Tensor:
+    """Dice of the top `fraction` region with the mask; NaN when both are empty."""
+    overlap, region, mask = _region_overlap(heatmaps, masks, fraction)
+    return 2 * overlap / (region + mask)
+
+
+def baseline_image(images: Tensor, kind: str, blur_kernel_size: int = 11, blur_sigma: float = 5.0) -> Tensor:
+    """What removed pixels become: each image's per-channel "mean", or a Gaussian "blur" of it.
+
+    The blur defaults follow RISE (Petsiuk et al. 2018): wide enough to wipe out local evidence.
+    """
+    if kind == "mean":
+        return images.mean(dim=(2, 3), keepdim=True).expand_as(images)
+    if kind == "blur":
+        return gaussian_blur(images, kernel_size=blur_kernel_size, sigma=blur_sigma)
+    raise ValueError(f"unknown baseline {kind!r}; expected one of {BASELINES}")
+
+
 def perturb_top_k(images: Tensor, heatmaps: Tensor, fraction: float) -> Tensor:
     """Images with the top `fraction` of pixels (by heatmap) set to each image's per-channel mean."""
-    n, channels, height, width = images.shape
-    k = round(fraction * height * width)
-    top = heatmaps.flatten(1).topk(k, dim=1).indices.to(images.device)  # (N, k)
-    flat = images.flatten(2).clone()  # (N, C, H*W)
-    means = flat.mean(dim=2, keepdim=True).expand(-1, -1, k)
-    flat.scatter_(2, top[:, None, :].expand(-1, channels, -1), means)
-    return flat.view_as(images)
+    region = top_k_region(heatmaps, fraction).to(images.device)[:, None]  # (N, 1, H, W): all channels
+    return torch.where(region, baseline_image(images, "mean"), images)
 
 
 def probability_drop(classifier: nn.Module, images: Tensor, heatmaps: Tensor, fraction: float) -> Tensor:
@@ -73,3 +137,79 @@ def reconstruction_mse(reconstructions: Tensor, images: Tensor) -> Tensor:
 def reconstruction_ssim(reconstructions: Tensor, images: Tensor) -> Tensor:
     return structural_similarity_index_measure(reconstructions, images, data_range=IMAGE_RANGE,
                                                reduction="none").cpu()
+
+
+def _step_counts(steps: int, pixels: int) -> Tensor:
+    """Pixels taken after each of `steps` equal chunks: 0, ..., pixels."""
+    return (torch.arange(steps + 1, dtype=torch.float64) * pixels / steps).round().long()
+
+
+def _swap_curve(classifier: nn.Module, start: Tensor, end: Tensor, heatmaps: Tensor, steps: int,
+                batch_size: int) -> Tensor:
+    """(N, steps + 1) p_pos as pixels move from `start` to `end` in descending heatmap order."""
+    device = module_device(classifier)
+    n, _, height, width = start.shape
+    counts = _step_counts(steps, height * width).to(device)
+    ranks = relevance_ranks(heatmaps.to(device))
+    # Whole images per chunk, so all of an image's steps share one forward pass where batch_size allows.
+    images_per_chunk = max(1, batch_size // (steps + 1))
+    curves = []
+    with frozen(classifier), torch.no_grad():
+        for chunk in torch.arange(n).split(images_per_chunk):
+            taken = (ranks[chunk, None] < counts[None, :, None, None])[:, :, None]  # (n, S+1, 1, H, W)
+            inputs = torch.where(taken, end[chunk, None].to(device), start[chunk, None].to(device))
+            probabilities = [positive_probability(classifier, part)
+                             for part in inputs.flatten(0, 1).split(batch_size)]
+            curves.append(torch.cat(probabilities).view(len(chunk), steps + 1).cpu())
+    return torch.cat(curves).float()
+
+
+def deletion_curve(classifier: nn.Module, images: Tensor, heatmaps: Tensor, baseline: Tensor,
+                   steps: int = 20, batch_size: int = 256) -> Tensor:
+    """(N, steps + 1) p_pos as the most relevant pixels are replaced by `baseline` (RISE deletion).
+
+    Starts at p_pos(images), ends at p_pos(baseline); a faithful heatmap makes it fall early.
+    """
+    return _swap_curve(classifier, images, baseline, heatmaps, steps, batch_size)
+
+
+def insertion_curve(classifier: nn.Module, images: Tensor, heatmaps: Tensor, baseline: Tensor,
+                    steps: int = 20, batch_size: int = 256) -> Tensor:
+    """(N, steps + 1) p_pos as the most relevant pixels of `images` are revealed on `baseline` (RISE insertion).
+
+    Starts at p_pos(baseline), ends at p_pos(images); a faithful heatmap makes it rise early.
+    """
+    return _swap_curve(classifier, baseline, images, heatmaps, steps, batch_size)
+
+
+def curve_auc(curves: Tensor) -> Tensor:
+    """(N,) trapezoid area under (N, steps + 1) curves, x spread evenly over [0, 1]."""
+    x = torch.linspace(0.0, 1.0, curves.shape[1], dtype=torch.float64)
+    return torch.trapezoid(curves.double().cpu(), x, dim=1).float()
+
+
+def bootstrap_ci(values, n_resamples: int = 1000, confidence: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean; NaNs dropped, (NaN, NaN) when no value is left."""
+    sample = np.asarray(values, dtype=np.float64).ravel()
+    sample = sample[~np.isnan(sample)]
+    if sample.size == 0:
+        return float("nan"), float("nan")
+    means = np.random.default_rng(seed).choice(sample, size=(n_resamples, sample.size)).mean(axis=1)
+    tail = 50.0 * (1.0 - confidence)  # percent of resampled means cut off on each side
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def paired_wilcoxon(a, b) -> float:
+    """Two-sided Wilcoxon signed-rank p-value for paired per-image values.
+
+    Pairs with a NaN on either side are dropped. The p-value is NaN when fewer than 2 pairs are left
+    or every difference is zero: there is then nothing to test.
+    """
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    paired = ~(np.isnan(a) | np.isnan(b))
+    differences = a[paired] - b[paired]
+    if differences.size < 2 or not differences.any():
+        return float("nan")
+    return float(wilcoxon(differences).pvalue)
