@@ -58,7 +58,10 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
             assert (root / name).stat().st_size > 0, name
         metrics = pd.read_csv(root / "metrics.csv")
         assert {"difference", "latent_ig", "gradcam", "ig", "random", "medxgan inversion"} <= set(metrics.method)
-        assert {"pointing_game", "mass_in_lesion", "mask_auroc", "reconstruction_ssim"} <= set(metrics.metric)
+        assert {"pointing_game", "mass_in_lesion", "mask_auroc", "relevance_rank_accuracy", "deletion_auc",
+                "reconstruction_ssim"} <= set(metrics.metric)
+        assert {"ci_low", "ci_high"} <= set(metrics.columns)
+        assert (root / "metrics_comparisons.csv").stat().st_size > 0
         classifier = json.loads((root / "classifier" / "metrics.json").read_text())
         assert classifier["test"]["n"] == 16 and "torch" in classifier["provenance"]
     assert "synthetic-mri" in (workdir / "results" / "summary.md").read_text()

@@ -6,6 +6,7 @@ and count per method and metric. A `random` heatmap is scored too, so chance lev
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -20,8 +21,13 @@ log = logging.getLogger(__name__)
 
 RANDOM_METHOD = "random"
 INVERSION_METHOD = "medxgan inversion"
+CONFIDENCE = 0.95  # of every interval reported
 LOCALISATION = {"pointing_game": metrics.pointing_game, "mass_in_lesion": metrics.mass_in_lesion,
-                "mask_auroc": metrics.mask_auroc}
+                "mask_auroc": metrics.mask_auroc, "relevance_rank_accuracy": metrics.relevance_rank_accuracy}
+
+
+def _percent(fraction: float) -> int:
+    return round(100 * fraction)
 
 
 def random_heatmaps(like: torch.Tensor, seed: int) -> torch.Tensor:
@@ -32,17 +38,36 @@ def _rows(ids: list[str], method: str, metric: str, values: torch.Tensor) -> pd.
     return pd.DataFrame({"id": ids, "method": method, "metric": metric, "value": values.double().numpy()})
 
 
-def inversion_fidelity(data: ImageSet, latents: dict[str, torch.Tensor]) -> list[pd.DataFrame]:
+def inversion_fidelity(data: ImageSet, latents: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """How faithful the inversion is: medXGAN's explanations are only as good as this."""
     called_positive = latents["p_image"] >= 0.5
-    values = {
+    return {
         "reconstruction_mse": metrics.reconstruction_mse(latents["reconstruction"], data.images),
         "reconstruction_ssim": metrics.reconstruction_ssim(latents["reconstruction"], data.images),
         "reconstruction_called_positive": (latents["p_reconstruction"] >= 0.5).float(),
         "negative_called_negative": (latents["p_negative"] < 0.5).float(),
         "classifier_agreement": ((latents["p_reconstruction"] >= 0.5) == called_positive).float(),
     }
-    return [_rows(data.ids, INVERSION_METHOD, name, v) for name, v in values.items()]
+
+
+def localisation(heatmaps: torch.Tensor, masks: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
+    """Agreement of each heatmap with its lesion mask."""
+    scores = {name: fn(heatmaps, masks) for name, fn in LOCALISATION.items()}
+    for fraction in cfg["top_k_fractions"]:
+        scores[f"top{_percent(fraction)}_iou"] = metrics.top_k_iou(heatmaps, masks, fraction)
+        scores[f"top{_percent(fraction)}_dice"] = metrics.top_k_dice(heatmaps, masks, fraction)
+    return scores
+
+
+def faithfulness(classifier, images: torch.Tensor, heatmaps: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
+    """What C does when the pixels a heatmap ranks first are taken away or shown first."""
+    scores = {f"probability_drop_top{_percent(f)}": metrics.probability_drop(classifier, images, heatmaps, f)
+              for f in cfg["perturbation_fractions"]}
+    baseline = metrics.baseline_image(images, cfg["faithfulness_baseline"])
+    steps = cfg["curve_steps"]
+    scores["deletion_auc"] = metrics.curve_auc(metrics.deletion_curve(classifier, images, heatmaps, baseline, steps))
+    scores["insertion_auc"] = metrics.curve_auc(metrics.insertion_curve(classifier, images, heatmaps, baseline, steps))
+    return scores
 
 
 def evaluate_explanations(classifier, data: ImageSet, heatmaps: dict[str, torch.Tensor],
@@ -51,21 +76,39 @@ def evaluate_explanations(classifier, data: ImageSet, heatmaps: dict[str, torch.
     masked = data.has_mask
     if not masked.any():
         log.warning("no test positive has a lesion mask: localisation metrics are skipped, not reported as zero")
-    ids = [data.ids[i] for i in masked.nonzero().flatten().tolist()]
-    frames = inversion_fidelity(data, latents)
+    masked_ids = [data.ids[i] for i in masked.nonzero().flatten().tolist()]
+    frames = [_rows(data.ids, INVERSION_METHOD, name, v) for name, v in inversion_fidelity(data, latents).items()]
     images = data.images.to(device)
     for method, maps in heatmaps.items():
         if masked.any():
-            frames += [_rows(ids, method, name, fn(maps[masked], data.masks[masked])) for name, fn in LOCALISATION.items()]
-        for fraction in cfg["perturbation_fractions"]:
-            drop = metrics.probability_drop(classifier, images, maps.to(device), fraction).cpu()
-            frames.append(_rows(data.ids, method, f"probability_drop_top{round(100 * fraction)}", drop))
+            scores = localisation(maps[masked], data.masks[masked], cfg)
+            frames += [_rows(masked_ids, method, name, v) for name, v in scores.items()]
+        scores = faithfulness(classifier, images, maps.to(device), cfg)
+        frames += [_rows(data.ids, method, name, v.cpu()) for name, v in scores.items()]
     return pd.concat(frames, ignore_index=True)
 
 
-def summarise(per_image: pd.DataFrame) -> pd.DataFrame:
-    grouped = per_image.groupby(["method", "metric"], sort=False)["value"]
-    return grouped.agg(mean="mean", std="std", n="count").reset_index()
+def summarise(per_image: pd.DataFrame, cfg: dict, seed: int) -> pd.DataFrame:
+    """Mean, sd, n and a bootstrap confidence interval of the mean, per method and metric."""
+    rows = []
+    for (method, metric), values in per_image.groupby(["method", "metric"], sort=False)["value"]:
+        low, high = metrics.bootstrap_ci(values, cfg["bootstrap_resamples"], CONFIDENCE, seed)
+        rows.append({"method": method, "metric": metric, "mean": values.mean(), "std": values.std(),
+                     "n": values.count(), "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows)
+
+
+def compare_methods(per_image: pd.DataFrame) -> pd.DataFrame:
+    """Paired Wilcoxon signed-rank p-values between every two methods, per metric, over the same images."""
+    scores = per_image[per_image.method != INVERSION_METHOD]
+    rows = []
+    for metric, part in scores.groupby("metric", sort=False):
+        table = part.pivot(index="id", columns="method", values="value")
+        for a, b in itertools.combinations(table.columns, 2):
+            rows.append({"metric": metric, "method_a": a, "method_b": b,
+                         "mean_difference": (table[a] - table[b]).mean(),
+                         "p_value": metrics.paired_wilcoxon(table[a], table[b])})
+    return pd.DataFrame(rows)
 
 
 def summary_markdown(results: Path, datasets: list[str]) -> str:
@@ -85,10 +128,11 @@ def summary_markdown(results: Path, datasets: list[str]) -> str:
                   f"G(z1, z2) called positive {gan['disentanglement']['positive_called_positive']:.1%}",
                   f"- Run on {hardware['device']} ({hardware['processor']}, {hardware['cpu_count']} CPUs), "
                   f"torch {hardware['torch']}, seed {hardware['seed']}", ""]
-        fidelity = table[table.method == INVERSION_METHOD].set_index("metric")
-        lines += ["Inversion of the test positives (mean ± sd):", "",
-                  fidelity.apply(lambda r: f"{r['mean']:.3f} ± {r['std']:.3f}", axis=1).to_frame("value").to_markdown(), ""]
+        cell = table.apply(lambda r: f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]", axis=1)
+        table = table.assign(cell=cell)
+        fidelity = table[table.method == INVERSION_METHOD].set_index("metric")["cell"].to_frame("mean [95% CI]")
+        lines += ["Inversion of the test positives:", "", fidelity.to_markdown(), ""]
         scores = table[table.method != INVERSION_METHOD]
-        pivot = scores.assign(cell=scores["mean"].map("{:.3f}".format)).pivot(index="method", columns="metric", values="cell")
-        lines += ["Explanations (mean over test positives):", "", pivot.to_markdown(), ""]
+        pivot = scores.pivot(index="metric", columns="method", values="cell").loc[list(dict.fromkeys(scores.metric))]
+        lines += ["Explanations, mean over test positives [95% bootstrap CI]:", "", pivot.to_markdown(), ""]
     return "\n".join(lines)

@@ -128,7 +128,7 @@ def gan_losses(losses: pd.DataFrame) -> plt.Figure:
 
 
 def metrics_bars(table: pd.DataFrame) -> plt.Figure:
-    """Methods side by side for each metric (means; the error bar is one standard deviation)."""
+    """Methods side by side for each metric: means with their 95% bootstrap confidence intervals."""
     scores = table[table.method != INVERSION_METHOD]
     metrics = list(dict.fromkeys(scores.metric))
     columns = min(METRICS_PER_ROW, len(metrics))
@@ -140,7 +140,8 @@ def metrics_bars(table: pd.DataFrame) -> plt.Figure:
     for ax, metric in zip(axes.flat, metrics):
         part = scores[scores.metric == metric]
         sns.barplot(data=part, x="method", y="mean", hue="method", palette=palette, ax=ax, legend=False)
-        ax.errorbar(range(len(part)), part["mean"], yerr=part["std"], fmt="none", ecolor="black", capsize=3)
+        error = [part["mean"] - part["ci_low"], part["ci_high"] - part["mean"]]
+        ax.errorbar(range(len(part)), part["mean"], yerr=error, fmt="none", ecolor="black", capsize=3)
         ax.set_title(metric.replace("_", " "), fontsize=9)
         ax.set_xlabel("")
         ax.set_ylabel("")

@@ -154,10 +154,11 @@ def evaluate_step(s: dict, manifest: Path, classifier: Path, inversion: Path, ex
     latents = load_inversion(Path(inversion), data)
     heatmaps = {load_method_name(p): load_file(str(p))["heatmaps"] for p in explanations}
     per_image = evaluation.evaluate_explanations(C, data, heatmaps, latents, s["evaluate"], s["seed"], device)
-    summary = evaluation.summarise(per_image)
+    summary = evaluation.summarise(per_image, s["evaluate"], s["seed"])
     out_dir = Path(out_dir)
     _write_csv(per_image, out_dir / "metrics_per_image.csv")
     _write_csv(summary, out_dir / "metrics.csv")
+    _write_csv(evaluation.compare_methods(per_image), out_dir / "metrics_comparisons.csv")
     write_json(out_dir / "metrics_provenance.json", {"settings": s, "provenance": provenance(s["seed"], device)})
 
 

@@ -10,6 +10,7 @@ rule evaluate:
     output:
         summary="results/{dataset}/metrics.csv",
         per_image="results/{dataset}/metrics_per_image.csv",
+        comparisons="results/{dataset}/metrics_comparisons.csv",
     params:
         settings=settings("data", "evaluate"),
     threads: config["threads"]

@@ -1,0 +1,77 @@
+"""The evaluation step's tables: per-image scores, summaries with intervals, paired comparisons."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import pytest
+import torch
+
+from helpers import RegionClassifier
+from medxgan.data.manifest import ImageSet
+from medxgan.evaluation import INVERSION_METHOD, RANDOM_METHOD, compare_methods, evaluate_explanations, summarise
+
+SIZE, N = 16, 6
+CFG = {"perturbation_fractions": [0.1], "top_k_fractions": [0.1], "faithfulness_baseline": "mean",
+       "curve_steps": 4, "bootstrap_resamples": 200}
+
+
+def image_set(with_masks: bool) -> ImageSet:
+    images = torch.rand(N, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    masks = torch.zeros(N, SIZE, SIZE, dtype=torch.bool)
+    masks[:, 4:10, 4:10] = with_masks
+    return ImageSet(images, torch.ones(N, dtype=torch.long), masks, torch.full((N,), with_masks),
+                    [f"img{i}" for i in range(N)], torch.arange(N))
+
+
+def latents(data: ImageSet) -> dict[str, torch.Tensor]:
+    p = torch.linspace(0.2, 0.9, N)
+    return {"reconstruction": data.images * 0.9, "p_image": p, "p_reconstruction": p, "p_negative": 1 - p}
+
+
+def heatmaps(data: ImageSet) -> dict[str, torch.Tensor]:
+    on_lesion = data.masks.float() + 0.01 * torch.rand(N, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    return {"on_lesion": on_lesion, "elsewhere": 1 - on_lesion}
+
+
+def test_scores_every_method_and_the_random_reference():
+    data = image_set(with_masks=True)
+    table = evaluate_explanations(RegionClassifier(4, 10), data, heatmaps(data), latents(data), CFG, seed=0, device="cpu")
+    assert set(table.method) == {"on_lesion", "elsewhere", RANDOM_METHOD, INVERSION_METHOD}
+    means = table.groupby(["method", "metric"])["value"].mean()
+    assert means["on_lesion", "pointing_game"] == 1.0 and means["elsewhere", "pointing_game"] == 0.0
+    assert means["on_lesion", "deletion_auc"] < means["elsewhere", "deletion_auc"]
+    assert means[INVERSION_METHOD, "classifier_agreement"] == 1.0
+    assert (table.groupby(["method", "metric"]).size() == N).all()
+
+
+def test_without_masks_localisation_is_skipped_not_zero(caplog):
+    data = image_set(with_masks=False)
+    with caplog.at_level(logging.WARNING):
+        table = evaluate_explanations(RegionClassifier(4, 10), data, heatmaps(data), latents(data), CFG, 0, "cpu")
+    assert "localisation metrics are skipped" in caplog.text
+    assert not table.metric.isin(["pointing_game", "mass_in_lesion", "mask_auroc", "top10_iou"]).any()
+    assert "deletion_auc" in set(table.metric)
+
+
+def test_summary_interval_brackets_the_mean():
+    data = image_set(with_masks=True)
+    table = evaluate_explanations(RegionClassifier(4, 10), data, heatmaps(data), latents(data), CFG, 0, "cpu")
+    summary = summarise(table, CFG, seed=0)
+    assert ((summary.ci_low <= summary["mean"] + 1e-12) & (summary["mean"] <= summary.ci_high + 1e-12)).all()
+    assert summary.equals(summarise(table, CFG, seed=0))
+
+
+def test_comparisons_pair_images_by_id():
+    per_image = pd.DataFrame({
+        "id": [f"i{k}" for k in range(8)] * 2,
+        "method": ["a"] * 8 + ["b"] * 8,
+        "metric": "m",
+        "value": list(range(8)) + [v + 1 for v in range(8)][::-1],  # b's rows in reverse id order
+    })
+    per_image.loc[8:, "id"] = per_image.loc[8:, "id"].iloc[::-1].to_numpy()
+    comparison = compare_methods(per_image)
+    assert len(comparison) == 1
+    assert comparison.mean_difference.iloc[0] == pytest.approx(-1.0)
+    assert comparison.p_value.iloc[0] < 0.05
