@@ -27,7 +27,8 @@ def image_set(with_masks: bool) -> ImageSet:
 
 def latents(data: ImageSet) -> dict[str, torch.Tensor]:
     p = torch.linspace(0.2, 0.9, N)
-    return {"reconstruction": data.images * 0.9, "p_image": p, "p_reconstruction": p, "p_negative": 1 - p}
+    return {"mse": torch.full((N,), 0.01), "ssim": torch.full((N,), 0.9), "p_image": p, "p_reconstruction": p,
+            "p_negative": 1 - p}
 
 
 def heatmaps(data: ImageSet) -> dict[str, torch.Tensor]:

@@ -38,12 +38,12 @@ def _rows(ids: list[str], method: str, metric: str, values: torch.Tensor) -> pd.
     return pd.DataFrame({"id": ids, "method": method, "metric": metric, "value": values.double().numpy()})
 
 
-def inversion_fidelity(data: ImageSet, latents: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def inversion_fidelity(latents: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """How faithful the inversion is: medXGAN's explanations are only as good as this."""
     called_positive = latents["p_image"] >= 0.5
     return {
-        "reconstruction_mse": metrics.reconstruction_mse(latents["reconstruction"], data.images),
-        "reconstruction_ssim": metrics.reconstruction_ssim(latents["reconstruction"], data.images),
+        "reconstruction_mse": latents["mse"],
+        "reconstruction_ssim": latents["ssim"],
         "reconstruction_called_positive": (latents["p_reconstruction"] >= 0.5).float(),
         "negative_called_negative": (latents["p_negative"] < 0.5).float(),
         "classifier_agreement": ((latents["p_reconstruction"] >= 0.5) == called_positive).float(),
@@ -77,7 +77,7 @@ def evaluate_explanations(classifier, data: ImageSet, heatmaps: dict[str, torch.
     if not masked.any():
         log.warning("no test positive has a lesion mask: localisation metrics are skipped, not reported as zero")
     masked_ids = [data.ids[i] for i in masked.nonzero().flatten().tolist()]
-    frames = [_rows(data.ids, INVERSION_METHOD, name, v) for name, v in inversion_fidelity(data, latents).items()]
+    frames = [_rows(data.ids, INVERSION_METHOD, name, v) for name, v in inversion_fidelity(latents).items()]
     images = data.images.to(device)
     for method, maps in heatmaps.items():
         if masked.any():

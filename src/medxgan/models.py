@@ -183,13 +183,9 @@ def build_from_spec(spec: dict) -> nn.Module:
 
 def save_model(model: nn.Module, path: str | Path, spec: dict) -> None:
     """Weights as safetensors, with the spec needed to rebuild the network in the file's metadata."""
-    from safetensors.torch import save_file
+    from medxgan.utils import save_tensors
 
-    from medxgan.utils import atomic_path
-
-    state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"spec": json.dumps(spec)})
+    save_tensors(model.state_dict(), path, {"spec": json.dumps(spec)})
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:

@@ -11,16 +11,18 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from medxgan import evaluation, figures, metrics
+from medxgan.config import ConfigError
 from medxgan.data.manifest import ImageSet, load_split
 from medxgan.data.phantoms import write_phantom_dataset
 from medxgan.explainers import EXPLAINERS, GENERATIVE_METHODS
 from medxgan.inversion import invert
 from medxgan.models import load_model, positive_probability, save_model
 from medxgan.training import GANTrainer, disentanglement_check, evaluate_classifier, train_classifier
-from medxgan.utils import atomic_path, pick_device, provenance, seed_everything, write_json
+from medxgan.utils import atomic_path, pick_device, provenance, save_tensors, seed_everything, write_json
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +30,6 @@ log = logging.getLogger(__name__)
 def _load(manifest, split: str, s: dict, label: str | None = None) -> ImageSet:
     d = s["data"]
     return load_split(manifest, split, d["negative"], d["positive"], d["image_size"], d["channels"], label=label)
-
-
-def _save_tensors(tensors: dict[str, torch.Tensor], path, meta: dict | None = None) -> None:
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={k: str(v) for k, v in (meta or {}).items()})
 
 
 def _write_csv(frame: pd.DataFrame, path) -> None:
@@ -48,6 +44,8 @@ def _start(s: dict) -> torch.device:
 
 def prepare(s: dict, out_dir: Path) -> None:
     p = s["phantom"]
+    if p is None:
+        raise ConfigError("prepare makes the built-in datasets only; this dataset has no 'phantom' settings")
     write_phantom_dataset(p["kind"], Path(out_dir), s["data"]["image_size"], p["counts"], p["positive_fraction"], s["seed"])
 
 
@@ -81,6 +79,9 @@ def train_gan_step(s: dict, manifest: Path, classifier: Path, out_dir: Path) -> 
                                           "provenance": provenance(s["seed"], device)})
 
 
+INVERSION_TABLE_COLUMNS = ("loss", "mse", "ssim", "p_image", "p_reconstruction", "p_negative")
+
+
 def _test_positives(manifest: Path, s: dict) -> ImageSet:
     return _load(manifest, "test", s, label="positive")
 
@@ -95,18 +96,17 @@ def invert_step(s: dict, manifest: Path, classifier: Path, generator: Path, out_
         negative = G(result.z1.to(device), torch.zeros_like(result.z2).to(device)).cpu()
         p_reconstruction = positive_probability(C, reconstruction.to(device)).cpu()
         p_negative = positive_probability(C, negative.to(device)).cpu()
-    table = pd.DataFrame({
-        "id": data.ids, "row": data.rows.numpy(), "loss": result.loss.numpy(),
-        "mse": metrics.reconstruction_mse(reconstruction, data.images).numpy(),
-        "ssim": metrics.reconstruction_ssim(reconstruction, data.images).numpy(),
-        "p_image": result.p_image.numpy(), "p_reconstruction": p_reconstruction.numpy(), "p_negative": p_negative.numpy(),
-    })
+    per_image = {**result.as_tensors(), "mse": metrics.reconstruction_mse(reconstruction, data.images),
+                 "ssim": metrics.reconstruction_ssim(reconstruction, data.images),
+                 "p_reconstruction": p_reconstruction, "p_negative": p_negative}
+    table = pd.DataFrame({"id": data.ids, "row": data.rows.numpy(),
+                          **{k: per_image[k].numpy() for k in INVERSION_TABLE_COLUMNS}})
     log.info("reconstruction MSE %.4f, SSIM %.3f; C calls %.1f%% of reconstructions positive, %.1f%% of negative "
              "realisations negative", table.mse.mean(), table.ssim.mean(), 100 * (table.p_reconstruction >= 0.5).mean(),
              100 * (table.p_negative < 0.5).mean())
     out_dir = Path(out_dir)
-    _save_tensors({**result.as_tensors(), "rows": data.rows, "reconstruction": reconstruction, "negative": negative,
-                   "p_reconstruction": p_reconstruction, "p_negative": p_negative}, out_dir / "latents.safetensors")
+    save_tensors({**per_image, "rows": data.rows, "reconstruction": reconstruction, "negative": negative},
+                 out_dir / "latents.safetensors")
     _write_csv(table, out_dir / "inversion.csv")
     write_json(out_dir / "provenance.json", {"settings": s, "provenance": provenance(s["seed"], device)})
 
@@ -133,7 +133,7 @@ def explain_step(s: dict, manifest: Path, classifier: Path, generator: Path, inv
     else:
         explainer = EXPLAINERS[method](C, **_method_options(method, cfg))
         heatmaps = explainer.attribute(data.images, target=1)
-    _save_tensors({"heatmaps": heatmaps, "rows": data.rows}, out, {"method": method})
+    save_tensors({"heatmaps": heatmaps, "rows": data.rows}, out, {"method": method})
 
 
 def _method_options(method: str, cfg: dict) -> dict:
@@ -152,7 +152,7 @@ def evaluate_step(s: dict, manifest: Path, classifier: Path, inversion: Path, ex
     C = load_model(classifier, device)
     data = _test_positives(manifest, s)
     latents = load_inversion(Path(inversion), data)
-    heatmaps = {load_method_name(p): load_file(str(p))["heatmaps"] for p in explanations}
+    heatmaps = load_heatmaps(explanations)
     per_image = evaluation.evaluate_explanations(C, data, heatmaps, latents, s["evaluate"], s["seed"], device)
     summary = evaluation.summarise(per_image, s["evaluate"], s["seed"])
     out_dir = Path(out_dir)
@@ -162,11 +162,13 @@ def evaluate_step(s: dict, manifest: Path, classifier: Path, inversion: Path, ex
     write_json(out_dir / "metrics_provenance.json", {"settings": s, "provenance": provenance(s["seed"], device)})
 
 
-def load_method_name(path: Path) -> str:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return f.metadata()["method"]
+def load_heatmaps(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """Method name -> heatmaps, from the files `explain` wrote."""
+    heatmaps = {}
+    for path in paths:
+        with safe_open(str(path), "pt") as f:
+            heatmaps[f.metadata()["method"]] = f.get_tensor("heatmaps")
+    return heatmaps
 
 
 def figures_step(s: dict, manifest: Path, classifier: Path, generator: Path, inversion: Path,
@@ -175,7 +177,7 @@ def figures_step(s: dict, manifest: Path, classifier: Path, generator: Path, inv
     C, G = load_model(classifier, device), load_model(generator, device)
     data = _test_positives(manifest, s)
     latents = load_inversion(Path(inversion), data)
-    heatmaps = {load_method_name(p): load_file(str(p))["heatmaps"] for p in explanations}
+    heatmaps = load_heatmaps(explanations)
     out_dir = Path(out_dir)
     examples = figures.example_indices(data, s["figures"]["examples"])
     figures.save(figures.pipeline_rows(C, data, latents, heatmaps, examples), out_dir / "pipeline.png")

@@ -47,6 +47,15 @@ def atomic_path(path: str | os.PathLike):
             os.remove(tmp)
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Tensors as one safetensors file, written atomically, with string metadata."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(tmp),
+                  metadata={key: str(value) for key, value in (metadata or {}).items()})
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
