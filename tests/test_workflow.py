@@ -35,6 +35,7 @@ TINY = {
 def workdir(tmp_path: Path) -> Path:
     """A working directory with the project's config, shrunk so the whole DAG runs in about a minute."""
     shutil.copytree(REPO / "config", tmp_path / "config")
+    shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
     config = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(merge(config, TINY)))
     return tmp_path
@@ -65,6 +66,8 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
         classifier = json.loads((root / "classifier" / "metrics.json").read_text())
         assert classifier["test"]["n"] == 16 and "torch" in classifier["provenance"]
     assert "synthetic-mri" in (workdir / "results" / "summary.md").read_text()
+    for notebook in ("results", "method_walkthrough"):  # executed without error, rendered to HTML
+        assert "<html" in (workdir / "results" / "notebooks" / f"{notebook}.html").read_text()[:2000].lower()
 
     again = snakemake(workdir, "--cores", "2", "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -27,6 +27,7 @@ STEP_HELP = {
     "evaluate": "score every method's heatmaps against the lesion masks and by perturbation",
     "figures": "draw the paper's pipeline rows, the interpolation strip and the metrics plot",
     "summarize": "gather every dataset's metrics into one Markdown/CSV table",
+    "notebook": "execute a results notebook (jupytext .py) and render it to HTML",
 }
 
 
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def step(name: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=STEP_HELP[name], description=STEP_HELP[name])
-        if name != "summarize":
+        if name not in ("summarize", "notebook"):
             p.add_argument("--settings", help="the step's settings as JSON text or a JSON file (the Snakefile passes this)")
             p.add_argument("--config", nargs="+", metavar="FILE",
                            help="config files such as config/config.yaml, later ones laid over earlier ones "
@@ -100,12 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", type=Path, default=Path("results"), help="the results folder (default results/)")
     p.add_argument("--datasets", nargs="+", required=True, help="dataset names under --results")
     p.add_argument("--out", type=Path, required=True, help="Markdown table; a .csv twin is written beside it")
+    p = step("notebook")
+    p.add_argument("source", type=Path, help="a notebook in jupytext percent format, e.g. notebooks/results.py")
+    p.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    p.add_argument("--workdir", type=Path, default=Path("."), help="working directory of the notebook (default .)")
     return parser
 
 
 def run(args) -> None:
     if args.step == "summarize":
         steps.summarize_step(args.results, args.datasets, args.out)
+        return
+    if args.step == "notebook":
+        from medxgan.notebooks import render_notebook  # Jupyter is loaded only for this step
+
+        render_notebook(args.source, args.out, args.workdir)
         return
     torch.set_num_threads(args.threads)
     s = _settings(args)

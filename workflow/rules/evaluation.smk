@@ -31,9 +31,12 @@ rule figures:
         explanations=explanations_of,
         metrics=rules.evaluate.output.summary,
     output:
-        pipeline="results/{dataset}/figures/pipeline.png",
-        interpolation="results/{dataset}/figures/interpolation.png",
-        metrics="results/{dataset}/figures/metrics.png",
+        pipeline=report("results/{dataset}/figures/pipeline.png", caption="../report/pipeline.rst",
+                        category="{dataset}", labels={"figure": "pipeline rows"}),
+        interpolation=report("results/{dataset}/figures/interpolation.png", caption="../report/interpolation.rst",
+                             category="{dataset}", labels={"figure": "interpolation"}),
+        metrics=report("results/{dataset}/figures/metrics.png", caption="../report/metrics.rst",
+                       category="{dataset}", labels={"figure": "metrics"}),
     params:
         settings=settings("data", "explain", "figures"),
     threads: config["threads"]
@@ -60,3 +63,17 @@ rule summarize:
         "results/logs/summarize.log",
     shell:
         "medxgan summarize --results results --datasets {params.datasets:q} --out {output.markdown:q} 2> {log:q}"
+
+
+rule notebook:
+    input:
+        source="notebooks/{notebook}.py",
+        summary=rules.summarize.output.table,
+        figures=expand("results/{dataset}/figures/{figure}.png", dataset=DATASETS,
+                       figure=["pipeline", "interpolation", "metrics"]),
+    output:
+        html="results/notebooks/{notebook}.html",
+    log:
+        "results/logs/notebook_{notebook}.log",
+    shell:
+        "medxgan notebook {input.source:q} --out {output.html:q} 2> {log:q}"

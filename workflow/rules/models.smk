@@ -27,7 +27,8 @@ rule train_gan:
         generator="results/{dataset}/gan/generator.safetensors",
         discriminator="results/{dataset}/gan/discriminator.safetensors",
         losses="results/{dataset}/gan/losses.csv",
-        figure="results/{dataset}/gan/losses.png",
+        figure=report("results/{dataset}/gan/losses.png", caption="../report/losses.rst",
+                      category="{dataset}", labels={"figure": "GAN losses"}),
         summary="results/{dataset}/gan/summary.json",
     params:
         settings=settings("data", "gan"),
