@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from helpers import RegionClassifier
 from medxgan.explainers import IntegratedGradients
-from medxgan.robustness import add_noise, heatmap_similarity, max_sensitivity, noise_robustness
+from medxgan.metrics import heatmap_similarity
+from medxgan.robustness import add_noise, max_sensitivity, noise_robustness
 
 SIZE = 32  # RegionClassifier's default region, rows/cols 8..24, fits inside
 

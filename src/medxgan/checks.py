@@ -20,15 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.linalg import sqrtm
-from scipy.stats import spearmanr
 from torch import Tensor, nn
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 from medxgan.explainers import frozen, module_device
-from medxgan.metrics import reconstruction_ssim
+from medxgan.metrics import heatmap_similarity, reconstruction_ssim
 
 RANDOMISED_LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm2d)
-HEATMAP_RANGE = 1.0  # heatmaps are min-max normalised before SSIM
 
 
 # --- Sanity check: cascading model-parameter randomisation -------------------------------------------
@@ -78,30 +75,6 @@ def cascading_randomisation(classifier: nn.Module, seed: int = 0) -> Iterator[tu
         yield name, copy.deepcopy(randomised).eval()
 
 
-def _min_max(heatmaps: Tensor) -> Tensor:
-    """Each heatmap scaled to [0, 1]; a constant heatmap becomes all zeros."""
-    flat = heatmaps.flatten(1).double()
-    low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
-    span = high - low
-    return ((flat - low) / torch.where(span > 0, span, 1.0)).view_as(heatmaps)
-
-
-def heatmap_rank_correlation(reference: Tensor, heatmaps: Tensor) -> Tensor:
-    """(N,) Spearman rank correlation of each heatmap with its reference (ties get average ranks).
-
-    NaN where either heatmap is constant: there is no ranking to compare.
-    """
-    correlations = [spearmanr(a, b).statistic if a.std() > 0 and b.std() > 0 else float("nan")
-                    for a, b in zip(reference.flatten(1).double().numpy(), heatmaps.flatten(1).double().numpy())]
-    return torch.tensor(correlations, dtype=torch.float64)
-
-
-def heatmap_ssim(reference: Tensor, heatmaps: Tensor) -> Tensor:
-    """(N,) SSIM between the min-max normalised heatmaps (N, H, W)."""
-    return structural_similarity_index_measure(_min_max(heatmaps)[:, None], _min_max(reference)[:, None],
-                                               data_range=HEATMAP_RANGE, reduction="none").cpu()
-
-
 def sanity_check(explain: Callable[[nn.Module], Tensor], classifier: nn.Module, seed: int = 0) -> pd.DataFrame:
     """Cascading randomisation test: one row per (randomised layer, image).
 
@@ -124,8 +97,7 @@ def sanity_check(explain: Callable[[nn.Module], Tensor], classifier: nn.Module, 
         heatmaps = explain(model)
         frames.append(pd.DataFrame({
             "layer": layer, "step": step, "image": images,
-            "spearman": heatmap_rank_correlation(reference, heatmaps).numpy(),
-            "ssim": heatmap_ssim(reference, heatmaps).double().numpy(),
+            **{name: values.double().numpy() for name, values in heatmap_similarity(reference, heatmaps).items()},
         }))
     return pd.concat(frames, ignore_index=True)
 

@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 import pandas as pd
 import torch
 from torch import Tensor
-from torchmetrics.functional.image import structural_similarity_index_measure
-from torchmetrics.functional.regression import spearman_corrcoef
+
+from medxgan.metrics import heatmap_similarity
 
 Explain = Callable[[Tensor], Tensor]
 IMAGE_MIN, IMAGE_MAX = -1.0, 1.0
@@ -45,33 +45,6 @@ def add_noise(images: Tensor, sigma: float, seed: int) -> Tensor:
     """
     noise = _draw(images, image_generators(len(images), seed), torch.randn)
     return (images + sigma * noise).clamp(IMAGE_MIN, IMAGE_MAX)
-
-
-def _min_max(heatmaps: Tensor) -> Tensor:
-    """Each heatmap scaled to [0, 1]; a constant heatmap becomes all zeros."""
-    flat = heatmaps.flatten(1)
-    low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
-    span = high - low
-    return ((flat - low) / torch.where(span > 0, span, 1.0)).view_as(heatmaps)  # constant map: 0 / 1
-
-
-def heatmap_similarity(clean: Tensor, noisy: Tensor) -> dict[str, Tensor]:
-    """Per image (N,) similarity of two (N, H, W) heatmap stacks.
-
-    "spearman": rank correlation over pixels (torchmetrics: tied values get their average rank, which
-    matters for heatmaps with large exactly-zero areas; a constant heatmap scores 0, not NaN).
-    "ssim": SSIM of the min-max normalised heatmaps with data_range 1.0, so heatmaps on different
-    scales compare (torchmetrics' default 11-pixel Gaussian window).
-    """
-    clean, noisy = clean.detach().float().cpu(), noisy.detach().float().cpu()
-    if clean.shape != noisy.shape or clean.dim() != 3:
-        raise ValueError(f"need two (N, H, W) heatmap stacks of one shape, got {tuple(clean.shape)} "
-                         f"and {tuple(noisy.shape)}")
-    # torchmetrics treats columns as outputs: one column per image gives one correlation per image.
-    spearman = spearman_corrcoef(noisy.flatten(1).T, clean.flatten(1).T)
-    ssim = structural_similarity_index_measure(_min_max(noisy)[:, None], _min_max(clean)[:, None],
-                                               data_range=1.0, reduction="none")
-    return {"spearman": spearman, "ssim": ssim}
 
 
 def max_sensitivity(explain: Explain, images: Tensor, radius: float = 0.05, samples: int = 10,
