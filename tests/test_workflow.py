@@ -27,6 +27,7 @@ TINY = {
         "inversion": {"restarts": 2, "steps": 5},
         "explain": {"latent_ig_steps": 4, "ig_steps": 4, "interpolation_points": 3},
         "figures": {"examples": 2},
+        "checks": {"images": 2, "noise_sigmas": [0.1], "sensitivity_samples": 1},
     },
 }
 
@@ -71,6 +72,18 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
 
     again = snakemake(workdir, "--cores", "2", "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+    checks = snakemake(workdir, "--cores", "2", "checks")  # the opt-in target
+    assert checks.returncode == 0, checks.stderr[-3000:]
+    for dataset in ("synthetic-cxr", "synthetic-mri"):
+        root = workdir / "results" / dataset / "checks"
+        sanity = pd.read_csv(root / "sanity.csv")
+        assert set(sanity.method) == {"gradcam", "ig", "latent_ig"} and sanity.step.max() >= 3
+        robustness = pd.read_csv(root / "robustness.csv")
+        assert {"spearman", "ssim", "max_sensitivity"} <= set(robustness.metric)
+        assert set(robustness.method) == {"difference", "interpolation", "latent_ig", "gradcam", "ig"}
+        counterfactual = pd.read_csv(root / "counterfactual.csv").set_index("metric")["mean"]
+        assert 0 <= counterfactual["proximity_ssim"] <= 1 and counterfactual.notna().all()
 
 
 def test_own_manifest_runs_under_its_folder_name(workdir: Path, tmp_path_factory):

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pandas as pd
 import torch
-from scipy.linalg import sqrtm
 from torch import Tensor, nn
 
 from medxgan.explainers import frozen, module_device
@@ -137,24 +136,27 @@ def penultimate_features(classifier: nn.Module, images: Tensor, batch_size: int 
     return torch.cat(captured).float().cpu()
 
 
-def frechet_distance(features_a: Tensor, features_b: Tensor, imaginary_tolerance: float = 1e-3) -> float:
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric positive semi-definite matrix (round-off negatives clipped to 0)."""
+    values, vectors = np.linalg.eigh(matrix)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
+def frechet_distance(features_a: Tensor, features_b: Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two (N, D) feature sets:
     |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)).
 
     Reported on the classifier's penultimate features (see `penultimate_features`), not Inception's.
     The estimate is biased upward with few samples (sampling noise in the means and covariances adds
     distance even between two samples of one distribution), so compare distances only at equal
-    sample sizes. The matrix square root is taken in float64; an imaginary part from round-off is
-    dropped, one larger than `imaginary_tolerance` raises.
+    sample sizes. Tr((S_a S_b)^(1/2)) is computed as Tr((S_a^(1/2) S_b S_a^(1/2))^(1/2)), a symmetric
+    form that stays real when the covariances are singular (fewer samples than features).
     """
     a, b = (f.detach().double().cpu().numpy() for f in (features_a, features_b))
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ValueError(f"need two (N >= 2, D) feature sets of one width, got {a.shape} and {b.shape}")
     mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)
     cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    cross = sqrtm(cov_a @ cov_b)
-    if np.iscomplexobj(cross):
-        if np.abs(cross.imag).max() > imaginary_tolerance:
-            raise ValueError(f"matrix square root has an imaginary part of {np.abs(cross.imag).max():.3g}")
-        cross = cross.real
-    return float(((mean_a - mean_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(cross))
+    root_a = _psd_sqrt(cov_a)
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0.0, None)).sum()
+    return float(((mean_a - mean_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)

@@ -26,6 +26,7 @@ STEP_HELP = {
     "explain": "compute one method's heatmaps for the test positives",
     "evaluate": "score every method's heatmaps against the lesion masks and by perturbation",
     "figures": "draw the paper's pipeline rows, the interpolation strip and the metrics plot",
+    "check": "sanity check, noise robustness and counterfactual quality of the explanations",
     "summarize": "gather every dataset's metrics into one Markdown/CSV table",
     "notebook": "execute a results notebook (jupytext .py) and render it to HTML",
 }
@@ -97,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explanations", type=Path, nargs="+", required=True, help="heatmap files from explain")
     p.add_argument("--metrics", type=Path, required=True, help="metrics.csv from evaluate")
     p.add_argument("--out-dir", type=Path, required=True, help="folder for the PNG figures")
+    p = step("check")
+    inputs(p, "manifest", "classifier", "generator", "inversion")
+    p.add_argument("--out-dir", type=Path, required=True,
+                   help="writes sanity.csv, robustness.csv, counterfactual.csv and their figures")
     p = step("summarize")
     p.add_argument("--results", type=Path, default=Path("results"), help="the results folder (default results/)")
     p.add_argument("--datasets", nargs="+", required=True, help="dataset names under --results")
@@ -131,6 +136,8 @@ def run(args) -> None:
         steps.explain_step(s, args.manifest, args.classifier, args.generator, args.inversion, args.method, args.out)
     elif args.step == "evaluate":
         steps.evaluate_step(s, args.manifest, args.classifier, args.inversion, args.explanations, args.out_dir)
+    elif args.step == "check":
+        steps.check_step(s, args.manifest, args.classifier, args.generator, args.inversion, args.out_dir)
     elif args.step == "figures":
         steps.figures_step(s, args.manifest, args.classifier, args.generator, args.inversion, args.explanations,
                            args.metrics, args.out_dir)

@@ -13,7 +13,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-SECTIONS = ("data", "classifier", "gan", "inversion", "explain", "evaluate", "figures")
+SECTIONS = ("data", "classifier", "gan", "inversion", "explain", "evaluate", "figures", "checks")
 SCHEMA_RELATIVE = Path("schema") / "config.schema.yaml"
 
 

@@ -6,6 +6,7 @@ and count per method and metric. A `random` heatmap is scored too, so chance lev
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -14,8 +15,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from medxgan import metrics
+from medxgan import checks, metrics, robustness
 from medxgan.data.manifest import ImageSet
+from medxgan.explainers import GENERATIVE_METHODS, build_explainer
+from medxgan.inversion import invert
 
 log = logging.getLogger(__name__)
 
@@ -136,3 +139,77 @@ def summary_markdown(results: Path, datasets: list[str]) -> str:
         pivot = scores.pivot(index="metric", columns="method", values="cell").loc[list(dict.fromkeys(scores.metric))]
         lines += ["Explanations, mean over test positives [95% bootstrap CI]:", "", pivot.to_markdown(), ""]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- checks
+
+SANITY_METHODS = ("gradcam", "ig", "latent_ig")  # the methods that read C directly (see checks.sanity_check)
+
+
+def heatmaps_for(method: str, C, G, images: torch.Tensor, rows: torch.Tensor, s: dict,
+                 latents: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """One method's heatmaps; a generative method inverts the images first unless given their codes."""
+    explainer = build_explainer(method, C, G, s["explain"])
+    if method in GENERATIVE_METHODS and latents is None:
+        codes = invert(G, C, images, rows, s["inversion"], s["seed"])
+        latents = (codes.z1, codes.z2)
+    return explainer.attribute(images, target=1, latents=latents)
+
+
+def sanity_table(C, G, data: ImageSet, latents: dict[str, torch.Tensor], s: dict) -> pd.DataFrame:
+    """Cascading randomisation of C for the methods that read C; latents stay those of the trained C."""
+    rows = data.rows.tolist()
+    codes = (latents["z1"][:len(rows)], latents["z2"][:len(rows)])
+    frames = []
+    for method in [m for m in SANITY_METHODS if m in s["explain"]["methods"]]:
+        def explain(model, method=method):
+            return heatmaps_for(method, model, G, data.images, data.rows, s, latents=codes)
+        frames.append(checks.sanity_check(explain, C, s["seed"]).assign(method=method))
+    return pd.concat(frames, ignore_index=True)
+
+
+def robustness_table(C, G, data: ImageSet, s: dict) -> pd.DataFrame:
+    """Similarity of each method's heatmaps under input noise, and its max-sensitivity.
+
+    A medXGAN heatmap of a noisy image comes from that image's own inversion; the inversions are
+    shared by the three generative methods.
+    """
+    cfg = s["checks"]
+    inversions = {}
+
+    def explain_with(method):
+        def explain(images):
+            key = hashlib.sha256(images.numpy().tobytes()).hexdigest()
+            if method in GENERATIVE_METHODS and key not in inversions:
+                codes = invert(G, C, images, data.rows, s["inversion"], s["seed"])
+                inversions[key] = (codes.z1, codes.z2)
+            return heatmaps_for(method, C, G, images, data.rows, s, latents=inversions.get(key))
+        return explain
+
+    frames = []
+    for method in s["explain"]["methods"]:
+        explain = explain_with(method)
+        noise = robustness.noise_robustness(explain, data.images, [0.0, *cfg["noise_sigmas"]], s["seed"])
+        sensitivity = robustness.max_sensitivity(explain, data.images, cfg["sensitivity_radius"],
+                                                 cfg["sensitivity_samples"], s["seed"])
+        frames += [noise.assign(method=method),
+                   pd.DataFrame({"sigma": float("nan"), "image": range(len(data)), "metric": "max_sensitivity",
+                                 "value": sensitivity.double().numpy(), "method": method})]
+    return pd.concat(frames, ignore_index=True)
+
+
+def counterfactual_table(C, positives: ImageSet, negatives: ImageSet, latents: dict[str, torch.Tensor],
+                         s: dict) -> pd.DataFrame:
+    """medXGAN's counterfactuals: proximity of G(z1, 0) to G(z1, z2), and realism as the Fréchet
+    distance in C's penultimate features (not Inception's) between generated and real test images."""
+    near = checks.proximity(latents["negative"], latents["reconstruction"])
+    rows = [{"metric": f"proximity_{name}", "mean": v.mean().item(),
+             **dict(zip(("ci_low", "ci_high"), metrics.bootstrap_ci(v, seed=s["seed"])))} for name, v in near.items()]
+    features = {name: checks.penultimate_features(C, images) for name, images in (
+        ("reconstructions", latents["reconstruction"]), ("negative_realisations", latents["negative"]),
+        ("real_positives", positives.images), ("real_negatives", negatives.images))}
+    for generated, real in (("reconstructions", "real_positives"), ("negative_realisations", "real_negatives"),
+                            ("real_negatives", "real_positives")):
+        distance = checks.frechet_distance(features[generated], features[real])
+        rows.append({"metric": f"frechet_distance_classifier_features:{generated}_vs_{real}", "mean": distance})
+    return pd.DataFrame(rows)

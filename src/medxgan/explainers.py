@@ -253,3 +253,19 @@ EXPLAINERS: dict[str, type[Explainer]] = {
     "ig": IntegratedGradients,
 }
 GENERATIVE_METHODS = tuple(name for name, cls in EXPLAINERS.items() if issubclass(cls, GenerativeExplainer))
+
+
+def build_explainer(method: str, classifier: nn.Module, generator: nn.Module, cfg: dict) -> Explainer:
+    """The explainer for `method` with the options of the config's `explain` section."""
+    if method not in EXPLAINERS:
+        raise ValueError(f"unknown explanation method {method!r}; known: {', '.join(EXPLAINERS)}")
+    options = {"batch_size": cfg["batch_size"]}
+    if method == "interpolation":
+        options["n_points"] = cfg["interpolation_points"]
+    elif method == "latent_ig":
+        options.update(n_steps=cfg["latent_ig_steps"], form=cfg["latent_ig_form"])
+    elif method == "ig":
+        options.update(n_steps=cfg["ig_steps"], baseline=cfg["ig_baseline"])
+    if method in GENERATIVE_METHODS:
+        return EXPLAINERS[method](classifier, generator, **options)
+    return EXPLAINERS[method](classifier, **options)

@@ -148,3 +148,33 @@ def metrics_bars(table: pd.DataFrame) -> plt.Figure:
         ax.tick_params(axis="x", rotation=60, labelsize=8)
     fig.tight_layout()
     return fig
+
+
+def sanity_curves(sanity: pd.DataFrame) -> plt.Figure:
+    """Cascading randomisation: how similar each method's heatmap stays as C's layers are randomised
+    from the output down. A method that explains C falls towards 0; one that stays near 1 fails."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    order = sanity.groupby("step")["layer"].first()
+    for ax, metric in zip(axes, ("spearman", "ssim")):
+        sns.lineplot(data=sanity, x="step", y=metric, hue="method", marker="o", errorbar=("ci", 95), ax=ax)
+        ax.set_xticks(order.index, order.values, rotation=60, fontsize=7)
+        ax.set_xlabel("randomised down to layer")
+        ax.set_ylabel(f"{metric} with the trained C's heatmap")
+    fig.tight_layout()
+    return fig
+
+
+def robustness_curves(table: pd.DataFrame) -> plt.Figure:
+    """Heatmap similarity under Gaussian input noise, and max-sensitivity, per method."""
+    noise = table[table.metric != "max_sensitivity"]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    for ax, metric in zip(axes, ("spearman", "ssim")):
+        sns.lineplot(data=noise[noise.metric == metric], x="sigma", y="value", hue="method", marker="o",
+                     errorbar=("ci", 95), ax=ax)
+        ax.set_xlabel("noise sigma (image range [-1, 1])")
+        ax.set_ylabel(f"{metric} with the clean heatmap")
+    sns.barplot(data=table[table.metric == "max_sensitivity"], x="method", y="value", errorbar=("ci", 95), ax=axes[2])
+    axes[2].set_ylabel("max-sensitivity (relative)")
+    axes[2].tick_params(axis="x", rotation=60)
+    fig.tight_layout()
+    return fig

@@ -18,7 +18,7 @@ from medxgan import evaluation, figures, metrics
 from medxgan.config import ConfigError
 from medxgan.data.manifest import ImageSet, load_split
 from medxgan.data.phantoms import write_phantom_dataset
-from medxgan.explainers import EXPLAINERS, GENERATIVE_METHODS
+from medxgan.explainers import build_explainer
 from medxgan.inversion import invert
 from medxgan.models import load_model, positive_probability, save_model
 from medxgan.training import GANTrainer, disentanglement_check, evaluate_classifier, train_classifier
@@ -121,30 +121,12 @@ def load_inversion(path: Path, data: ImageSet) -> dict[str, torch.Tensor]:
 
 def explain_step(s: dict, manifest: Path, classifier: Path, generator: Path, inversion: Path, method: str, out: Path) -> None:
     device = _start(s)
-    if method not in EXPLAINERS:
-        raise ValueError(f"unknown explanation method {method!r}; known: {', '.join(EXPLAINERS)}")
-    C = load_model(classifier, device)
+    C, G = load_model(classifier, device), load_model(generator, device)
+    explainer = build_explainer(method, C, G, s["explain"])
     data = _test_positives(manifest, s)
-    cfg = s["explain"]
-    if method in GENERATIVE_METHODS:
-        explainer = EXPLAINERS[method](C, load_model(generator, device), **_method_options(method, cfg))
-        latents = load_inversion(Path(inversion), data)
-        heatmaps = explainer.attribute(data.images, target=1, latents=(latents["z1"], latents["z2"]))
-    else:
-        explainer = EXPLAINERS[method](C, **_method_options(method, cfg))
-        heatmaps = explainer.attribute(data.images, target=1)
+    latents = load_inversion(Path(inversion), data)
+    heatmaps = explainer.attribute(data.images, target=1, latents=(latents["z1"], latents["z2"]))
     save_tensors({"heatmaps": heatmaps, "rows": data.rows}, out, {"method": method})
-
-
-def _method_options(method: str, cfg: dict) -> dict:
-    options = {"batch_size": cfg["batch_size"]}
-    if method == "interpolation":
-        options["n_points"] = cfg["interpolation_points"]
-    elif method == "latent_ig":
-        options.update(n_steps=cfg["latent_ig_steps"], form=cfg["latent_ig_form"])
-    elif method == "ig":
-        options.update(n_steps=cfg["ig_steps"], baseline=cfg["ig_baseline"])
-    return options
 
 
 def evaluate_step(s: dict, manifest: Path, classifier: Path, inversion: Path, explanations: list[Path], out_dir: Path) -> None:
@@ -184,6 +166,26 @@ def figures_step(s: dict, manifest: Path, classifier: Path, generator: Path, inv
     figures.save(figures.interpolation_strip(C, G, latents, examples, s["explain"]["interpolation_points"]),
                  out_dir / "interpolation.png")
     figures.save(figures.metrics_bars(pd.read_csv(metrics_csv)), out_dir / "metrics.png")
+
+
+def check_step(s: dict, manifest: Path, classifier: Path, generator: Path, inversion: Path, out_dir: Path) -> None:
+    device = _start(s)
+    C, G = load_model(classifier, device), load_model(generator, device)
+    data = _test_positives(manifest, s)
+    latents = load_inversion(Path(inversion), data)
+    negatives = _load(manifest, "test", s, label="negative")
+    out_dir = Path(out_dir)
+    sample = torch.arange(min(s["checks"]["images"], len(data)))
+    tables = {
+        "sanity": evaluation.sanity_table(C, G, data.subset(sample), latents, s),
+        "robustness": evaluation.robustness_table(C, G, data.subset(sample), s),
+        "counterfactual": evaluation.counterfactual_table(C, data, negatives, latents, s),
+    }
+    for name, table in tables.items():
+        _write_csv(table, out_dir / f"{name}.csv")
+    figures.save(figures.sanity_curves(tables["sanity"]), out_dir / "sanity.png")
+    figures.save(figures.robustness_curves(tables["robustness"]), out_dir / "robustness.png")
+    write_json(out_dir / "provenance.json", {"settings": s, "provenance": provenance(s["seed"], device)})
 
 
 def summarize_step(results: Path, datasets: list[str], out: Path) -> None:

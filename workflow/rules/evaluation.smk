@@ -77,3 +77,35 @@ rule notebook:
         "results/logs/notebook_{notebook}.log",
     shell:
         "medxgan notebook {input.source:q} --out {output.html:q} 2> {log:q}"
+
+
+rule check:
+    input:
+        manifest=manifest_of,
+        classifier=rules.train_classifier.output.model,
+        generator=rules.train_gan.output.generator,
+        latents=rules.invert.output.latents,
+    output:
+        sanity="results/{dataset}/checks/sanity.csv",
+        robustness="results/{dataset}/checks/robustness.csv",
+        counterfactual="results/{dataset}/checks/counterfactual.csv",
+        sanity_figure=report("results/{dataset}/checks/sanity.png", caption="../report/sanity.rst",
+                             category="{dataset}", labels={"figure": "sanity check"}),
+        robustness_figure=report("results/{dataset}/checks/robustness.png", caption="../report/robustness.rst",
+                                 category="{dataset}", labels={"figure": "noise robustness"}),
+    params:
+        settings=settings("data", "inversion", "explain", "checks"),
+    threads: config["threads"]
+    resources:
+        gpu=1,
+    log:
+        "results/{dataset}/logs/check.log",
+    shell:
+        "medxgan check --settings {params.settings:q} --manifest {input.manifest:q}"
+        " --classifier {input.classifier:q} --generator {input.generator:q} --inversion {input.latents:q}"
+        " --out-dir results/{wildcards.dataset}/checks --threads {threads} 2> {log:q}"
+
+
+rule checks:
+    input:
+        expand("results/{dataset}/checks/sanity.csv", dataset=DATASETS),
