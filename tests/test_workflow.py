@@ -54,7 +54,7 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
     assert run.returncode == 0, run.stderr[-3000:]
     for dataset in ("synthetic-cxr", "synthetic-mri"):
         root = workdir / "results" / dataset
-        for name in ("classifier/model.safetensors", "gan/generator.safetensors", "gan/losses.png",
+        for name in ("classifier/model.safetensors", "gan/generator.safetensors", "gan/losses.png", "figures/inversion.png",
                      "inversion/latents.safetensors", "figures/pipeline.png", "figures/interpolation.png",
                      "figures/metrics.png", "logs/train_gan.log"):
             assert (root / name).stat().st_size > 0, name

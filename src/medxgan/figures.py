@@ -178,3 +178,36 @@ def robustness_curves(table: pd.DataFrame) -> plt.Figure:
     axes[2].tick_params(axis="x", rotation=60)
     fig.tight_layout()
     return fig
+
+
+def inversion_quality(data: ImageSet, latents: dict, worst: int) -> plt.Figure:
+    """How faithful the inversion is: the distributions of reconstruction error and of C's agreement,
+    and the `worst` reconstructions by MSE (the paper's failure cases)."""
+    order = latents["mse"].argsort(descending=True)[:worst].tolist()
+    fig = plt.figure(figsize=(max(9, 2.3 * len(order)), 2.8 + 2.1 * 3))
+    grid = fig.add_gridspec(4, max(3, len(order)), height_ratios=[1.3, 1, 1, 1])
+    top = [fig.add_subplot(grid[0, i * grid.ncols // 3:(i + 1) * grid.ncols // 3]) for i in range(3)]
+    sns.histplot(latents["mse"].numpy(), ax=top[0]).set(title="reconstruction MSE", xlabel="")
+    sns.histplot(latents["ssim"].numpy(), ax=top[1]).set(title="reconstruction SSIM", xlabel="")
+    called_positive = latents["p_image"] >= 0.5
+    shares = {"G(z1, z2) called positive": (latents["p_reconstruction"] >= 0.5).float().mean().item(),
+              "G(z1, 0) called negative": (latents["p_negative"] < 0.5).float().mean().item(),
+              "C agrees on x, G(z1, z2)": ((latents["p_reconstruction"] >= 0.5) == called_positive).float().mean().item()}
+    sns.barplot(x=list(shares.values()), y=list(shares), ax=top[2], orient="h").set(xlim=(0, 1), title="classifier")
+    for col, i in enumerate(order):
+        cells = [("original", data.images[i], latents["p_image"][i]),
+                 ("reconstruction", latents["reconstruction"][i], latents["p_reconstruction"][i]),
+                 ("negative realisation", latents["negative"][i], latents["p_negative"][i])]
+        for row, (title, image, p) in enumerate(cells, start=1):
+            ax = fig.add_subplot(grid[row, col])
+            ax.imshow(_grey(image), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(_probability_label(float(p)), fontsize=7)
+            if col == 0:
+                ax.set_ylabel(title, fontsize=8)
+            if row == 1:
+                ax.set_title(f"MSE {latents['mse'][i]:.3f}", fontsize=8)
+    fig.suptitle(f"Inversion of the test positives; the {len(order)} worst reconstructions below", fontsize=9)
+    fig.tight_layout()
+    return fig

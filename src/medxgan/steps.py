@@ -166,6 +166,7 @@ def figures_step(s: dict, manifest: Path, classifier: Path, generator: Path, inv
     figures.save(figures.interpolation_strip(C, G, latents, examples, s["explain"]["interpolation_points"]),
                  out_dir / "interpolation.png")
     figures.save(figures.metrics_bars(pd.read_csv(metrics_csv)), out_dir / "metrics.png")
+    figures.save(figures.inversion_quality(data, latents, s["figures"]["examples"]), out_dir / "inversion.png")
 
 
 def check_step(s: dict, manifest: Path, classifier: Path, generator: Path, inversion: Path, out_dir: Path) -> None:

@@ -37,6 +37,8 @@ rule figures:
                              category="{dataset}", labels={"figure": "interpolation"}),
         metrics=report("results/{dataset}/figures/metrics.png", caption="../report/metrics.rst",
                        category="{dataset}", labels={"figure": "metrics"}),
+        inversion=report("results/{dataset}/figures/inversion.png", caption="../report/inversion.rst",
+                         category="{dataset}", labels={"figure": "inversion quality"}),
     params:
         settings=settings("data", "explain", "figures"),
     threads: config["threads"]
