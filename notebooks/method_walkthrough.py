@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -37,9 +39,9 @@ DATASET = pd.read_csv(ROOT / "results" / "summary.csv").dataset.iloc[-1]  # the 
 results = ROOT / "results" / DATASET
 C = load_model(results / "classifier" / "model.safetensors")
 G = load_model(results / "gan" / "generator.safetensors")
-run = json.loads((results / "inversion" / "provenance.json").read_text())["settings"]
-data = run["data"]
-test = load_split(ROOT / "data" / DATASET / "manifest.csv", "test", data["negative"], data["positive"],
+inversion_run = json.loads((results / "inversion" / "provenance.json").read_text())
+run, data = inversion_run["settings"], inversion_run["settings"]["data"]
+test = load_split(inversion_run["manifest"], "test", data["negative"], data["positive"],
                   data["image_size"], data["channels"], label="positive")
 image = test.subset(test.has_mask.nonzero().flatten()[:1] if test.has_mask.any() else torch.tensor([0]))
 print(f"dataset {DATASET}, test image {image.ids[0]}")

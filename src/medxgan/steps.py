@@ -108,7 +108,8 @@ def invert_step(s: dict, manifest: Path, classifier: Path, generator: Path, out_
     save_tensors({**per_image, "rows": data.rows, "reconstruction": reconstruction, "negative": negative},
                  out_dir / "latents.safetensors")
     _write_csv(table, out_dir / "inversion.csv")
-    write_json(out_dir / "provenance.json", {"settings": s, "provenance": provenance(s["seed"], device)})
+    write_json(out_dir / "provenance.json", {"manifest": str(Path(manifest).resolve()), "settings": s,
+                                             "provenance": provenance(s["seed"], device)})
 
 
 def load_inversion(path: Path, data: ImageSet) -> dict[str, torch.Tensor]:
