@@ -26,3 +26,14 @@ class RegionClassifier(nn.Module):
     def forward(self, x):
         score = self.gain * x[:, :, self.region, self.region].mean(dim=(1, 2, 3))
         return torch.stack([torch.zeros_like(score), score], dim=1)
+
+
+def calibrate_gan_pair(generator: nn.Module, classifier: nn.Module, n: int = 64) -> None:
+    """Batch-norm statistics for G from codes that are half negatives (z2 = 0), as in training, and
+    for C from G's images."""
+    rng = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(n, generator.nz1, generator=rng), torch.randn(n, generator.nz2, generator=rng)
+    z2[: n // 2] = 0
+    calibrate_batch_norm(generator, z1, z2)
+    with torch.no_grad():
+        calibrate_batch_norm(classifier, generator(z1, z2))

@@ -9,7 +9,7 @@ from medxgan.explainers import (
     Interpolation, LatentIG,
 )
 from medxgan.models import Generator, SimpleCNN, positive_probability
-from helpers import RegionClassifier, calibrate_batch_norm
+from helpers import RegionClassifier, calibrate_gan_pair
 
 NZ1, NZ2, SIZE = 8, 4, 64
 # Latent IG path form vs C(x_m) - C(x_0) with 64 steps: the largest error measured over 20 seeds
@@ -26,11 +26,7 @@ def latents(n: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 def calibrated_models():
     torch.manual_seed(0)
     generator, classifier = Generator(NZ1, NZ2, SIZE, channels=1, width=0.125), SimpleCNN(SIZE, 1, width=0.5)
-    z1, z2 = latents(64, seed=0)
-    z2[:32] = 0  # half negatives, as in training
-    calibrate_batch_norm(generator, z1, z2)
-    with torch.no_grad():
-        calibrate_batch_norm(classifier, generator(z1, z2))
+    calibrate_gan_pair(generator, classifier)
     return classifier, generator
 
 

@@ -6,7 +6,7 @@ import torch
 import medxgan.inversion as inversion
 from medxgan.inversion import Inversion, invert, invert_batch, inversion_loss, starting_codes
 from medxgan.models import Generator, SimpleCNN, positive_probability
-from helpers import calibrate_batch_norm
+from helpers import calibrate_gan_pair
 
 NZ1, NZ2, SIZE = 8, 4, 64
 CFG = {"restarts": 2, "steps": 60, "lr": 0.05, "mse_weight": 10.0, "bce_weight": 1.0, "batch_size": 4}
@@ -25,11 +25,7 @@ def latents(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def calibrated_models():
     torch.manual_seed(0)
     generator, classifier = Generator(NZ1, NZ2, SIZE, channels=1, width=0.0625), SimpleCNN(SIZE, 1, width=0.25)
-    z1, z2 = latents(64, seed=0)
-    z2[:32] = 0
-    calibrate_batch_norm(generator, z1, z2)
-    with torch.no_grad():
-        calibrate_batch_norm(classifier, generator(z1, z2))
+    calibrate_gan_pair(generator, classifier)
     return generator, classifier
 
 
