@@ -14,8 +14,9 @@ import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 
 from medxgan.data.manifest import ImageSet  # noqa: E402
-from medxgan.evaluation import INVERSION_METHOD  # noqa: E402
+from medxgan.evaluation import INVERSION_METHOD, inversion_fidelity  # noqa: E402
 from medxgan.explainers import Interpolation  # noqa: E402
+from medxgan.metrics import min_max_normalise  # noqa: E402
 from medxgan.models import positive_probability  # noqa: E402
 from medxgan.utils import atomic_path  # noqa: E402
 
@@ -37,8 +38,8 @@ def _grey(image: torch.Tensor) -> np.ndarray:
 
 
 def _normalised(heatmap: torch.Tensor) -> np.ndarray:
-    h = heatmap.float()
-    return ((h - h.min()) / (h.max() - h.min() + 1e-12)).numpy()
+    """(H, W) heatmap scaled to [0, 1] for display."""
+    return min_max_normalise(heatmap.float()[None])[0].numpy()
 
 
 def _probability_label(p_positive: float) -> str:
@@ -189,10 +190,11 @@ def inversion_quality(data: ImageSet, latents: dict, worst: int) -> plt.Figure:
     top = [fig.add_subplot(grid[0, i * grid.ncols // 3:(i + 1) * grid.ncols // 3]) for i in range(3)]
     sns.histplot(latents["mse"].numpy(), ax=top[0]).set(title="reconstruction MSE", xlabel="")
     sns.histplot(latents["ssim"].numpy(), ax=top[1]).set(title="reconstruction SSIM", xlabel="")
-    called_positive = latents["p_image"] >= 0.5
-    shares = {"G(z1, z2) called positive": (latents["p_reconstruction"] >= 0.5).float().mean().item(),
-              "G(z1, 0) called negative": (latents["p_negative"] < 0.5).float().mean().item(),
-              "C agrees on x, G(z1, z2)": ((latents["p_reconstruction"] >= 0.5) == called_positive).float().mean().item()}
+    fidelity = inversion_fidelity(latents)
+    shares = {label: fidelity[name].mean().item() for name, label in (
+        ("reconstruction_called_positive", "G(z1, z2) called positive"),
+        ("negative_called_negative", "G(z1, 0) called negative"),
+        ("classifier_agreement", "C agrees on x, G(z1, z2)"))}
     sns.barplot(x=list(shares.values()), y=list(shares), ax=top[2], orient="h").set(xlim=(0, 1), title="classifier")
     for col, i in enumerate(order):
         cells = [("original", data.images[i], latents["p_image"][i]),

@@ -104,7 +104,7 @@ def top_k_dice(heatmaps: Tensor, masks: Tensor, fraction: float) -> Tensor:
     return 2 * overlap / (region + mask)
 
 
-def _min_max(heatmaps: Tensor) -> Tensor:
+def min_max_normalise(heatmaps: Tensor) -> Tensor:
     """Each heatmap scaled to [0, 1]; a constant heatmap becomes all zeros."""
     flat = heatmaps.flatten(1)
     low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
@@ -126,7 +126,7 @@ def heatmap_similarity(clean: Tensor, noisy: Tensor) -> dict[str, Tensor]:
                          f"and {tuple(noisy.shape)}")
     # torchmetrics treats columns as outputs: one column per image gives one correlation per image.
     spearman = spearman_corrcoef(noisy.flatten(1).T, clean.flatten(1).T)
-    ssim = structural_similarity_index_measure(_min_max(noisy)[:, None], _min_max(clean)[:, None],
+    ssim = structural_similarity_index_measure(min_max_normalise(noisy)[:, None], min_max_normalise(clean)[:, None],
                                                data_range=1.0, reduction="none")
     return {"spearman": spearman, "ssim": ssim}
 
