@@ -7,7 +7,7 @@ CORES ?= 2
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test clean
+.PHONY: setup run test clean pull dvc.yaml readme
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,15 @@ run: setup  ## the default DAG on the built-in synthetic datasets
 
 test: setup  ## the test suite (includes a tiny end-to-end workflow run)
 	pytest
+
+pull: setup  ## data, weights and results from the DVC remote, marked up to date for Snakemake
+	workflow/dvc_pull.sh
+
+dvc.yaml: setup  ## regenerate dvc.yaml from the Snakemake DAG (after changing rules or datasets)
+	python workflow/make_dvc_yaml.py
+
+readme:  ## copy results/summary.md (after `make run`) into the README's results section
+	python workflow/readme_results.py
 
 clean:  ## remove generated data and results (keeps the environment)
 	rm -rf results/* data/synthetic-* .snakemake

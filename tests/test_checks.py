@@ -4,10 +4,16 @@ import pytest
 import torch
 from torch import nn
 
+from safetensors.torch import save_file
+from torchvision.models import inception_v3
+
 from medxgan.checks import (
-    cascading_randomisation, frechet_distance, parameterised_layers, penultimate_features, proximity,
-    sanity_check,
+    INCEPTION_SIZE, cascading_randomisation, frechet_distance, inception_features, load_inception, parameterised_layers,
+    penultimate_features, proximity, sanity_check,
 )
+from medxgan.config import ConfigError
+from medxgan.data.manifest import ImageSet
+from medxgan.evaluation import counterfactual_table
 from medxgan.explainers import IntegratedGradients
 from medxgan.models import Generator, SimpleCNN
 from helpers import calibrate_batch_norm
@@ -162,3 +168,61 @@ def test_frechet_distance_is_biased_upward_with_few_samples():
 def test_frechet_distance_needs_matching_feature_sets():
     with pytest.raises(ValueError, match="feature sets"):
         frechet_distance(torch.zeros(5, 3), torch.zeros(5, 4))
+
+
+def counterfactual_inputs(images: torch.Tensor):
+    """Positives, negatives and inversion results built from a few images: the reconstructions are the
+    positives with a little noise, the negative realisations their mirror images."""
+    n = len(images)
+
+    def image_set(x):
+        return ImageSet(x, torch.ones(n, dtype=torch.long), torch.zeros(n, *x.shape[2:], dtype=torch.bool),
+                        torch.zeros(n, dtype=torch.bool), [f"i{k}" for k in range(n)], torch.arange(n))
+
+    noisy = images + 0.05 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    return image_set(images), image_set(images.flip(-1)), {"reconstruction": noisy, "negative": images.flip(-1)}
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    """An Inception v3 weights file in torchvision's layout (random values, batch norm calibrated on
+    noise: no download here)."""
+    torch.manual_seed(0)
+    model = inception_v3(weights=None, aux_logits=True, init_weights=False)
+    calibrate_batch_norm(model, torch.randn(4, 3, INCEPTION_SIZE, INCEPTION_SIZE))
+    path = tmp_path_factory.mktemp("weights") / "inception.safetensors"
+    save_file(model.state_dict(), str(path))
+    return path, model
+
+
+def test_inception_loads_the_saved_weights_and_gives_pool_features(inception_weights, images):
+    path, original = inception_weights
+    model = load_inception(path)
+    assert torch.equal(model.Conv2d_1a_3x3.conv.weight, original.Conv2d_1a_3x3.conv.weight)
+    features = inception_features(model, images[:2], batch_size=1)
+    assert features.shape == (2, 2048) and torch.isfinite(features).all()
+    assert torch.allclose(features, inception_features(model, images[:2], batch_size=2), atol=1e-5)
+    spread = features.var(dim=0).sum().item()
+    assert abs(frechet_distance(features, features)) < 1e-6 * spread
+
+
+def test_inception_frechet_rows_appear_only_when_weights_are_configured(inception_weights, classifier, images):
+    positives, negatives, latents = counterfactual_inputs(images[:2])  # Inception is slow on a CPU
+    s = {"seed": 0, "checks": {"inception_weights": None}}
+    plain = counterfactual_table(classifier, positives, negatives, latents, s)
+    assert not plain.metric.str.contains("inception").any()
+    assert plain.metric.str.startswith("frechet_distance_classifier_features:").sum() == 3
+    with_inception = counterfactual_table(classifier, positives, negatives, latents,
+                                          {**s, "checks": {"inception_weights": str(inception_weights[0])}})
+    rows = with_inception.set_index("metric")["mean"].filter(like="frechet_distance_inception:")
+    assert len(rows) == 3
+    # the negative realisations are the real negatives here: distance 0; the noisy reconstructions are not
+    assert rows["frechet_distance_inception:negative_realisations_vs_real_negatives"] == pytest.approx(0, abs=1e-6)
+    assert rows["frechet_distance_inception:reconstructions_vs_real_positives"] > 1
+
+
+def test_missing_inception_weights_name_the_key(classifier, images):
+    positives, negatives, latents = counterfactual_inputs(images)
+    with pytest.raises(ConfigError, match="checks.inception_weights: file not found: /nowhere.pth"):
+        counterfactual_table(classifier, positives, negatives, latents,
+                             {"seed": 0, "checks": {"inception_weights": "/nowhere.pth"}})

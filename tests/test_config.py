@@ -45,6 +45,12 @@ def test_unknown_method_is_refused(config_dir: Path):
         load_config(path)
 
 
+def test_unknown_metric_is_refused_with_its_name(config_dir: Path):
+    path = edit(config_dir, lambda c: c["datasets"]["synthetic-cxr"].update(evaluate={"metrics": ["pointing_gme"]}))
+    with pytest.raises(ConfigError, match=r"datasets\.synthetic-cxr\.evaluate\.metrics\.0: 'pointing_gme' is not one of"):
+        load_config(path)
+
+
 def test_dataset_overrides_one_key_and_keeps_the_rest(config_dir: Path):
     path = edit(config_dir, lambda c: c["datasets"]["synthetic-mri"].update(gan={"lambda_cls": 2.0}))
     config = load_config(path)

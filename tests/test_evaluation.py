@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -13,8 +14,10 @@ from medxgan.data.manifest import ImageSet
 from medxgan.evaluation import INVERSION_METHOD, RANDOM_METHOD, compare_methods, evaluate_explanations, summarise
 
 SIZE, N = 16, 6
-CFG = {"perturbation_fractions": [0.1], "top_k_fractions": [0.1], "faithfulness_baseline": "mean",
-       "curve_steps": 4, "bootstrap_resamples": 200}
+ALL_METRICS = ["pointing_game", "mass_in_lesion", "mask_auroc", "relevance_rank_accuracy", "top_k_iou", "top_k_dice",
+               "probability_drop", "deletion_auc", "insertion_auc"]
+CFG = {"metrics": ALL_METRICS, "perturbation_fractions": [0.1], "top_k_fractions": [0.1],
+       "faithfulness_baseline": "mean", "curve_steps": 4, "bootstrap_resamples": 200}
 
 
 def image_set(with_masks: bool) -> ImageSet:
@@ -38,19 +41,35 @@ def heatmaps(data: ImageSet) -> dict[str, torch.Tensor]:
 
 def test_scores_every_method_and_the_random_reference():
     data = image_set(with_masks=True)
-    table = evaluate_explanations(RegionClassifier(4, 10), data, heatmaps(data), latents(data), CFG, seed=0, device="cpu")
+    table, curves = evaluate_explanations(RegionClassifier(4, 10), data, heatmaps(data), latents(data), CFG, seed=0,
+                                          device="cpu")
     assert set(table.method) == {"on_lesion", "elsewhere", RANDOM_METHOD, INVERSION_METHOD}
     means = table.groupby(["method", "metric"])["value"].mean()
     assert means["on_lesion", "pointing_game"] == 1.0 and means["elsewhere", "pointing_game"] == 0.0
     assert means["on_lesion", "deletion_auc"] < means["elsewhere", "deletion_auc"]
     assert means[INVERSION_METHOD, "classifier_agreement"] == 1.0
     assert (table.groupby(["method", "metric"]).size() == N).all()
+    assert {"top10_iou", "top10_dice", "probability_drop_top10", "insertion_auc"} <= set(table.metric)
+    # the stored curves are the ones the AUCs were computed from: one point per step, 0 to 1
+    assert (curves.groupby(["id", "method", "curve"]).size() == CFG["curve_steps"] + 1).all()
+    deletion = curves[(curves.method == "on_lesion") & (curves.curve == "deletion")]
+    area = deletion.groupby("id").apply(lambda c: np.trapezoid(c.p_positive, c.fraction), include_groups=False)
+    assert area.mean() == pytest.approx(means["on_lesion", "deletion_auc"], abs=1e-6)
+
+
+def test_only_the_configured_metrics_are_computed():
+    data = image_set(with_masks=True)
+    cfg = {**CFG, "metrics": ["pointing_game", "deletion_auc"]}
+    table, curves = evaluate_explanations(RegionClassifier(4, 10), data, heatmaps(data), latents(data), cfg, 0, "cpu")
+    scored = set(table[table.method != INVERSION_METHOD].metric)
+    assert scored == {"pointing_game", "deletion_auc"}
+    assert set(curves.curve) == {"deletion"}
 
 
 def test_without_masks_localisation_is_skipped_not_zero(caplog):
     data = image_set(with_masks=False)
     with caplog.at_level(logging.WARNING):
-        table = evaluate_explanations(RegionClassifier(4, 10), data, heatmaps(data), latents(data), CFG, 0, "cpu")
+        table, _ = evaluate_explanations(RegionClassifier(4, 10), data, heatmaps(data), latents(data), CFG, 0, "cpu")
     assert "localisation metrics are skipped" in caplog.text
     assert not table.metric.isin(["pointing_game", "mass_in_lesion", "mask_auroc", "top10_iou"]).any()
     assert "deletion_auc" in set(table.metric)
@@ -58,7 +77,7 @@ def test_without_masks_localisation_is_skipped_not_zero(caplog):
 
 def test_summary_interval_brackets_the_mean():
     data = image_set(with_masks=True)
-    table = evaluate_explanations(RegionClassifier(4, 10), data, heatmaps(data), latents(data), CFG, 0, "cpu")
+    table, _ = evaluate_explanations(RegionClassifier(4, 10), data, heatmaps(data), latents(data), CFG, 0, "cpu")
     summary = summarise(table, CFG, seed=0)
     assert ((summary.ci_low <= summary["mean"] + 1e-12) & (summary["mean"] <= summary.ci_high + 1e-12)).all()
     assert summary.equals(summarise(table, CFG, seed=0))

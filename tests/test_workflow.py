@@ -56,7 +56,8 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
         root = workdir / "results" / dataset
         for name in ("classifier/model.safetensors", "gan/generator.safetensors", "gan/losses.png", "figures/inversion.png",
                      "inversion/latents.safetensors", "figures/pipeline.png", "figures/interpolation.png",
-                     "figures/metrics.png", "logs/train_gan.log"):
+                     "figures/metrics.png", "figures/curves.png", "checks/sanity.png", "checks/robustness.png",
+                     "logs/train_gan.log", "logs/check.log"):
             assert (root / name).stat().st_size > 0, name
         metrics = pd.read_csv(root / "metrics.csv")
         assert {"difference", "latent_ig", "gradcam", "ig", "random", "medxgan inversion"} <= set(metrics.method)
@@ -64,17 +65,22 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
                 "reconstruction_ssim"} <= set(metrics.metric)
         assert {"ci_low", "ci_high"} <= set(metrics.columns)
         assert (root / "metrics_comparisons.csv").stat().st_size > 0
+        curves = pd.read_csv(root / "metrics_curves.csv")
+        assert set(curves.curve) == {"deletion", "insertion"} and curves.p_positive.between(0, 1).all()
         classifier = json.loads((root / "classifier" / "metrics.json").read_text())
         assert classifier["test"]["n"] == 16 and "torch" in classifier["provenance"]
-    assert "synthetic-mri" in (workdir / "results" / "summary.md").read_text()
-    for notebook in ("results", "method_walkthrough"):  # executed without error, rendered to HTML
-        assert "<html" in (workdir / "results" / "notebooks" / f"{notebook}.html").read_text()[:2000].lower()
+    summary = (workdir / "results" / "summary.md").read_text()
+    assert "## synthetic-mri" in summary and "Spearman after randomising all of C" in summary
+    families = pd.read_csv(workdir / "results" / "summary.csv").groupby("dataset").family.first()
+    assert families.to_dict() == {"synthetic-cxr": "chest_xray", "synthetic-mri": "brain_mri"}
+    for notebook, dataset in (("chest_xray", "synthetic-cxr"), ("brain_mri", "synthetic-mri"),
+                              ("method_walkthrough", "synthetic-mri")):  # executed without error, rendered to HTML
+        html = (workdir / "results" / "notebooks" / f"{notebook}.html").read_text()
+        assert "<html" in html[:2000].lower() and dataset in html
 
     again = snakemake(workdir, "--cores", "2", "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
-    checks = snakemake(workdir, "--cores", "2", "checks")  # the opt-in target
-    assert checks.returncode == 0, checks.stderr[-3000:]
     for dataset in ("synthetic-cxr", "synthetic-mri"):
         root = workdir / "results" / dataset / "checks"
         sanity = pd.read_csv(root / "sanity.csv")
@@ -89,10 +95,13 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
 def test_own_manifest_runs_under_its_folder_name(workdir: Path, tmp_path_factory):
     folder = tmp_path_factory.mktemp("own") / "my-scans"
     manifest = write_phantom_dataset("synthetic-mri", folder, 64, {"train": 48, "val": 16, "test": 16}, 0.5, seed=5)
-    run = snakemake(workdir, "--cores", "2", "--config", f"manifest={manifest}", "negative=no_tumor", "positive=tumor")
+    run = snakemake(workdir, "--cores", "2", "--config", f"manifest={manifest}", "negative=no_tumor", "positive=tumor",
+                    "family=brain_mri")
     assert run.returncode == 0, run.stderr[-3000:]
     assert (workdir / "results" / "my-scans" / "metrics.csv").is_file()
     assert not (workdir / "results" / "synthetic-cxr").exists()
+    assert "my-scans" in (workdir / "results" / "notebooks" / "brain_mri.html").read_text()  # the family it was given
+    assert not (workdir / "results" / "notebooks" / "chest_xray.html").exists()
 
 
 def test_config_value_of_wrong_type_names_the_key(workdir: Path):

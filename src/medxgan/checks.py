@@ -6,8 +6,8 @@ counterfactuals close to the images they explain and realistic in the classifier
   the classifier.
 - Counterfactual quality: proximity of the negative realisation G(z1, 0) to the reconstruction
   G(z1, z2), and the Fréchet distance between two image sets measured in the classifier's
-  penultimate features (not Inception features: the classifier is the only network that has seen
-  these images).
+  penultimate features (the only network that has seen these images) and, when its ImageNet
+  weights are on disk, in Inception v3's pool features (the FID convention).
 """
 
 from __future__ import annotations
@@ -15,16 +15,22 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models import inception_v3
 
 from medxgan.explainers import frozen, module_device
 from medxgan.metrics import heatmap_similarity, reconstruction_ssim
+from medxgan.models import load_state_dict
 
 RANDOMISED_LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm2d)
+INCEPTION_SIZE = 299  # Inception v3's input resolution
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 # --- Sanity check: cascading model-parameter randomisation -------------------------------------------
@@ -136,17 +142,47 @@ def penultimate_features(classifier: nn.Module, images: Tensor, batch_size: int 
     return torch.cat(captured).float().cpu()
 
 
+def load_inception(weights: str | Path) -> nn.Module:
+    """torchvision's Inception v3 with the given ImageNet weights (its release file, or the same as
+    .safetensors), the classification layer removed: it returns the 2,048 pool features."""
+    # transform_input=True, as torchvision sets it for these weights: they expect its own scaling
+    model = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=True)
+    model.load_state_dict(load_state_dict(weights))
+    model.fc = nn.Identity()
+    return model.eval()
+
+
+def inception_features(model: nn.Module, images: Tensor, batch_size: int = 64) -> Tensor:
+    """(N, 2048) Inception pool features of images in [-1, 1] (grey images repeated to RGB)."""
+    device = module_device(model)
+    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    features = []
+    with torch.no_grad():
+        for chunk in images.split(batch_size):
+            rgb = ((chunk.float().to(device) + 1) / 2).expand(-1, 3, -1, -1)
+            rgb = F.interpolate(rgb, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
+            features.append(model((rgb - mean) / std).cpu())
+    return torch.cat(features)
+
+
+def _psd_eigenvalues(values: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a symmetric PSD matrix with round-off set to 0: anything below the usual rank
+    tolerance (largest x size x machine epsilon). Their square roots would otherwise add up to a
+    visible error when the matrix is singular (fewer samples than features)."""
+    tolerance = max(values.max(initial=0.0), 0.0) * len(values) * np.finfo(values.dtype).eps
+    return np.where(values > tolerance, values, 0.0)
+
+
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
-    """Square root of a symmetric positive semi-definite matrix (round-off negatives clipped to 0)."""
+    """Square root of a symmetric positive semi-definite matrix."""
     values, vectors = np.linalg.eigh(matrix)
-    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+    return (vectors * np.sqrt(_psd_eigenvalues(values))) @ vectors.T
 
 
 def frechet_distance(features_a: Tensor, features_b: Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two (N, D) feature sets:
     |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)).
 
-    Reported on the classifier's penultimate features (see `penultimate_features`), not Inception's.
     The estimate is biased upward with few samples (sampling noise in the means and covariances adds
     distance even between two samples of one distribution), so compare distances only at equal
     sample sizes. Tr((S_a S_b)^(1/2)) is computed as Tr((S_a^(1/2) S_b S_a^(1/2))^(1/2)), a symmetric
@@ -158,5 +194,5 @@ def frechet_distance(features_a: Tensor, features_b: Tensor) -> float:
     mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)
     cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
     root_a = _psd_sqrt(cov_a)
-    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0.0, None)).sum()
+    cross = np.sqrt(_psd_eigenvalues(np.linalg.eigvalsh(root_a @ cov_b @ root_a))).sum()
     return float(((mean_a - mean_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)

@@ -15,19 +15,31 @@ from pathlib import Path
 import torch
 
 from medxgan import steps
-from medxgan.config import ConfigError, add_user_manifest, dataset_settings, load_config
+from medxgan.config import SOURCE_DEFAULTS, ConfigError, add_user_manifest, dataset_settings, load_config
+from medxgan.data.download import DataSourceError
+from medxgan.data.imagefolder import import_folder
 from medxgan.data.manifest import ManifestError
+from medxgan.shards import ShardError, parse_chunk
+
+WITHOUT_SETTINGS = ("summarize", "notebook", "gather-inversion", "gather-explanations", "import-folder")
+CHUNK_HELP = ("only the positive test images at positions START to STOP-1, one chunk of a sharded run; "
+              "START and STOP must be multiples of the step's batch_size (STOP may be the last image's)")
 
 STEP_HELP = {
-    "prepare": "generate a built-in synthetic dataset (images, lesion masks, manifest.csv)",
+    "prepare": "generate a built-in synthetic dataset, or prepare a downloaded public one (images, masks, manifest.csv)",
+    "download": "fetch a public dataset through its first working route, check every file, write SOURCE.json",
+    "import-folder": "prepare your own images in ImageFolder layout (ROOT/{train,test}/CLASS/...) into a manifest",
     "train-classifier": "train the classifier C; write its weights and test accuracy, AUROC, confusion matrix",
     "train-gan": "train medXGAN's G and D against the frozen C (checkpointed, resumes after a kill)",
     "invert": "find (z1, z2) for every positive test image; write codes, reconstructions, negative realisations",
     "explain": "compute one method's heatmaps for the test positives",
     "evaluate": "score every method's heatmaps against the lesion masks and by perturbation",
-    "figures": "draw the paper's pipeline rows, the interpolation strip and the metrics plot",
+    "figures": "draw the paper's pipeline rows, the interpolation strip, the metrics plot and the deletion/insertion curves",
     "check": "sanity check, noise robustness and counterfactual quality of the explanations",
     "summarize": "gather every dataset's metrics into one Markdown/CSV table",
+    "count-test-positives": "count the positive test images, from which a sharded run plans its chunks",
+    "gather-inversion": "join the chunks of a sharded inversion into the files one unsharded invert writes",
+    "gather-explanations": "join the chunks of a sharded explain into the file one unsharded explain writes",
     "notebook": "execute a results notebook (jupytext .py) and render it to HTML",
 }
 
@@ -43,6 +55,13 @@ def _settings(args) -> dict:
     return dataset_settings(config, args.dataset)
 
 
+def _chunk_argument(text: str) -> tuple[int, int]:
+    try:
+        return parse_chunk(text)
+    except ConfigError as error:  # argparse then prints this message, not a generic "invalid value"
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medxgan",
@@ -54,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def step(name: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=STEP_HELP[name], description=STEP_HELP[name])
-        if name not in ("summarize", "notebook"):
+        if name not in WITHOUT_SETTINGS:
             p.add_argument("--settings", help="the step's settings as JSON text or a JSON file (the Snakefile passes this)")
             p.add_argument("--config", nargs="+", metavar="FILE",
                            help="config files such as config/config.yaml, later ones laid over earlier ones "
@@ -75,6 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = step("prepare")
     p.add_argument("--out-dir", type=Path, required=True, help="folder to write images/, masks/ and manifest.csv to")
+    p = step("download")
+    p.add_argument("--out-dir", type=Path, required=True,
+                   help="the dataset's folder (data/NAME): downloads/, raw/ and SOURCE.json go there")
+    p = step("import-folder")
+    p.add_argument("root", type=Path, help="ROOT with train/CLASS/ and test/CLASS/ image folders, optional masks/ mirror")
+    p.add_argument("--negative", required=True, help="the negative class's folder name, e.g. normal")
+    p.add_argument("--positive", required=True, help="the positive class's folder name, e.g. covid")
+    p.add_argument("--out-dir", type=Path, required=True, help="writes images/, masks/, manifest.csv, dropped.csv there")
+    p.add_argument("--image-size", type=int, choices=(64, 128), default=64, help="side of the prepared images (default 64)")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=1, help="1 grayscale or 3 RGB (default 1)")
+    p.add_argument("--val-fraction", type=float, default=SOURCE_DEFAULTS["val_fraction"],
+                   help="share of train moved to validation, stratified (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation draw (default 0)")
     p = step("train-classifier")
     inputs(p, "manifest")
     p.add_argument("--out-dir", type=Path, required=True, help="writes model.safetensors and metrics.json")
@@ -85,18 +117,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = step("invert")
     inputs(p, "manifest", "classifier", "generator")
     p.add_argument("--out-dir", type=Path, required=True, help="writes latents.safetensors and inversion.csv")
+    p.add_argument("--chunk", type=_chunk_argument, metavar="START:STOP", help=CHUNK_HELP)
     p = step("explain")
     inputs(p, "manifest", "classifier", "generator", "inversion")
     p.add_argument("--method", required=True, help="difference, interpolation, latent_ig, gradcam or ig")
     p.add_argument("--out", type=Path, required=True, help="heatmaps file (.safetensors)")
+    p.add_argument("--chunk", type=_chunk_argument, metavar="START:STOP", help=CHUNK_HELP)
+    p = step("count-test-positives")
+    inputs(p, "manifest")
+    p.add_argument("--out", type=Path, required=True, help="JSON file with the count")
+    p = step("gather-inversion")
+    p.add_argument("--chunks", type=Path, nargs="+", required=True,
+                   help="the folders `invert --chunk` wrote, in order")
+    p.add_argument("--out-dir", type=Path, required=True, help="writes latents.safetensors and inversion.csv")
+    p = step("gather-explanations")
+    p.add_argument("--chunks", type=Path, nargs="+", required=True,
+                   help="the heatmap files `explain --chunk` wrote for one method, in order")
+    p.add_argument("--out", type=Path, required=True, help="heatmaps file (.safetensors)")
     p = step("evaluate")
     inputs(p, "manifest", "classifier", "inversion")
     p.add_argument("--explanations", type=Path, nargs="+", required=True, help="heatmap files from explain")
-    p.add_argument("--out-dir", type=Path, required=True, help="writes metrics.csv and metrics_per_image.csv")
+    p.add_argument("--out-dir", type=Path, required=True, help="writes metrics.csv, metrics_per_image.csv, metrics_curves.csv and metrics_comparisons.csv")
     p = step("figures")
     inputs(p, "manifest", "classifier", "generator", "inversion")
     p.add_argument("--explanations", type=Path, nargs="+", required=True, help="heatmap files from explain")
     p.add_argument("--metrics", type=Path, required=True, help="metrics.csv from evaluate")
+    p.add_argument("--curves", type=Path, required=True, help="metrics_curves.csv from evaluate")
     p.add_argument("--out-dir", type=Path, required=True, help="folder for the PNG figures")
     p = step("check")
     inputs(p, "manifest", "classifier", "generator", "inversion")
@@ -105,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = step("summarize")
     p.add_argument("--results", type=Path, default=Path("results"), help="the results folder (default results/)")
     p.add_argument("--datasets", nargs="+", required=True, help="dataset names under --results")
+    p.add_argument("--families", nargs="*", default=[], metavar="DATASET=FAMILY",
+                   help="each dataset's family (the results notebook that shows it), e.g. synthetic-cxr=chest_xray")
     p.add_argument("--out", type=Path, required=True, help="Markdown table; a .csv twin is written beside it")
     p = step("notebook")
     p.add_argument("source", type=Path, help="a notebook in jupytext percent format, e.g. notebooks/results.py")
@@ -115,7 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args) -> None:
     if args.step == "summarize":
-        steps.summarize_step(args.results, args.datasets, args.out)
+        families = dict(pair.split("=", 1) for pair in args.families)
+        steps.summarize_step(args.results, args.datasets, families, args.out)
+        return
+    if args.step == "gather-inversion":
+        steps.gather_inversion_step(args.chunks, args.out_dir)
+        return
+    if args.step == "gather-explanations":
+        steps.gather_explanations_step(args.chunks, args.out)
+        return
+    if args.step == "import-folder":
+        import_folder(args.root, args.negative, args.positive, args.out_dir, args.image_size, args.channels,
+                      args.val_fraction, args.seed)
         return
     if args.step == "notebook":
         from medxgan.notebooks import render_notebook  # Jupyter is loaded only for this step
@@ -126,21 +185,26 @@ def run(args) -> None:
     s = _settings(args)
     if args.step == "prepare":
         steps.prepare(s, args.out_dir)
+    elif args.step == "download":
+        steps.download(s, args.out_dir)
     elif args.step == "train-classifier":
         steps.train_classifier_step(s, args.manifest, args.out_dir)
     elif args.step == "train-gan":
         steps.train_gan_step(s, args.manifest, args.classifier, args.out_dir)
     elif args.step == "invert":
-        steps.invert_step(s, args.manifest, args.classifier, args.generator, args.out_dir)
+        steps.invert_step(s, args.manifest, args.classifier, args.generator, args.out_dir, args.chunk)
     elif args.step == "explain":
-        steps.explain_step(s, args.manifest, args.classifier, args.generator, args.inversion, args.method, args.out)
+        steps.explain_step(s, args.manifest, args.classifier, args.generator, args.inversion, args.method, args.out,
+                           args.chunk)
+    elif args.step == "count-test-positives":
+        steps.count_step(s, args.manifest, args.out)
     elif args.step == "evaluate":
         steps.evaluate_step(s, args.manifest, args.classifier, args.inversion, args.explanations, args.out_dir)
     elif args.step == "check":
         steps.check_step(s, args.manifest, args.classifier, args.generator, args.inversion, args.out_dir)
     elif args.step == "figures":
         steps.figures_step(s, args.manifest, args.classifier, args.generator, args.inversion, args.explanations,
-                           args.metrics, args.out_dir)
+                           args.metrics, args.curves, args.out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (ConfigError, ManifestError, FileNotFoundError) as error:  # bad input: one clear line, no traceback
+    except (ConfigError, ManifestError, ShardError, DataSourceError, FileNotFoundError) as error:  # bad input: one clear line, no traceback
         logging.getLogger("medxgan").error("%s failed: %s", args.step, error)
         return 1
     return 0

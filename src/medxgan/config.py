@@ -14,6 +14,12 @@ import jsonschema
 import yaml
 
 SECTIONS = ("data", "classifier", "gan", "inversion", "explain", "evaluate", "figures", "checks")
+# What a public dataset's `source` entry leaves out (our choices; see config/paper.yaml).
+SOURCE_DEFAULTS = {
+    "val_fraction": 0.1,  # share of the training images moved to validation
+    "test_fraction": 0.2,  # share held out for testing where the source has no test split
+    "near_duplicate_distance": 4,  # perceptual-hash bits (of 64) within which two images count as copies
+}
 SCHEMA_RELATIVE = Path("schema") / "config.schema.yaml"
 
 
@@ -70,18 +76,21 @@ def add_user_manifest(config: dict) -> str | None:
         raise ConfigError(f"manifest file not found: {manifest}")
     name = path.parent.name
     config["datasets"][name] = {"manifest": str(path), "negative": str(config["negative"]), "positive": str(config["positive"])}
+    if config.get("family"):
+        config["datasets"][name]["family"] = config["family"]
     return name
 
 
 def dataset_settings(config: dict, dataset: str) -> dict:
     """Defaults merged with the dataset's overrides, plus the run-wide seed and device and, for a
-    built-in dataset, its phantom settings."""
+    built-in dataset, its phantom settings, for a public one its source settings."""
     if dataset not in config["datasets"]:
         raise ConfigError(f"unknown dataset {dataset!r}; configured: {', '.join(config['datasets'])}")
     entry = config["datasets"][dataset]
     settings = {section: {**copy.deepcopy(config["defaults"][section]), **entry.get(section, {})} for section in SECTIONS}
     settings["data"].update(negative=str(entry["negative"]), positive=str(entry["positive"]))
-    settings.update(seed=config["seed"], device=config["device"], phantom=entry.get("phantom"))
+    settings.update(seed=config["seed"], device=config["device"], phantom=entry.get("phantom"),
+                    source={**SOURCE_DEFAULTS, **entry["source"]} if "source" in entry else None)
     return settings
 
 
@@ -89,6 +98,11 @@ def step_settings(config: dict, dataset: str, *sections: str) -> str:
     """The sections one step needs, as JSON: Snakemake reruns a step when exactly these change."""
     full = dataset_settings(config, dataset)
     return json.dumps({key: full[key] for key in (*sections, "seed", "device")}, sort_keys=True)
+
+
+def family_of(config: dict, dataset: str) -> str | None:
+    """The dataset's family: which results notebook (notebooks/FAMILY.py) shows it; None for none."""
+    return config["datasets"][dataset].get("family")
 
 
 def manifest_path(config: dict, dataset: str) -> str:

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from medxgan import checks, metrics, robustness
+from medxgan.config import ConfigError
 from medxgan.data.manifest import ImageSet
-from medxgan.explainers import GENERATIVE_METHODS, build_explainer
+from medxgan.explainers import GENERATIVE_METHODS, build_explainer, module_device
 from medxgan.inversion import invert
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,9 @@ INVERSION_METHOD = "medxgan inversion"
 CONFIDENCE = 0.95  # of every interval reported
 LOCALISATION = {"pointing_game": metrics.pointing_game, "mass_in_lesion": metrics.mass_in_lesion,
                 "mask_auroc": metrics.mask_auroc, "relevance_rank_accuracy": metrics.relevance_rank_accuracy}
+TOP_K = {"top_k_iou": metrics.top_k_iou, "top_k_dice": metrics.top_k_dice}  # one score per top_k_fractions entry
+CURVES = {"deletion": metrics.deletion_curve, "insertion": metrics.insertion_curve}
+CURVE_COLUMNS = ("id", "method", "curve", "fraction", "p_positive")
 
 
 def _percent(fraction: float) -> int:
@@ -54,41 +59,63 @@ def inversion_fidelity(latents: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 def localisation(heatmaps: torch.Tensor, masks: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
-    """Agreement of each heatmap with its lesion mask."""
-    scores = {name: fn(heatmaps, masks) for name, fn in LOCALISATION.items()}
-    for fraction in cfg["top_k_fractions"]:
-        scores[f"top{_percent(fraction)}_iou"] = metrics.top_k_iou(heatmaps, masks, fraction)
-        scores[f"top{_percent(fraction)}_dice"] = metrics.top_k_dice(heatmaps, masks, fraction)
+    """Agreement of each heatmap with its lesion mask, for the metrics named in cfg['metrics']."""
+    chosen = cfg["metrics"]
+    scores = {name: fn(heatmaps, masks) for name, fn in LOCALISATION.items() if name in chosen}
+    for name, fn in TOP_K.items():
+        if name in chosen:
+            for fraction in cfg["top_k_fractions"]:
+                scores[name.replace("top_k", f"top{_percent(fraction)}")] = fn(heatmaps, masks, fraction)
     return scores
 
 
-def faithfulness(classifier, images: torch.Tensor, heatmaps: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
-    """What C does when the pixels a heatmap ranks first are taken away or shown first."""
-    scores = {f"probability_drop_top{_percent(f)}": metrics.probability_drop(classifier, images, heatmaps, f)
-              for f in cfg["perturbation_fractions"]}
-    baseline = metrics.baseline_image(images, cfg["faithfulness_baseline"])
-    steps = cfg["curve_steps"]
-    scores["deletion_auc"] = metrics.curve_auc(metrics.deletion_curve(classifier, images, heatmaps, baseline, steps))
-    scores["insertion_auc"] = metrics.curve_auc(metrics.insertion_curve(classifier, images, heatmaps, baseline, steps))
-    return scores
+def faithfulness(classifier, images: torch.Tensor, heatmaps: torch.Tensor,
+                 cfg: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """What C does when the pixels a heatmap ranks first are taken away or shown first.
+
+    Returns per-image scores and, per curve kind, the (N, steps + 1) deletion/insertion curves.
+    """
+    chosen = cfg["metrics"]
+    scores = {}
+    if "probability_drop" in chosen:
+        scores = {f"probability_drop_top{_percent(f)}": metrics.probability_drop(classifier, images, heatmaps, f)
+                  for f in cfg["perturbation_fractions"]}
+    kinds = [kind for kind in CURVES if f"{kind}_auc" in chosen]
+    baseline = metrics.baseline_image(images, cfg["faithfulness_baseline"]) if kinds else None
+    curves = {kind: CURVES[kind](classifier, images, heatmaps, baseline, cfg["curve_steps"]) for kind in kinds}
+    scores |= {f"{kind}_auc": metrics.curve_auc(curve) for kind, curve in curves.items()}
+    return scores, curves
+
+
+def _curve_rows(ids: list[str], method: str, kind: str, curves: torch.Tensor) -> pd.DataFrame:
+    points = curves.shape[1]
+    return pd.DataFrame({"id": np.repeat(ids, points), "method": method, "curve": kind,
+                         "fraction": np.tile(np.linspace(0.0, 1.0, points), len(ids)),
+                         "p_positive": curves.flatten().double().cpu().numpy()})
 
 
 def evaluate_explanations(classifier, data: ImageSet, heatmaps: dict[str, torch.Tensor],
-                          latents: dict[str, torch.Tensor], cfg: dict, seed: int, device) -> pd.DataFrame:
+                          latents: dict[str, torch.Tensor], cfg: dict, seed: int,
+                          device) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tidy per-image scores, and the tidy deletion/insertion curves (one row per image x
+    method x curve x fraction of pixels swapped)."""
     heatmaps = {**heatmaps, RANDOM_METHOD: random_heatmaps(next(iter(heatmaps.values())), seed)}
     masked = data.has_mask
     if not masked.any():
         log.warning("no test positive has a lesion mask: localisation metrics are skipped, not reported as zero")
     masked_ids = [data.ids[i] for i in masked.nonzero().flatten().tolist()]
     frames = [_rows(data.ids, INVERSION_METHOD, name, v) for name, v in inversion_fidelity(latents).items()]
+    curve_frames = []
     images = data.images.to(device)
     for method, maps in heatmaps.items():
         if masked.any():
             scores = localisation(maps[masked], data.masks[masked], cfg)
             frames += [_rows(masked_ids, method, name, v) for name, v in scores.items()]
-        scores = faithfulness(classifier, images, maps.to(device), cfg)
+        scores, curves = faithfulness(classifier, images, maps.to(device), cfg)
         frames += [_rows(data.ids, method, name, v.cpu()) for name, v in scores.items()]
-    return pd.concat(frames, ignore_index=True)
+        curve_frames += [_curve_rows(data.ids, method, kind, curve) for kind, curve in curves.items()]
+    curves = pd.concat(curve_frames, ignore_index=True) if curve_frames else pd.DataFrame(columns=CURVE_COLUMNS)
+    return pd.concat(frames, ignore_index=True), curves
 
 
 def summarise(per_image: pd.DataFrame, cfg: dict, seed: int) -> pd.DataFrame:
@@ -112,33 +139,6 @@ def compare_methods(per_image: pd.DataFrame) -> pd.DataFrame:
                          "mean_difference": (table[a] - table[b]).mean(),
                          "p_value": metrics.paired_wilcoxon(table[a], table[b])})
     return pd.DataFrame(rows)
-
-
-def summary_markdown(results: Path, datasets: list[str]) -> str:
-    """The README's results section: classifier, GAN, inversion and localisation, per dataset."""
-    lines = ["# medXGAN results", ""]
-    for name in datasets:
-        root = Path(results) / name
-        classifier = json.loads((root / "classifier" / "metrics.json").read_text())
-        gan = json.loads((root / "gan" / "summary.json").read_text())
-        table = pd.read_csv(root / "metrics.csv")
-        hardware = classifier["provenance"]
-        lines += [f"## {name}", "",
-                  f"- Classifier, test set: accuracy {classifier['test']['accuracy']:.3f}, "
-                  f"AUROC {classifier['test']['auroc']:.3f} (n = {classifier['test']['n']})",
-                  f"- GAN disentanglement ({gan['disentanglement']['samples']} random z1): "
-                  f"G(z1, 0) called negative {gan['disentanglement']['negative_called_negative']:.1%}, "
-                  f"G(z1, z2) called positive {gan['disentanglement']['positive_called_positive']:.1%}",
-                  f"- Run on {hardware['device']} ({hardware['processor']}, {hardware['cpu_count']} CPUs), "
-                  f"torch {hardware['torch']}, seed {hardware['seed']}", ""]
-        cell = table.apply(lambda r: f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]", axis=1)
-        table = table.assign(cell=cell)
-        fidelity = table[table.method == INVERSION_METHOD].set_index("metric")["cell"].to_frame("mean [95% CI]")
-        lines += ["Inversion of the test positives:", "", fidelity.to_markdown(), ""]
-        scores = table[table.method != INVERSION_METHOD]
-        pivot = scores.pivot(index="metric", columns="method", values="cell").loc[list(dict.fromkeys(scores.metric))]
-        lines += ["Explanations, mean over test positives [95% bootstrap CI]:", "", pivot.to_markdown(), ""]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------- checks
@@ -198,18 +198,33 @@ def robustness_table(C, G, data: ImageSet, s: dict) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def feature_spaces(C, s: dict) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The feature spaces the Fréchet distance is measured in, by the name its rows carry: always C's
+    penultimate features; Inception v3's too when checks.inception_weights names its weights file."""
+    spaces = {"classifier_features": lambda images: checks.penultimate_features(C, images)}
+    weights = s["checks"]["inception_weights"]
+    if weights:
+        if not Path(weights).is_file():
+            raise ConfigError(f"checks.inception_weights: file not found: {weights}")
+        inception = checks.load_inception(weights).to(module_device(C))
+        spaces["inception"] = lambda images: checks.inception_features(inception, images)
+    return spaces
+
+
 def counterfactual_table(C, positives: ImageSet, negatives: ImageSet, latents: dict[str, torch.Tensor],
                          s: dict) -> pd.DataFrame:
     """medXGAN's counterfactuals: proximity of G(z1, 0) to G(z1, z2), and realism as the Fréchet
-    distance in C's penultimate features (not Inception's) between generated and real test images."""
+    distance between generated and real test images in each feature space (named in the row), with
+    the distance between real negatives and real positives for scale."""
     near = checks.proximity(latents["negative"], latents["reconstruction"])
     rows = [{"metric": f"proximity_{name}", "mean": v.mean().item(),
              **dict(zip(("ci_low", "ci_high"), metrics.bootstrap_ci(v, seed=s["seed"])))} for name, v in near.items()]
-    features = {name: checks.penultimate_features(C, images) for name, images in (
-        ("reconstructions", latents["reconstruction"]), ("negative_realisations", latents["negative"]),
-        ("real_positives", positives.images), ("real_negatives", negatives.images))}
-    for generated, real in (("reconstructions", "real_positives"), ("negative_realisations", "real_negatives"),
-                            ("real_negatives", "real_positives")):
-        distance = checks.frechet_distance(features[generated], features[real])
-        rows.append({"metric": f"frechet_distance_classifier_features:{generated}_vs_{real}", "mean": distance})
+    image_sets = {"reconstructions": latents["reconstruction"], "negative_realisations": latents["negative"],
+                  "real_positives": positives.images, "real_negatives": negatives.images}
+    for space, features_of in feature_spaces(C, s).items():
+        features = {name: features_of(images) for name, images in image_sets.items()}
+        for generated, real in (("reconstructions", "real_positives"), ("negative_realisations", "real_negatives"),
+                                ("real_negatives", "real_positives")):
+            distance = checks.frechet_distance(features[generated], features[real])
+            rows.append({"metric": f"frechet_distance_{space}:{generated}_vs_{real}", "mean": distance})
     return pd.DataFrame(rows)

@@ -151,6 +151,26 @@ def metrics_bars(table: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def faithfulness_curves(curves: pd.DataFrame, seed: int) -> plt.Figure:
+    """Mean deletion and insertion curves per method with 95% bootstrap bands: C's probability of the
+    positive class as pixels are swapped in heatmap order. Faithful: deletion falls early, insertion
+    rises early; the `random` heatmap shows chance."""
+    kinds = list(dict.fromkeys(curves.curve)) or ["none"]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 3.8), squeeze=False)
+    for ax, kind in zip(axes.flat, kinds):
+        part = curves[curves.curve == kind]
+        if part.empty:
+            ax.text(0.5, 0.5, "no deletion or insertion metric configured", ha="center", va="center")
+            ax.set_axis_off()
+            continue
+        sns.lineplot(data=part, x="fraction", y="p_positive", hue="method", errorbar=("ci", 95), seed=seed, ax=ax)
+        action = "replaced by the baseline" if kind == "deletion" else "revealed on the baseline"
+        ax.set(title=f"{kind} curve", xlabel=f"share of pixels {action}, most relevant first",
+               ylabel="C's probability of positive", ylim=(0, 1))
+    fig.tight_layout()
+    return fig
+
+
 def sanity_curves(sanity: pd.DataFrame) -> plt.Figure:
     """Cascading randomisation: how similar each method's heatmap stays as C's layers are randomised
     from the output down. A method that explains C falls towards 0; one that stays near 1 fails."""

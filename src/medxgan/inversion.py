@@ -8,6 +8,7 @@ batch gives each image the result it would get alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -75,10 +76,23 @@ def invert_batch(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.T
     return Inversion(best_z1[keep].cpu(), best_z2[keep].cpu(), best_loss.min(1).values.cpu(), p_image.cpu())
 
 
-def invert(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, cfg: dict, seed: int) -> Inversion:
-    """Invert all images, `cfg['batch_size']` at a time, with a progress bar."""
+def invert_batches(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, cfg: dict,
+                   seed: int) -> Iterator[tuple[slice, Inversion]]:
+    """Invert `cfg['batch_size']` images at a time, with a progress bar; yield each batch's positions
+    and result.
+
+    Batches start at multiples of the batch size, so a chunk of the images that starts on such a
+    multiple is cut into the same batches as the whole set, and gets bit-identical results.
+    """
     G.eval().requires_grad_(False)
     C.eval().requires_grad_(False)
-    parts = [invert_batch(G, C, images[i:i + cfg["batch_size"]], rows[i:i + cfg["batch_size"]], cfg, seed)
-             for i in progress(range(0, len(images), cfg["batch_size"]), desc="inversion batches")]
+    size = cfg["batch_size"]
+    for start in progress(range(0, len(images), size), desc="inversion batches"):
+        batch = slice(start, start + size)
+        yield batch, invert_batch(G, C, images[batch], rows[batch], cfg, seed)
+
+
+def invert(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, cfg: dict, seed: int) -> Inversion:
+    """Invert all images, `cfg['batch_size']` at a time, with a progress bar."""
+    parts = [result for _, result in invert_batches(G, C, images, rows, cfg, seed)]
     return Inversion(*(torch.cat([getattr(p, name) for p in parts]) for name in ("z1", "z2", "loss", "p_image")))

@@ -6,6 +6,7 @@ One function per `medxgan <step>` command and per Snakemake rule. `s` is the ste
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -14,13 +15,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from medxgan import evaluation, figures, metrics
+from medxgan import evaluation, figures, metrics, reporting
 from medxgan.config import ConfigError
-from medxgan.data.manifest import ImageSet, load_split
+from medxgan.data.manifest import ImageSet, load_split, read_manifest
+from medxgan.data import sources
 from medxgan.data.phantoms import write_phantom_dataset
 from medxgan.explainers import build_explainer
-from medxgan.inversion import invert
+from medxgan.inversion import invert_batches
 from medxgan.models import load_model, positive_probability, save_model
+from medxgan.shards import ShardError, check_chunk
 from medxgan.training import GANTrainer, disentanglement_check, evaluate_classifier, train_classifier
 from medxgan.utils import atomic_path, pick_device, provenance, save_tensors, seed_everything, write_json
 
@@ -43,10 +46,20 @@ def _start(s: dict) -> torch.device:
 
 
 def prepare(s: dict, out_dir: Path) -> None:
-    p = s["phantom"]
-    if p is None:
-        raise ConfigError("prepare makes the built-in datasets only; this dataset has no 'phantom' settings")
-    write_phantom_dataset(p["kind"], Path(out_dir), s["data"]["image_size"], p["counts"], p["positive_fraction"], s["seed"])
+    """A built-in dataset is generated; a public one is prepared from its download (fetched first if needed)."""
+    p = s.get("phantom")
+    if s.get("source") is not None:
+        sources.prepare(s, Path(out_dir))
+    elif p is not None:
+        write_phantom_dataset(p["kind"], Path(out_dir), s["data"]["image_size"], p["counts"], p["positive_fraction"], s["seed"])
+    else:
+        raise ConfigError("prepare needs a dataset with 'phantom' or 'source' settings; a manifest is read where it is")
+
+
+def download(s: dict, out_dir: Path) -> None:
+    if s.get("source") is None:
+        raise ConfigError("download needs a dataset with 'source' settings (a public dataset)")
+    sources.download(s, Path(out_dir))
 
 
 def train_classifier_step(s: dict, manifest: Path, out_dir: Path) -> None:
@@ -82,52 +95,149 @@ def train_gan_step(s: dict, manifest: Path, classifier: Path, out_dir: Path) -> 
 INVERSION_TABLE_COLUMNS = ("loss", "mse", "ssim", "p_image", "p_reconstruction", "p_negative")
 
 
-def _test_positives(manifest: Path, s: dict) -> ImageSet:
-    return _load(manifest, "test", s, label="positive")
+def _test_positives(manifest: Path, s: dict, positions: slice | None = None) -> ImageSet:
+    d = s["data"]
+    return load_split(manifest, "test", d["negative"], d["positive"], d["image_size"], d["channels"],
+                      label="positive", positions=positions)
 
 
-def invert_step(s: dict, manifest: Path, classifier: Path, generator: Path, out_dir: Path) -> None:
+def count_test_positives(manifest: Path, s: dict) -> int:
+    """How many positive test images the manifest lists: what a sharded step splits into chunks."""
+    table = read_manifest(manifest, s["data"]["negative"], s["data"]["positive"])
+    return int(((table["split"] == "test") & (table["target"] == 1)).sum())
+
+
+def count_step(s: dict, manifest: Path, out: Path) -> None:
+    """Write the number of positive test images, from which the workflow plans its chunks."""
+    write_json(out, {"test_positives": count_test_positives(manifest, s), "manifest": str(Path(manifest).resolve())})
+
+
+def _images_of(manifest: Path, s: dict, section: str, chunk: tuple[int, int] | None) -> tuple[ImageSet, dict]:
+    """The positive test images a step works on, all or one chunk, and the chunk's place among them
+    (start, stop, total; empty for all) for the gather step."""
+    if chunk is None:
+        return _test_positives(manifest, s), {}
+    start, stop = chunk
+    total = count_test_positives(manifest, s)
+    check_chunk(start, stop, total, s[section]["batch_size"], section)
+    return _test_positives(manifest, s, slice(start, stop)), {"start": start, "stop": stop, "total": total}
+
+
+def _invert_images(G, C, data: ImageSet, s: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    """Codes, reconstructions, negative realisations and their scores per image. Everything is
+    computed one inversion batch at a time, so a chunk gets exactly the numbers the whole set gets."""
+    parts = []
+    for batch, result in invert_batches(G, C, data.images, data.rows, s["inversion"], s["seed"]):
+        images = data.images[batch]
+        with torch.no_grad():
+            reconstruction = G(result.z1.to(device), result.z2.to(device)).cpu()
+            negative = G(result.z1.to(device), torch.zeros_like(result.z2).to(device)).cpu()
+            p_reconstruction = positive_probability(C, reconstruction.to(device)).cpu()
+            p_negative = positive_probability(C, negative.to(device)).cpu()
+        parts.append({**result.as_tensors(), "mse": metrics.reconstruction_mse(reconstruction, images),
+                      "ssim": metrics.reconstruction_ssim(reconstruction, images),
+                      "p_reconstruction": p_reconstruction, "p_negative": p_negative,
+                      "reconstruction": reconstruction, "negative": negative})
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+
+def invert_step(s: dict, manifest: Path, classifier: Path, generator: Path, out_dir: Path,
+                chunk: tuple[int, int] | None = None) -> None:
     device = _start(s)
     C, G = load_model(classifier, device), load_model(generator, device)
-    data = _test_positives(manifest, s)
-    result = invert(G, C, data.images, data.rows, s["inversion"], s["seed"])
-    with torch.no_grad():
-        reconstruction = G(result.z1.to(device), result.z2.to(device)).cpu()
-        negative = G(result.z1.to(device), torch.zeros_like(result.z2).to(device)).cpu()
-        p_reconstruction = positive_probability(C, reconstruction.to(device)).cpu()
-        p_negative = positive_probability(C, negative.to(device)).cpu()
-    per_image = {**result.as_tensors(), "mse": metrics.reconstruction_mse(reconstruction, data.images),
-                 "ssim": metrics.reconstruction_ssim(reconstruction, data.images),
-                 "p_reconstruction": p_reconstruction, "p_negative": p_negative}
+    data, place = _images_of(manifest, s, "inversion", chunk)
+    per_image = _invert_images(G, C, data, s, device)
     table = pd.DataFrame({"id": data.ids, "row": data.rows.numpy(),
                           **{k: per_image[k].numpy() for k in INVERSION_TABLE_COLUMNS}})
     log.info("reconstruction MSE %.4f, SSIM %.3f; C calls %.1f%% of reconstructions positive, %.1f%% of negative "
              "realisations negative", table.mse.mean(), table.ssim.mean(), 100 * (table.p_reconstruction >= 0.5).mean(),
              100 * (table.p_negative < 0.5).mean())
     out_dir = Path(out_dir)
-    save_tensors({**per_image, "rows": data.rows, "reconstruction": reconstruction, "negative": negative},
-                 out_dir / "latents.safetensors")
+    save_tensors({**per_image, "rows": data.rows}, out_dir / "latents.safetensors", place)
     _write_csv(table, out_dir / "inversion.csv")
     write_json(out_dir / "provenance.json", {"manifest": str(Path(manifest).resolve()), "settings": s,
-                                             "provenance": provenance(s["seed"], device)})
+                                             "provenance": provenance(s["seed"], device), **place})
 
 
-def load_inversion(path: Path, data: ImageSet) -> dict[str, torch.Tensor]:
-    """The inversion results, checked to belong to the same test images (same manifest rows, same order)."""
+def load_inversion(path: Path, data: ImageSet, positions: slice | None = None) -> dict[str, torch.Tensor]:
+    """The inversion results (those at `positions`, for one chunk), checked to belong to the same
+    test images (same manifest rows, same order)."""
     result = load_file(str(path))
+    if positions is not None:
+        result = {name: tensor[positions] for name, tensor in result.items()}
     if not torch.equal(result["rows"], data.rows):
         raise ValueError(f"{path} was computed on other images than the manifest's test positives: rerun inversion")
     return result
 
 
-def explain_step(s: dict, manifest: Path, classifier: Path, generator: Path, inversion: Path, method: str, out: Path) -> None:
+def explain_step(s: dict, manifest: Path, classifier: Path, generator: Path, inversion: Path, method: str, out: Path,
+                 chunk: tuple[int, int] | None = None) -> None:
     device = _start(s)
     C, G = load_model(classifier, device), load_model(generator, device)
     explainer = build_explainer(method, C, G, s["explain"])
-    data = _test_positives(manifest, s)
-    latents = load_inversion(Path(inversion), data)
+    data, place = _images_of(manifest, s, "explain", chunk)
+    latents = load_inversion(Path(inversion), data, slice(place["start"], place["stop"]) if place else None)
     heatmaps = explainer.attribute(data.images, target=1, latents=(latents["z1"], latents["z2"]))
-    save_tensors({"heatmaps": heatmaps, "rows": data.rows}, out, {"method": method})
+    save_tensors({"heatmaps": heatmaps, "rows": data.rows}, out, {"method": method, **place})
+
+
+CHUNK_KEYS = ("start", "stop", "total")
+
+
+def _chunk_places(paths: list[Path]) -> list[dict]:
+    """Each chunk file's metadata, checked to cover the positive test images once, in order."""
+    places, end = [], 0
+    for path in paths:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+        if not set(CHUNK_KEYS) <= set(metadata):
+            raise ShardError(f"{path} is not one chunk of a sharded step (no start/stop/total in its metadata)")
+        place = {**metadata, **{key: int(metadata[key]) for key in CHUNK_KEYS}}
+        if place["start"] != end or (places and place["total"] != places[0]["total"]):
+            raise ShardError(f"{path} holds images {place['start']}:{place['stop']} of {place['total']}, "
+                             f"but the chunks before it end at image {end}"
+                             + (f" of {places[0]['total']}" if places else ""))
+        places.append(place)
+        end = place["stop"]
+    if not places or end != places[0]["total"]:
+        raise ShardError(f"the chunks given end at image {end}, not at the last one"
+                         + (f" ({places[0]['total']})" if places else "") + ": a chunk is missing")
+    return places
+
+
+def _gather_tensors(paths: list[Path]) -> dict[str, torch.Tensor]:
+    parts = [load_file(str(path)) for path in paths]
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+
+def gather_inversion_step(chunks: list[Path], out_dir: Path) -> None:
+    """Join the folders that `invert --chunk` wrote into the files one unsharded `invert` writes."""
+    chunks = [Path(chunk) for chunk in chunks]
+    places = _chunk_places([chunk / "latents.safetensors" for chunk in chunks])
+    tensors = _gather_tensors([chunk / "latents.safetensors" for chunk in chunks])
+    # float32 columns, read back as float32, are written with exactly the digits they had
+    dtypes = {"id": str, "row": "int64", **{column: "float32" for column in INVERSION_TABLE_COLUMNS}}
+    table = pd.concat([pd.read_csv(chunk / "inversion.csv", dtype=dtypes, keep_default_na=False) for chunk in chunks],
+                      ignore_index=True)
+    chunk_records = [json.loads((chunk / "provenance.json").read_text()) for chunk in chunks]
+    out_dir = Path(out_dir)
+    save_tensors(tensors, out_dir / "latents.safetensors")
+    _write_csv(table, out_dir / "inversion.csv")
+    first = chunk_records[0]
+    write_json(out_dir / "provenance.json", {
+        "manifest": first["manifest"], "settings": first["settings"], "provenance": first["provenance"],
+        "chunks": [{key: record[key] for key in (*CHUNK_KEYS, "provenance")} for record in chunk_records]})
+    log.info("gathered %d chunks: %d images", len(places), places[0]["total"])
+
+
+def gather_explanations_step(chunks: list[Path], out: Path) -> None:
+    """Join the heatmap files that `explain --chunk` wrote into the file one unsharded `explain` writes."""
+    places = _chunk_places(chunks)
+    methods = {place["method"] for place in places}
+    if len(methods) != 1:
+        raise ShardError(f"the chunks given hold heatmaps of several methods: {', '.join(sorted(methods))}")
+    save_tensors(_gather_tensors(chunks), out, {"method": methods.pop()})
+    log.info("gathered %d chunks: %d images", len(places), places[0]["total"])
 
 
 def evaluate_step(s: dict, manifest: Path, classifier: Path, inversion: Path, explanations: list[Path], out_dir: Path) -> None:
@@ -136,10 +246,11 @@ def evaluate_step(s: dict, manifest: Path, classifier: Path, inversion: Path, ex
     data = _test_positives(manifest, s)
     latents = load_inversion(Path(inversion), data)
     heatmaps = load_heatmaps(explanations)
-    per_image = evaluation.evaluate_explanations(C, data, heatmaps, latents, s["evaluate"], s["seed"], device)
+    per_image, curves = evaluation.evaluate_explanations(C, data, heatmaps, latents, s["evaluate"], s["seed"], device)
     summary = evaluation.summarise(per_image, s["evaluate"], s["seed"])
     out_dir = Path(out_dir)
     _write_csv(per_image, out_dir / "metrics_per_image.csv")
+    _write_csv(curves, out_dir / "metrics_curves.csv")
     _write_csv(summary, out_dir / "metrics.csv")
     _write_csv(evaluation.compare_methods(per_image), out_dir / "metrics_comparisons.csv")
     write_json(out_dir / "metrics_provenance.json", {"settings": s, "provenance": provenance(s["seed"], device)})
@@ -155,7 +266,7 @@ def load_heatmaps(paths: list[Path]) -> dict[str, torch.Tensor]:
 
 
 def figures_step(s: dict, manifest: Path, classifier: Path, generator: Path, inversion: Path,
-                 explanations: list[Path], metrics_csv: Path, out_dir: Path) -> None:
+                 explanations: list[Path], metrics_csv: Path, curves_csv: Path, out_dir: Path) -> None:
     device = _start(s)
     C, G = load_model(classifier, device), load_model(generator, device)
     data = _test_positives(manifest, s)
@@ -167,6 +278,7 @@ def figures_step(s: dict, manifest: Path, classifier: Path, generator: Path, inv
     figures.save(figures.interpolation_strip(C, G, latents, examples, s["explain"]["interpolation_points"]),
                  out_dir / "interpolation.png")
     figures.save(figures.metrics_bars(pd.read_csv(metrics_csv)), out_dir / "metrics.png")
+    figures.save(figures.faithfulness_curves(pd.read_csv(curves_csv), s["seed"]), out_dir / "curves.png")
     figures.save(figures.inversion_quality(data, latents, s["figures"]["examples"]), out_dir / "inversion.png")
 
 
@@ -190,11 +302,12 @@ def check_step(s: dict, manifest: Path, classifier: Path, generator: Path, inver
     write_json(out_dir / "provenance.json", {"settings": s, "provenance": provenance(s["seed"], device)})
 
 
-def summarize_step(results: Path, datasets: list[str], out: Path) -> None:
+def summarize_step(results: Path, datasets: list[str], families: dict[str, str], out: Path) -> None:
+    """One table of every dataset's metrics (with its family, for the notebooks) and the Markdown summary."""
     frames = []
     for name in datasets:
         table = pd.read_csv(Path(results) / name / "metrics.csv")
-        frames.append(table.assign(dataset=name))
+        frames.append(table.assign(dataset=name, family=families.get(name, "")))
     _write_csv(pd.concat(frames), Path(out).with_suffix(".csv"))
     with atomic_path(out) as tmp:
-        tmp.write_text(evaluation.summary_markdown(Path(results), datasets))
+        tmp.write_text(reporting.summary_markdown(Path(results), datasets))

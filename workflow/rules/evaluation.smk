@@ -1,4 +1,4 @@
-# Scores per image and method, the paper's figures, and one summary over all datasets.
+# Scores per image and method, the paper's figures, the checks, one summary over all datasets and the notebooks.
 
 
 rule evaluate:
@@ -11,9 +11,14 @@ rule evaluate:
         summary="results/{dataset}/metrics.csv",
         per_image="results/{dataset}/metrics_per_image.csv",
         comparisons="results/{dataset}/metrics_comparisons.csv",
+        curves="results/{dataset}/metrics_curves.csv",
+        provenance="results/{dataset}/metrics_provenance.json",
     params:
         settings=settings("data", "evaluate"),
     threads: config["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=30,
     log:
         "results/{dataset}/logs/evaluate.log",
     shell:
@@ -30,6 +35,7 @@ rule figures:
         latents=rules.invert.output.latents,
         explanations=explanations_of,
         metrics=rules.evaluate.output.summary,
+        curves=rules.evaluate.output.curves,
     output:
         pipeline=report("results/{dataset}/figures/pipeline.png", caption="../report/pipeline.rst",
                         category="{dataset}", labels={"figure": "pipeline rows"}),
@@ -39,46 +45,21 @@ rule figures:
                        category="{dataset}", labels={"figure": "metrics"}),
         inversion=report("results/{dataset}/figures/inversion.png", caption="../report/inversion.rst",
                          category="{dataset}", labels={"figure": "inversion quality"}),
+        curves=report("results/{dataset}/figures/curves.png", caption="../report/curves.rst",
+                      category="{dataset}", labels={"figure": "deletion and insertion curves"}),
     params:
         settings=settings("data", "explain", "figures"),
     threads: config["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=30,
     log:
         "results/{dataset}/logs/figures.log",
     shell:
         "medxgan figures --settings {params.settings:q} --manifest {input.manifest:q}"
         " --classifier {input.classifier:q} --generator {input.generator:q} --inversion {input.latents:q}"
-        " --explanations {input.explanations:q} --metrics {input.metrics:q}"
+        " --explanations {input.explanations:q} --metrics {input.metrics:q} --curves {input.curves:q}"
         " --out-dir results/{wildcards.dataset}/figures --threads {threads} 2> {log:q}"
-
-
-rule summarize:
-    input:
-        metrics=expand("results/{dataset}/metrics.csv", dataset=DATASETS),
-        classifiers=expand("results/{dataset}/classifier/metrics.json", dataset=DATASETS),
-        gans=expand("results/{dataset}/gan/summary.json", dataset=DATASETS),
-    output:
-        markdown="results/summary.md",
-        table="results/summary.csv",
-    params:
-        datasets=DATASETS,
-    log:
-        "results/logs/summarize.log",
-    shell:
-        "medxgan summarize --results results --datasets {params.datasets:q} --out {output.markdown:q} 2> {log:q}"
-
-
-rule notebook:
-    input:
-        source="notebooks/{notebook}.py",
-        summary=rules.summarize.output.table,
-        figures=expand("results/{dataset}/figures/{figure}.png", dataset=DATASETS,
-                       figure=["pipeline", "interpolation", "metrics"]),
-    output:
-        html="results/notebooks/{notebook}.html",
-    log:
-        "results/logs/notebook_{notebook}.log",
-    shell:
-        "medxgan notebook {input.source:q} --out {output.html:q} 2> {log:q}"
 
 
 rule check:
@@ -91,6 +72,7 @@ rule check:
         sanity="results/{dataset}/checks/sanity.csv",
         robustness="results/{dataset}/checks/robustness.csv",
         counterfactual="results/{dataset}/checks/counterfactual.csv",
+        provenance="results/{dataset}/checks/provenance.json",
         sanity_figure=report("results/{dataset}/checks/sanity.png", caption="../report/sanity.rst",
                              category="{dataset}", labels={"figure": "sanity check"}),
         robustness_figure=report("results/{dataset}/checks/robustness.png", caption="../report/robustness.rst",
@@ -100,6 +82,8 @@ rule check:
     threads: config["threads"]
     resources:
         gpu=1,
+        mem_mb=16000,
+        runtime=120,  # minutes on one GPU, every noisy copy inverted anew
     log:
         "results/{dataset}/logs/check.log",
     shell:
@@ -108,6 +92,34 @@ rule check:
         " --out-dir results/{wildcards.dataset}/checks --threads {threads} 2> {log:q}"
 
 
-rule checks:
+rule summarize:
     input:
-        expand("results/{dataset}/checks/sanity.csv", dataset=DATASETS),
+        metrics=expand("results/{dataset}/metrics.csv", dataset=DATASETS),
+        classifiers=expand("results/{dataset}/classifier/metrics.json", dataset=DATASETS),
+        gans=expand("results/{dataset}/gan/summary.json", dataset=DATASETS),
+        checks=expand("results/{dataset}/checks/{table}.csv", dataset=DATASETS,
+                      table=["sanity", "robustness", "counterfactual"]),
+    output:
+        markdown="results/summary.md",
+        table="results/summary.csv",
+    params:
+        datasets=DATASETS,
+        families=[f"{name}={FAMILIES[name]}" for name in DATASETS if FAMILIES[name]],
+    log:
+        "results/logs/summarize.log",
+    shell:
+        "medxgan summarize --results results --datasets {params.datasets:q} --families {params.families:q}"
+        " --out {output.markdown:q} 2> {log:q}"
+
+
+rule notebook:
+    input:
+        source="notebooks/{notebook}.py",
+        summary=rules.summarize.output.table,
+        figures=expand("results/{dataset}/{figure}.png", dataset=DATASETS, figure=FIGURES),
+    output:
+        html="results/notebooks/{notebook}.html",
+    log:
+        "results/logs/notebook_{notebook}.log",
+    shell:
+        "medxgan notebook {input.source:q} --out {output.html:q} 2> {log:q}"

@@ -4,6 +4,8 @@
 rule train_classifier:
     input:
         manifest=manifest_of,
+        # ImageNet weights to start from (classifier.weights), e.g. rule vgg16_weights' file
+        weights=lambda w: dataset_settings(config, w.dataset)["classifier"]["weights"] or [],
     output:
         model="results/{dataset}/classifier/model.safetensors",
         metrics="results/{dataset}/classifier/metrics.json",
@@ -12,6 +14,8 @@ rule train_classifier:
     threads: config["threads"]
     resources:
         gpu=1,
+        mem_mb=16000,
+        runtime=60,  # minutes, the paper's largest set on one GPU (README, "Reproducing the paper")
     log:
         "results/{dataset}/logs/train_classifier.log",
     shell:
@@ -35,6 +39,8 @@ rule train_gan:
     threads: config["threads"]
     resources:
         gpu=1,
+        mem_mb=16000,
+        runtime=240,  # minutes; a job cut off by its time limit resumes from gan/checkpoint.pt
     log:
         "results/{dataset}/logs/train_gan.log",
     shell:

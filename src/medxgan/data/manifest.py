@@ -139,10 +139,11 @@ def _load_mask(file: Path, where: str, image_size: int) -> np.ndarray:
 
 
 def load_split(manifest: str | Path, split: str, negative: str, positive: str, image_size: int,
-               channels: int, label: str | None = None) -> ImageSet:
+               channels: int, label: str | None = None, positions: slice | None = None) -> ImageSet:
     """Load one split's images (and masks) resized to image_size and scaled to [-1, 1].
 
-    label None keeps both classes; 'positive' or 'negative' keeps one.
+    label None keeps both classes; 'positive' or 'negative' keeps one. `positions` keeps a slice of
+    the chosen rows (one chunk of a sharded step): only those images are read.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
@@ -157,6 +158,8 @@ def load_split(manifest: str | Path, split: str, negative: str, positive: str, i
     if chosen.empty:
         which = f"split {split!r}" + (f" with {label} label" if label else "")
         raise ManifestError(f"{manifest}: no rows in {which}")
+    if positions is not None:
+        chosen = chosen.iloc[positions]
 
     images, masks = [], []
     blank_mask = np.zeros((image_size, image_size), dtype=bool)

@@ -1,0 +1,53 @@
+"""A user's own images in ImageFolder layout, imported into a manifest with one command:
+
+    ROOT/train/<class>/<image>     ROOT/test/<class>/<image>
+    ROOT/masks/train/<class>/<image stem>.<png|jpg|...>   (optional lesion masks, same names)
+
+Two class folders are the task's negative and positive classes; any other class folder is left
+out (listed in dropped.csv). The validation split is drawn from train with the seed, stratified.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medxgan.data.preparation import Collected, PrepareOptions, Record, drop, prepare
+from medxgan.data.sources.layout import IMAGE_SUFFIXES, image_files, require_folders, subfolders
+
+SPLIT_FOLDERS = {"train": "train", "test": "test"}
+MASKS = "masks"
+NO_TEST_CARVING = 0.0  # the folder fixes the test split
+
+
+def _mask_for(root: Path, image: Path) -> Path | None:
+    relative = image.relative_to(root)
+    folder = root / MASKS / relative.parent
+    if not folder.is_dir():
+        return None
+    matches = [p for p in sorted(folder.glob(f"{image.stem}.*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+    return matches[0] if matches else None
+
+
+def collect_image_folder(root: Path, negative: str, positive: str) -> Collected:
+    root = Path(root)
+    require_folders(root, SPLIT_FOLDERS)
+    records, dropped = [], []
+    for folder_name, split in SPLIT_FOLDERS.items():
+        folder = root / folder_name
+        require_folders(folder, (negative, positive))
+        for name in subfolders(folder):
+            for file in image_files(folder / name):
+                record = Record(file, name == positive, name, split, mask_file=_mask_for(root, file))
+                if name in (negative, positive):
+                    records.append(record)
+                else:
+                    dropped.append(drop(record, "class not in the task", f"{positive} vs {negative}"))
+    return Collected(root, records, dropped)
+
+
+def import_folder(root: Path, negative: str, positive: str, out_dir: Path, image_size: int, channels: int,
+                  val_fraction: float, seed: int) -> Path:
+    """Prepare ROOT (ImageFolder layout) into out_dir; return the manifest's path."""
+    options = PrepareOptions(image_size, channels, negative, positive, seed, val_fraction, NO_TEST_CARVING)
+    return prepare(collect_image_folder(root, negative, positive), options, out_dir,
+                   {"source": {"source": "image folder", "location": str(Path(root).resolve())}})

@@ -1,0 +1,127 @@
+"""Downloads against a real loopback HTTP server: checksums, resume, truncation, safe unzipping, fallback."""
+
+from __future__ import annotations
+
+import errno
+import stat
+import zipfile
+
+import pytest
+
+from medxgan.data.download import (HOST_METADATA, DataSourceError, Expected, HuggingFaceRoute, KaggleRoute,
+                                   RouteUnavailable, extract_zip, fetch_file, fetch_first)
+from loopback import LoopbackServer, md5, sha256, zip_bytes
+
+PAYLOAD = bytes(range(256)) * 1600  # 400 KiB, several read chunks
+
+
+@pytest.fixture
+def server():
+    with LoopbackServer() as running:
+        running.files["/data.bin"] = PAYLOAD
+        yield running
+
+
+def test_fetch_checks_the_hash_and_reuses_a_checked_file(server, tmp_path):
+    expected = Expected(len(PAYLOAD), "md5", md5(PAYLOAD), HOST_METADATA)
+    item = fetch_file(f"{server.url}/data.bin", tmp_path / "downloads" / "data.bin", tmp_path, expected)
+    assert (tmp_path / "downloads" / "data.bin").read_bytes() == PAYLOAD
+    assert (item.path, item.size, item.algorithm, item.hash) == ("downloads/data.bin", len(PAYLOAD), "md5", md5(PAYLOAD))
+    fetch_file(f"{server.url}/data.bin", tmp_path / "downloads" / "data.bin", tmp_path, expected)
+    assert len(server.requests) == 1  # checked again on disk, not fetched again
+
+
+def test_an_interrupted_download_resumes_with_a_range_request(server, tmp_path):
+    server.cut_once["/data.bin"] = 300_000
+    dest, part = tmp_path / "data.bin", tmp_path / "data.bin.part"
+    with pytest.raises(DataSourceError, match="the transfer stopped after .* bytes.*the next run resumes it"):
+        fetch_file(f"{server.url}/data.bin", dest, tmp_path, Expected(len(PAYLOAD), "sha256", sha256(PAYLOAD)))
+    kept = part.stat().st_size
+    assert not dest.exists() and 0 < kept <= 300_000
+    fetch_file(f"{server.url}/data.bin", dest, tmp_path, Expected(len(PAYLOAD), "sha256", sha256(PAYLOAD)))
+    assert dest.read_bytes() == PAYLOAD and not part.exists()
+    assert server.requests[-1] == ("/data.bin", f"bytes={kept}-")
+
+
+def test_a_wrong_checksum_is_reported_and_the_file_deleted(server, tmp_path):
+    dest = tmp_path / "data.bin"
+    with pytest.raises(DataSourceError, match=r"data\.bin: checksum mismatch: md5 .* expected 0{32}"):
+        fetch_file(f"{server.url}/data.bin", dest, tmp_path, Expected(len(PAYLOAD), "md5", "0" * 32))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_truncated_file_is_reported_and_the_file_deleted(server, tmp_path):
+    server.files["/data.bin"] = PAYLOAD[:5000]  # the host's copy is short
+    with pytest.raises(DataSourceError, match=f"truncated: 5000 bytes, expected {len(PAYLOAD)}"):
+        fetch_file(f"{server.url}/data.bin", tmp_path / "data.bin", tmp_path, Expected(len(PAYLOAD), "md5", md5(PAYLOAD)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def _zip_with(tmp_path, entry: zipfile.ZipInfo, content: bytes = b"x"):
+    archive = tmp_path / "bad.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("fine/a.txt", b"fine")
+        zipped.writestr(entry, content)
+    return archive
+
+
+@pytest.mark.parametrize("name", ["../escaped.txt", "/absolute.txt", "fine/../../escaped.txt"])
+def test_an_entry_escaping_the_target_rejects_the_archive(tmp_path, name):
+    archive = _zip_with(tmp_path, zipfile.ZipInfo(name))
+    with pytest.raises(DataSourceError, match="would land outside the target folder; nothing was extracted"):
+        extract_zip(archive, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.zip"]
+
+
+def test_a_symbolic_link_entry_rejects_the_archive(tmp_path):
+    link = zipfile.ZipInfo("fine/link")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    archive = _zip_with(tmp_path, link, b"/etc/passwd")
+    with pytest.raises(DataSourceError, match="'fine/link' is a symbolic link"):
+        extract_zip(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_corrupt_archive_is_reported(tmp_path):
+    archive = tmp_path / "a.zip"
+    data = bytearray(zip_bytes({"a.txt": b"hello world" * 100}))
+    data[40] ^= 0xFF  # inside the stored data: the CRC no longer matches
+    archive.write_bytes(bytes(data))
+    with pytest.raises(DataSourceError, match="corrupt archive"):
+        extract_zip(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_next_route_is_tried_when_one_is_unavailable(server, tmp_path):
+    archive = zip_bytes({"Training/a.txt": b"a"})
+    repo = "someone/data"
+    server.serve_json(f"/api/datasets/{repo}/tree/main",
+                      [{"type": "file", "path": "Training.zip", "size": len(archive),
+                        "lfs": {"oid": sha256(archive), "size": len(archive)}}])
+    server.files[f"/datasets/{repo}/resolve/main/Training.zip"] = archive
+    routes = {"first": HuggingFaceRoute("nobody/missing", "main", ("x.zip",)),
+              "second": HuggingFaceRoute(repo, "main", ("Training.zip",))}
+    fetched, skipped = fetch_first(routes, ["first", "second"], tmp_path, {"first": server.url, "second": server.url})
+    assert fetched.route == "huggingface" and len(skipped) == 1 and "HTTP 404" in skipped[0]
+    assert (fetched.root / "Training" / "Training" / "a.txt").read_text() == "a"
+    assert fetched.files[0].hash == sha256(archive) and fetched.files[0].checked_against == HOST_METADATA
+    with pytest.raises(DataSourceError, match="no route could fetch the dataset: first: .*HTTP 404"):
+        fetch_first(routes, ["first"], tmp_path, {"first": server.url})
+
+
+def test_kaggle_asking_for_credentials_says_so(tmp_path, monkeypatch):
+    """kagglehub against a loopback stand-in for Kaggle's API (kagglesdk's TEST endpoint, port 7777)."""
+    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "TEST")
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-credentials"))
+    try:
+        kaggle = LoopbackServer(port=7777)
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            pytest.skip("port 7777 is in use")
+        raise
+    with kaggle:
+        kaggle.missing_status = 401
+        with pytest.raises(RouteUnavailable, match="Kaggle asks for credentials to download owner/slug"):
+            KaggleRoute("owner/slug").fetch(tmp_path)
+    assert kaggle.requests, "kagglehub did not reach the stand-in server"
