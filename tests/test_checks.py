@@ -180,7 +180,9 @@ def counterfactual_inputs(images: torch.Tensor):
                         torch.zeros(n, dtype=torch.bool), [f"i{k}" for k in range(n)], torch.arange(n))
 
     noisy = images + 0.05 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
-    return image_set(images), image_set(images.flip(-1)), {"reconstruction": noisy, "negative": images.flip(-1)}
+    p_negative = torch.linspace(0.1, 0.9, n)  # C's positive probability for each G(z1, 0)
+    return image_set(images), image_set(images.flip(-1)), {"reconstruction": noisy, "negative": images.flip(-1),
+                                                             "p_negative": p_negative}
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +214,8 @@ def test_inception_frechet_rows_appear_only_when_weights_are_configured(inceptio
     plain = counterfactual_table(classifier, positives, negatives, latents, s)
     assert not plain.metric.str.contains("inception").any()
     assert plain.metric.str.startswith("frechet_distance_classifier_features:").sum() == 3
+    # validity: of p_negative = [0.1, 0.9], one is called negative
+    assert plain.set_index("metric").loc["validity", "mean"] == pytest.approx(0.5)
     with_inception = counterfactual_table(classifier, positives, negatives, latents,
                                           {**s, "checks": {"inception_weights": str(inception_weights[0])}})
     rows = with_inception.set_index("metric")["mean"].filter(like="frechet_distance_inception:")

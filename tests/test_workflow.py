@@ -104,6 +104,17 @@ def test_own_manifest_runs_under_its_folder_name(workdir: Path, tmp_path_factory
     assert not (workdir / "results" / "notebooks" / "chest_xray.html").exists()
 
 
+def test_paper_configuration_plans_every_source_without_downloading(workdir: Path):
+    result = snakemake(workdir, "-n", "--configfile", "config/paper.yaml")
+    assert result.returncode == 0, result.stderr
+    sources = ("brain-sartaj", "brain-figshare", "covid-qu-ex", "covid-radiography")
+    for name in sources:
+        assert f"data/{name}/SOURCE.json" in result.stdout
+        assert f"results/{name}/checks/sanity.png" in result.stdout
+    assert "data/weights/vgg16-397923af.pth" in result.stdout  # the COVID classifiers' ImageNet start
+    assert not (workdir / "data").exists()
+
+
 def test_config_value_of_wrong_type_names_the_key(workdir: Path):
     run = snakemake(workdir, "--cores", "1", "-n", "--config", "seed=abc")
     assert run.returncode != 0

@@ -213,12 +213,15 @@ def feature_spaces(C, s: dict) -> dict[str, Callable[[torch.Tensor], torch.Tenso
 
 def counterfactual_table(C, positives: ImageSet, negatives: ImageSet, latents: dict[str, torch.Tensor],
                          s: dict) -> pd.DataFrame:
-    """medXGAN's counterfactuals: proximity of G(z1, 0) to G(z1, z2), and realism as the Fréchet
-    distance between generated and real test images in each feature space (named in the row), with
-    the distance between real negatives and real positives for scale."""
-    near = checks.proximity(latents["negative"], latents["reconstruction"])
-    rows = [{"metric": f"proximity_{name}", "mean": v.mean().item(),
-             **dict(zip(("ci_low", "ci_high"), metrics.bootstrap_ci(v, seed=s["seed"])))} for name, v in near.items()]
+    """medXGAN's counterfactuals: validity (share of G(z1, 0) that C calls negative), proximity of
+    G(z1, 0) to G(z1, z2), and realism as the Fréchet distance between generated and real test images
+    in each feature space (named in the row), with the distance between real negatives and real
+    positives for scale."""
+    per_image = {"validity": (latents["p_negative"] < 0.5).float(),
+                 **{f"proximity_{name}": v for name, v in checks.proximity(latents["negative"],
+                                                                         latents["reconstruction"]).items()}}
+    rows = [{"metric": name, "mean": v.mean().item(),
+             **dict(zip(("ci_low", "ci_high"), metrics.bootstrap_ci(v, seed=s["seed"])))} for name, v in per_image.items()]
     image_sets = {"reconstructions": latents["reconstruction"], "negative_realisations": latents["negative"],
                   "real_positives": positives.images, "real_negatives": negatives.images}
     for space, features_of in feature_spaces(C, s).items():

@@ -14,6 +14,7 @@ import pandas as pd
 from medxgan.evaluation import INVERSION_METHOD
 
 SUMMARY_DIGITS = 3
+NOT_APPLICABLE = "n/a"
 
 
 def _json(path: Path) -> dict:
@@ -21,8 +22,14 @@ def _json(path: Path) -> dict:
 
 
 def with_interval(table: pd.DataFrame) -> pd.Series:
-    """'mean [ci_low, ci_high]' per row."""
-    return table.apply(lambda r: f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]", axis=1)
+    """'mean [ci_low, ci_high]' per row; the bare value where a row has no interval (a distance
+    between two image sets is one number, not a mean over images)."""
+    def cell(row: pd.Series) -> str:
+        if pd.isna(row["ci_low"]):
+            return f"{row['mean']:.3f}"
+        return f"{row['mean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+
+    return table.apply(cell, axis=1)
 
 
 def datasets_of_family(results: Path, family: str) -> list[str]:
@@ -68,7 +75,8 @@ def comparisons_table(results: Path, dataset: str, method: str, others: list[str
 
 def checks_table(results: Path, dataset: str) -> pd.DataFrame:
     """Per method: Spearman with the clean heatmap at each noise level, max-sensitivity, and the
-    Spearman left after all of C is randomised (sanity check; blank for methods it does not apply to)."""
+    Spearman left after all of C is randomised (sanity check; "n/a" for methods that read C only
+    through the inversion)."""
     root = Path(results) / dataset / "checks"
     robustness = pd.read_csv(root / "robustness.csv")
     noisy = robustness[(robustness.metric == "spearman") & (robustness.sigma > 0)]
@@ -78,13 +86,15 @@ def checks_table(results: Path, dataset: str) -> pd.DataFrame:
     sanity = pd.read_csv(root / "sanity.csv")
     fully_randomised = sanity[sanity.step == sanity.step.max()]
     table["Spearman after randomising all of C"] = fully_randomised.groupby("method")["spearman"].mean()
-    return table.loc[list(dict.fromkeys(robustness.method))].round(SUMMARY_DIGITS)
+    table = table.loc[list(dict.fromkeys(robustness.method))].round(SUMMARY_DIGITS)
+    return table.astype(object).where(table.notna(), NOT_APPLICABLE)
 
 
 def counterfactual_table(results: Path, dataset: str) -> pd.DataFrame:
-    """Proximity of G(z1, 0) to G(z1, z2) and the Fréchet distances, as the check step wrote them."""
+    """Validity, proximity and the Fréchet distances (each row names its feature space), as the
+    check step wrote them: mean [95% CI] over images, or the distance between two image sets."""
     table = pd.read_csv(Path(results) / dataset / "checks" / "counterfactual.csv")
-    return table.set_index("metric").round(SUMMARY_DIGITS)
+    return table.assign(value=with_interval(table)).set_index("metric")[["value"]]
 
 
 def summary_markdown(results: Path, datasets: list[str]) -> str:
