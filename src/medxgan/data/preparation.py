@@ -32,7 +32,7 @@ import pandas as pd
 from PIL import Image
 
 from medxgan.data.download import DataSourceError, file_hash
-from medxgan.data.manifest import IMAGE_MODES, MANIFEST_COLUMNS, READ_ERRORS, write_manifest
+from medxgan.data.manifest import IMAGE_MODES, READ_ERRORS, write_manifest
 from medxgan.data.splits import pick_groups
 from medxgan.utils import progress, provenance, write_json
 
