@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each dataset's family (the results notebook that shows it), e.g. synthetic-cxr=chest_xray")
     p.add_argument("--out", type=Path, required=True, help="Markdown table; a .csv twin is written beside it")
     p = step("notebook")
-    p.add_argument("source", type=Path, help="a notebook in jupytext percent format, e.g. notebooks/results.py")
+    p.add_argument("source", type=Path, help="a notebook in jupytext percent format, e.g. notebooks/chest_xray.py")
     p.add_argument("--out", type=Path, required=True, help="the HTML file to write")
     p.add_argument("--workdir", type=Path, default=Path("."), help="working directory of the notebook (default .)")
     return parser
