@@ -90,6 +90,15 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
         assert set(robustness.method) == {"difference", "interpolation", "latent_ig", "gradcam", "ig"}
         counterfactual = pd.read_csv(root / "counterfactual.csv").set_index("metric")["mean"]
         assert 0 <= counterfactual["proximity_ssim"] <= 1 and counterfactual.notna().all()
+        assert 0 <= counterfactual["validity"] <= 1
+
+    report = snakemake(workdir, "--report", "report.html")
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (workdir / "report.html").read_text()
+    # captioned figures, grouped by dataset (the report's categories)
+    for label in ("pipeline rows", "deletion and insertion curves", "sanity check", "noise robustness", "GAN losses"):
+        assert label in html, label
+    assert "synthetic-cxr" in html and "synthetic-mri" in html
 
 
 def test_own_manifest_runs_under_its_folder_name(workdir: Path, tmp_path_factory):
