@@ -148,8 +148,8 @@ def notebook_sections(results: Path, dataset: str):
     yield checks_table(results, dataset)
     yield from figure("checks/robustness", "Similarity to the clean heatmap as noise grows.")
     yield from figure("checks/sanity", "Cascading randomisation of C, output layer first.")
-    yield Markdown("Counterfactual quality: proximity of G(z1, 0) to G(z1, z2), and Fréchet distances (feature space "
-                   "named in each row).")
+    yield Markdown("Counterfactual quality: validity (share of G(z1, 0) that C calls negative), proximity of G(z1, 0) "
+                   "to G(z1, z2), and Fréchet distances (feature space named in each row).")
     yield counterfactual_table(results, dataset)
     yield from figure("figures/pipeline", "### The paper's figures\nOriginal, reconstruction, negative realisation, "
                       "difference map, colorized map, Grad-CAM, Latent IG, IG.")

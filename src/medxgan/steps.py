@@ -30,9 +30,10 @@ from medxgan.utils import atomic_path, pick_device, provenance, save_tensors, se
 log = logging.getLogger(__name__)
 
 
-def _load(manifest, split: str, s: dict, label: str | None = None) -> ImageSet:
+def _load(manifest, split: str, s: dict, label: str | None = None, positions: slice | None = None) -> ImageSet:
     d = s["data"]
-    return load_split(manifest, split, d["negative"], d["positive"], d["image_size"], d["channels"], label=label)
+    return load_split(manifest, split, d["negative"], d["positive"], d["image_size"], d["channels"], label=label,
+                      positions=positions)
 
 
 def _write_csv(frame: pd.DataFrame, path) -> None:
@@ -96,9 +97,7 @@ INVERSION_TABLE_COLUMNS = ("loss", "mse", "ssim", "p_image", "p_reconstruction",
 
 
 def _test_positives(manifest: Path, s: dict, positions: slice | None = None) -> ImageSet:
-    d = s["data"]
-    return load_split(manifest, "test", d["negative"], d["positive"], d["image_size"], d["channels"],
-                      label="positive", positions=positions)
+    return _load(manifest, "test", s, label="positive", positions=positions)
 
 
 def count_test_positives(manifest: Path, s: dict) -> int:

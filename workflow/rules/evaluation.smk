@@ -18,7 +18,7 @@ rule evaluate:
     threads: config["threads"]
     resources:
         mem_mb=8000,
-        runtime=30,
+        runtime=60,
     log:
         "results/{dataset}/logs/evaluate.log",
     shell:
@@ -82,7 +82,7 @@ rule check:
     threads: config["threads"]
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=8000,
         runtime=120,  # minutes on one GPU, every noisy copy inverted anew
     log:
         "results/{dataset}/logs/check.log",

@@ -47,7 +47,7 @@ rule invert:
     threads: config["threads"]
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=8000,
         runtime=120,  # minutes on one GPU, 5,000 steps through VGG16 for the paper's COVID sets
     log:
         "results/{dataset}/logs/invert.log",
@@ -72,7 +72,7 @@ rule explain:
     threads: config["threads"]
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=8000,
         runtime=60,  # minutes on one GPU
     log:
         "results/{dataset}/logs/explain_{method}.log",
@@ -118,7 +118,7 @@ rule invert_chunk:
     threads: config["threads"]
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=8000,
         runtime=60,  # minutes on one GPU, one chunk
     log:
         "results/{dataset}/logs/invert_{start}-{stop}.log",
@@ -166,7 +166,7 @@ rule explain_chunk:
     threads: config["threads"]
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=8000,
         runtime=30,  # minutes on one GPU, one chunk
     log:
         "results/{dataset}/logs/explain_{method}_{start}-{stop}.log",

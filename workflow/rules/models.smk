@@ -14,7 +14,7 @@ rule train_classifier:
     threads: config["threads"]
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=8000,
         runtime=60,  # minutes, the paper's largest set on one GPU (README, "Reproducing the paper")
     log:
         "results/{dataset}/logs/train_classifier.log",
@@ -39,7 +39,7 @@ rule train_gan:
     threads: config["threads"]
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=8000,
         runtime=240,  # minutes; a job cut off by its time limit resumes from gan/checkpoint.pt
     log:
         "results/{dataset}/logs/train_gan.log",
