@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from medxgan.hardware import channels_last
 from medxgan.models import (
     Discriminator, Generator, SimpleCNN, VGG16Classifier, build_classifier, dcgan_init, load_model,
     load_state_dict, save_model,
@@ -230,6 +231,8 @@ def test_save_and_load_model_round_trip(kind, tmp_path):
     assert not any(p.requires_grad for p in loaded.parameters())
     for (name, a), (name_b, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert name == name_b and torch.equal(a, b), name
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in loaded.parameters() if p.dim() == 4)
+    channels_last(model)  # same layout, same convolution algorithms: then the outputs are bit-identical
     with torch.no_grad():
         assert torch.equal(loaded(*inputs), model(*inputs))
 

@@ -2,6 +2,9 @@
 
 Every step takes its settings either as JSON (`--settings`, what the Snakefile passes) or from a
 config file and a dataset name (`--config config/config.yaml --dataset synthetic-mri`).
+
+Parsing imports nothing heavy (no torch, no plotting), so `--help` answers at once; each step loads
+its modules when it runs.
 """
 
 from __future__ import annotations
@@ -12,16 +15,11 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
-from medxgan import steps
 from medxgan.config import SOURCE_DEFAULTS, ConfigError, add_user_manifest, dataset_settings, load_config
-from medxgan.data.download import DataSourceError
-from medxgan.data.imagefolder import import_folder
-from medxgan.data.manifest import ManifestError
 from medxgan.shards import ShardError, parse_chunk
 
-WITHOUT_SETTINGS = ("summarize", "notebook", "gather-inversion", "gather-explanations", "import-folder")
+WITHOUT_SETTINGS = ("summarize", "collect-benchmarks", "notebook", "gather-inversion", "gather-explanations",
+                    "import-folder")
 CHUNK_HELP = ("only the positive test images at positions START to STOP-1, one chunk of a sharded run; "
               "START and STOP must be multiples of the step's batch_size (STOP may be the last image's)")
 
@@ -37,6 +35,7 @@ STEP_HELP = {
     "figures": "draw the paper's pipeline rows, the interpolation strip, the metrics plot and the deletion/insertion curves",
     "check": "sanity check, noise robustness and counterfactual quality of the explanations",
     "summarize": "gather every dataset's metrics into one Markdown/CSV table",
+    "collect-benchmarks": "gather the jobs' Snakemake benchmark files (time, memory) into one table and figure",
     "count-test-positives": "count the positive test images, from which a sharded run plans its chunks",
     "gather-inversion": "join the chunks of a sharded inversion into the files one unsharded invert writes",
     "gather-explanations": "join the chunks of a sharded explain into the file one unsharded explain writes",
@@ -79,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="config files such as config/config.yaml, later ones laid over earlier ones "
                                 "(instead of --settings)")
             p.add_argument("--dataset", help="the dataset entry of --config to use")
-            p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+            p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, one per core)")
         return p
 
     def inputs(p, *names):
@@ -154,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--families", nargs="*", default=[], metavar="DATASET=FAMILY",
                    help="each dataset's family (the results notebook that shows it), e.g. synthetic-cxr=chest_xray")
     p.add_argument("--out", type=Path, required=True, help="Markdown table; a .csv twin is written beside it")
+    p = step("collect-benchmarks")
+    p.add_argument("--results", type=Path, default=Path("results"), help="the results folder (default results/)")
+    p.add_argument("--datasets", nargs="+", required=True, help="dataset names under --results")
+    p.add_argument("--out", type=Path, required=True, help="CSV table, one row per job")
+    p.add_argument("--figure", type=Path, required=True, help="PNG bar chart of the jobs' times")
     p = step("notebook")
     p.add_argument("source", type=Path, help="a notebook in jupytext percent format, e.g. notebooks/chest_xray.py")
     p.add_argument("--out", type=Path, required=True, help="the HTML file to write")
@@ -162,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> None:
+    from medxgan import steps  # torch and the plotting stack load here, not for --help
+
     if args.step == "summarize":
         families = dict(pair.split("=", 1) for pair in args.families)
         steps.summarize_step(args.results, args.datasets, families, args.out)
@@ -172,7 +178,12 @@ def run(args) -> None:
     if args.step == "gather-explanations":
         steps.gather_explanations_step(args.chunks, args.out)
         return
+    if args.step == "collect-benchmarks":
+        steps.collect_benchmarks_step(args.results, args.datasets, args.out, args.figure)
+        return
     if args.step == "import-folder":
+        from medxgan.data.imagefolder import import_folder
+
         import_folder(args.root, args.negative, args.positive, args.out_dir, args.image_size, args.channels,
                       args.val_fraction, args.seed)
         return
@@ -181,7 +192,10 @@ def run(args) -> None:
 
         render_notebook(args.source, args.out, args.workdir)
         return
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     s = _settings(args)
     if args.step == "prepare":
         steps.prepare(s, args.out_dir)
@@ -207,12 +221,23 @@ def run(args) -> None:
                            args.metrics, args.curves, args.out_dir)
 
 
+def _bad_input_errors() -> tuple[type[Exception], ...]:
+    """The errors that mean bad input, reported in one line without a traceback. Imported only
+    once a step failed (their modules load torch)."""
+    from medxgan.data.download import DataSourceError
+    from medxgan.data.manifest import ManifestError
+
+    return ConfigError, ManifestError, ShardError, DataSourceError, FileNotFoundError
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (ConfigError, ManifestError, ShardError, DataSourceError, FileNotFoundError) as error:  # bad input: one clear line, no traceback
+    except Exception as error:
+        if not isinstance(error, _bad_input_errors()):
+            raise
         logging.getLogger("medxgan").error("%s failed: %s", args.step, error)
         return 1
     return 0

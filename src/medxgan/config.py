@@ -82,14 +82,15 @@ def add_user_manifest(config: dict) -> str | None:
 
 
 def dataset_settings(config: dict, dataset: str) -> dict:
-    """Defaults merged with the dataset's overrides, plus the run-wide seed and device and, for a
+    """Defaults merged with the dataset's overrides, plus the run-wide seed, device and precision and, for a
     built-in dataset, its phantom settings, for a public one its source settings."""
     if dataset not in config["datasets"]:
         raise ConfigError(f"unknown dataset {dataset!r}; configured: {', '.join(config['datasets'])}")
     entry = config["datasets"][dataset]
     settings = {section: {**copy.deepcopy(config["defaults"][section]), **entry.get(section, {})} for section in SECTIONS}
     settings["data"].update(negative=str(entry["negative"]), positive=str(entry["positive"]))
-    settings.update(seed=config["seed"], device=config["device"], phantom=entry.get("phantom"),
+    settings.update(seed=config["seed"], device=config["device"], precision=config["precision"],
+                    phantom=entry.get("phantom"),
                     source={**SOURCE_DEFAULTS, **entry["source"]} if "source" in entry else None)
     return settings
 
@@ -97,7 +98,7 @@ def dataset_settings(config: dict, dataset: str) -> dict:
 def step_settings(config: dict, dataset: str, *sections: str) -> str:
     """The sections one step needs, as JSON: Snakemake reruns a step when exactly these change."""
     full = dataset_settings(config, dataset)
-    return json.dumps({key: full[key] for key in (*sections, "seed", "device")}, sort_keys=True)
+    return json.dumps({key: full[key] for key in (*sections, "seed", "device", "precision")}, sort_keys=True)
 
 
 def family_of(config: dict, dataset: str) -> str | None:

@@ -151,7 +151,7 @@ def heatmaps_for(method: str, C, G, images: torch.Tensor, rows: torch.Tensor, s:
     """One method's heatmaps; a generative method inverts the images first unless given their codes."""
     explainer = build_explainer(method, C, G, s["explain"])
     if method in GENERATIVE_METHODS and latents is None:
-        codes = invert(G, C, images, rows, s["inversion"], s["seed"])
+        codes = invert(G, C, images, rows, s["inversion"], s["seed"], s["precision"])
         latents = (codes.z1, codes.z2)
     return explainer.attribute(images, target=1, latents=latents)
 
@@ -181,7 +181,7 @@ def robustness_table(C, G, data: ImageSet, s: dict) -> pd.DataFrame:
         def explain(images):
             key = hashlib.sha256(images.numpy().tobytes()).hexdigest()
             if method in GENERATIVE_METHODS and key not in inversions:
-                codes = invert(G, C, images, data.rows, s["inversion"], s["seed"])
+                codes = invert(G, C, images, data.rows, s["inversion"], s["seed"], s["precision"])
                 inversions[key] = (codes.z1, codes.z2)
             return heatmaps_for(method, C, G, images, data.rows, s, latents=inversions.get(key))
         return explain

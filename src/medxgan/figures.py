@@ -233,3 +233,19 @@ def inversion_quality(data: ImageSet, latents: dict, worst: int) -> plt.Figure:
     fig.suptitle(f"Inversion of the test positives; the {len(order)} worst reconstructions below", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def job_times(table: pd.DataFrame, hardware: str) -> plt.Figure:
+    """Each job's wall time (bars, one colour per dataset) with its peak memory written beside it."""
+    table = table.assign(label=table.job + "  ·  " + table.dataset)
+    fig, ax = plt.subplots(figsize=(9, 0.28 * len(table) + 1.4))
+    sns.barplot(data=table, y="label", x="seconds", hue="dataset", dodge=False, ax=ax)
+    for bar_index, row in enumerate(table.itertuples()):
+        ax.annotate(f" {row.seconds:.0f} s, {row.max_rss_mb:.0f} MB", (row.seconds, bar_index), va="center", fontsize=8)
+    ax.set_xlabel("wall time (s), peak memory beside each bar")
+    ax.set_ylabel("")
+    ax.set_xlim(0, table.seconds.max() * 1.35)
+    ax.set_title(f"Workflow jobs on {hardware}\n(jobs of different datasets ran side by side; the sum is not the run's time)",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -3,6 +3,9 @@
 Many images, each with several random restarts, are optimised together in one batch. Every
 image's starting codes come from its own seed, and its loss does not depend on the others, so a
 batch gives each image the result it would get alone.
+
+Under precision "bf16" the networks' forward passes run in bf16 autocast; the loss, Adam's state
+and the codes stay float32.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medxgan.hardware import autocast
 from medxgan.models import positive_probability
 from medxgan.utils import progress
 
@@ -39,21 +43,25 @@ def starting_codes(rows: torch.Tensor, restarts: int, nz1: int, nz2: int, seed: 
     return torch.cat(z1), torch.cat(z2)
 
 
-def inversion_loss(G: nn.Module, C: nn.Module, z1, z2, images, p_target, cfg: dict) -> torch.Tensor:
-    """Per-sample objective: mse_weight * MSE(G(z), x) + bce_weight * BCE(C(G(z)), C(x))."""
-    generated = G(z1, z2)
-    mse = (generated - images).pow(2).flatten(1).mean(1)
-    p = positive_probability(C, generated).clamp(1e-6, 1 - 1e-6)
+def inversion_loss(G: nn.Module, C: nn.Module, z1, z2, images, p_target, cfg: dict,
+                   precision: str = "fp32") -> torch.Tensor:
+    """Per-sample objective: mse_weight * MSE(G(z), x) + bce_weight * BCE(C(G(z)), C(x)), in float32."""
+    with autocast(z1.device, precision):
+        generated = G(z1, z2)
+        logits = C(generated)
+    mse = (generated.float() - images).pow(2).flatten(1).mean(1)
+    p = logits.float().softmax(dim=1)[:, 1].clamp(1e-6, 1 - 1e-6)
     bce = F.binary_cross_entropy(p, p_target, reduction="none")
     return cfg["mse_weight"] * mse + cfg["bce_weight"] * bce
 
 
-def invert_batch(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, cfg: dict, seed: int) -> Inversion:
+def invert_batch(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, cfg: dict, seed: int,
+                 precision: str = "fp32") -> Inversion:
     device = next(G.parameters()).device
     restarts = cfg["restarts"]
     images = images.to(device)
     with torch.no_grad():
-        p_image = positive_probability(C, images)
+        p_image = positive_probability(C, images)  # float32: the target of every precision
     targets = images.repeat_interleave(restarts, 0)
     p_target = p_image.repeat_interleave(restarts, 0)
     z1, z2 = (z.to(device).requires_grad_() for z in starting_codes(rows, restarts, G.nz1, G.nz2, seed))
@@ -61,11 +69,12 @@ def invert_batch(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.T
     best_loss = torch.full((len(z1),), float("inf"), device=device)
     best_z1, best_z2 = z1.detach().clone(), z2.detach().clone()
     for step in range(cfg["steps"] + 1):
-        loss = inversion_loss(G, C, z1, z2, targets, p_target, cfg)
-        with torch.no_grad():  # keep each sample's best codes so far
+        loss = inversion_loss(G, C, z1, z2, targets, p_target, cfg, precision)
+        with torch.no_grad():  # keep each sample's best codes so far (torch.where: no device sync)
             improved = loss < best_loss
             best_loss = torch.where(improved, loss, best_loss)
-            best_z1[improved], best_z2[improved] = z1[improved], z2[improved]
+            best_z1 = torch.where(improved[:, None], z1, best_z1)
+            best_z2 = torch.where(improved[:, None], z2, best_z2)
         if step == cfg["steps"]:  # the last pass only scores the final codes
             break
         optimizer.zero_grad(set_to_none=True)
@@ -77,7 +86,7 @@ def invert_batch(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.T
 
 
 def invert_batches(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, cfg: dict,
-                   seed: int) -> Iterator[tuple[slice, Inversion]]:
+                   seed: int, precision: str = "fp32") -> Iterator[tuple[slice, Inversion]]:
     """Invert `cfg['batch_size']` images at a time, with a progress bar; yield each batch's positions
     and result.
 
@@ -89,10 +98,11 @@ def invert_batches(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch
     size = cfg["batch_size"]
     for start in progress(range(0, len(images), size), desc="inversion batches"):
         batch = slice(start, start + size)
-        yield batch, invert_batch(G, C, images[batch], rows[batch], cfg, seed)
+        yield batch, invert_batch(G, C, images[batch], rows[batch], cfg, seed, precision)
 
 
-def invert(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, cfg: dict, seed: int) -> Inversion:
+def invert(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, cfg: dict, seed: int,
+           precision: str = "fp32") -> Inversion:
     """Invert all images, `cfg['batch_size']` at a time, with a progress bar."""
-    parts = [result for _, result in invert_batches(G, C, images, rows, cfg, seed)]
+    parts = [result for _, result in invert_batches(G, C, images, rows, cfg, seed, precision)]
     return Inversion(*(torch.cat([getattr(p, name) for p in parts]) for name in ("z1", "z2", "loss", "p_image")))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from medxgan import evaluation, figures, metrics, reporting
+from medxgan import evaluation, figures, hardware, metrics, reporting, runtimes
 from medxgan.config import ConfigError
 from medxgan.data.manifest import ImageSet, load_split, read_manifest
 from medxgan.data import sources
@@ -43,7 +44,15 @@ def _write_csv(frame: pd.DataFrame, path) -> None:
 
 def _start(s: dict) -> torch.device:
     seed_everything(s["seed"])
-    return pick_device(s["device"])
+    device = pick_device(s["device"])
+    hardware.allow_tf32(device)
+    return device
+
+
+def _precision(s: dict, device: torch.device) -> str:
+    """'fp32' or 'bf16' for the step's `precision` setting on this device (logged, and recorded
+    with the step's provenance)."""
+    return hardware.resolve_precision(s["precision"], device)
 
 
 def prepare(s: dict, out_dir: Path) -> None:
@@ -65,22 +74,24 @@ def download(s: dict, out_dir: Path) -> None:
 
 def train_classifier_step(s: dict, manifest: Path, out_dir: Path) -> None:
     device = _start(s)
+    precision = _precision(s, device)
     train, val, test = (_load(manifest, split, s) for split in ("train", "val", "test"))
-    model, info = train_classifier(train, val, s["classifier"], s["data"], s["seed"], device)
+    model, info = train_classifier(train, val, s["classifier"], s["data"], s["seed"], device, precision)
     report = {split: evaluate_classifier(model, data, device) for split, data in (("val", val), ("test", test))}
     log.info("test accuracy %.3f, AUROC %.3f", report["test"]["accuracy"], report["test"]["auroc"] or float("nan"))
     out_dir = Path(out_dir)
     save_model(model, out_dir / "model.safetensors", info["spec"])
     write_json(out_dir / "metrics.json", {**report, "history": info["history"], "selected_epoch": info["selected_epoch"],
                                           "settings": s,
-                                          "provenance": provenance(s["seed"], device)})
+                                          "provenance": provenance(s["seed"], device, precision)})
 
 
 def train_gan_step(s: dict, manifest: Path, classifier: Path, out_dir: Path) -> None:
     device = _start(s)
+    precision = _precision(s, device)
     out_dir = Path(out_dir)
     train = _load(manifest, "train", s)
-    trainer = GANTrainer(load_model(classifier, device), s["gan"], s["data"], s["seed"], device)
+    trainer = GANTrainer(load_model(classifier, device), s["gan"], s["data"], s["seed"], device, precision)
     trainer.fit(train, out_dir / "checkpoint.pt")
     losses = pd.DataFrame(trainer.losses, columns=GANTrainer.LOSS_COLUMNS)
     check = disentanglement_check(trainer.G.eval(), trainer.C, s["gan"]["disentanglement_samples"], s["seed"], device)
@@ -90,7 +101,7 @@ def train_gan_step(s: dict, manifest: Path, classifier: Path, out_dir: Path) -> 
     _write_csv(losses, out_dir / "losses.csv")
     figures.save(figures.gan_losses(losses), out_dir / "losses.png")
     write_json(out_dir / "summary.json", {"disentanglement": check, "steps": trainer.step, "settings": s,
-                                          "provenance": provenance(s["seed"], device)})
+                                          "provenance": provenance(s["seed"], device, precision)})
 
 
 INVERSION_TABLE_COLUMNS = ("loss", "mse", "ssim", "p_image", "p_reconstruction", "p_negative")
@@ -122,11 +133,12 @@ def _images_of(manifest: Path, s: dict, section: str, chunk: tuple[int, int] | N
     return _test_positives(manifest, s, slice(start, stop)), {"start": start, "stop": stop, "total": total}
 
 
-def _invert_images(G, C, data: ImageSet, s: dict, device: torch.device) -> dict[str, torch.Tensor]:
+def _invert_images(G, C, data: ImageSet, s: dict, device: torch.device, precision: str) -> dict[str, torch.Tensor]:
     """Codes, reconstructions, negative realisations and their scores per image. Everything is
-    computed one inversion batch at a time, so a chunk gets exactly the numbers the whole set gets."""
+    computed one inversion batch at a time, so a chunk gets exactly the numbers the whole set gets.
+    The images and scores kept are float32, whatever precision the search ran in."""
     parts = []
-    for batch, result in invert_batches(G, C, data.images, data.rows, s["inversion"], s["seed"]):
+    for batch, result in invert_batches(G, C, data.images, data.rows, s["inversion"], s["seed"], precision):
         images = data.images[batch]
         with torch.no_grad():
             reconstruction = G(result.z1.to(device), result.z2.to(device)).cpu()
@@ -143,9 +155,10 @@ def _invert_images(G, C, data: ImageSet, s: dict, device: torch.device) -> dict[
 def invert_step(s: dict, manifest: Path, classifier: Path, generator: Path, out_dir: Path,
                 chunk: tuple[int, int] | None = None) -> None:
     device = _start(s)
+    precision = _precision(s, device)
     C, G = load_model(classifier, device), load_model(generator, device)
     data, place = _images_of(manifest, s, "inversion", chunk)
-    per_image = _invert_images(G, C, data, s, device)
+    per_image = _invert_images(G, C, data, s, device, precision)
     table = pd.DataFrame({"id": data.ids, "row": data.rows.numpy(),
                           **{k: per_image[k].numpy() for k in INVERSION_TABLE_COLUMNS}})
     log.info("reconstruction MSE %.4f, SSIM %.3f; C calls %.1f%% of reconstructions positive, %.1f%% of negative "
@@ -155,7 +168,7 @@ def invert_step(s: dict, manifest: Path, classifier: Path, generator: Path, out_
     save_tensors({**per_image, "rows": data.rows}, out_dir / "latents.safetensors", place)
     _write_csv(table, out_dir / "inversion.csv")
     write_json(out_dir / "provenance.json", {"manifest": str(Path(manifest).resolve()), "settings": s,
-                                             "provenance": provenance(s["seed"], device), **place})
+                                             "provenance": provenance(s["seed"], device, precision), **place})
 
 
 def load_inversion(path: Path, data: ImageSet, positions: slice | None = None) -> dict[str, torch.Tensor]:
@@ -283,6 +296,7 @@ def figures_step(s: dict, manifest: Path, classifier: Path, generator: Path, inv
 
 def check_step(s: dict, manifest: Path, classifier: Path, generator: Path, inversion: Path, out_dir: Path) -> None:
     device = _start(s)
+    s = {**s, "precision": _precision(s, device)}  # the noisy copies' inversions run like the inversion step
     C, G = load_model(classifier, device), load_model(generator, device)
     data = _test_positives(manifest, s)
     latents = load_inversion(Path(inversion), data)
@@ -298,7 +312,7 @@ def check_step(s: dict, manifest: Path, classifier: Path, generator: Path, inver
         _write_csv(table, out_dir / f"{name}.csv")
     figures.save(figures.sanity_curves(tables["sanity"]), out_dir / "sanity.png")
     figures.save(figures.robustness_curves(tables["robustness"]), out_dir / "robustness.png")
-    write_json(out_dir / "provenance.json", {"settings": s, "provenance": provenance(s["seed"], device)})
+    write_json(out_dir / "provenance.json", {"settings": s, "provenance": provenance(s["seed"], device, s["precision"])})
 
 
 def summarize_step(results: Path, datasets: list[str], families: dict[str, str], out: Path) -> None:
@@ -310,3 +324,14 @@ def summarize_step(results: Path, datasets: list[str], families: dict[str, str],
     _write_csv(pd.concat(frames), Path(out).with_suffix(".csv"))
     with atomic_path(out) as tmp:
         tmp.write_text(reporting.summary_markdown(Path(results), datasets))
+
+
+def collect_benchmarks_step(results: Path, datasets: list[str], out: Path, figure: Path) -> None:
+    """Every job's benchmark file under `results` in one table, and a bar chart of the jobs' times."""
+    table = runtimes.collect(results, datasets)
+    if table.empty:
+        raise FileNotFoundError(f"no benchmark files under {results}/{{{','.join(datasets)}}}/benchmarks/")
+    _write_csv(table, out)
+    machine = f"{hardware.cpu_model()}, {os.cpu_count()} cores"
+    figures.save(figures.job_times(table, machine), figure)
+    log.info("%d jobs, %.0f s of job time in all", len(table), table.seconds.sum())

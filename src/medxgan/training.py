@@ -2,6 +2,9 @@
 
 Both loops draw their batches from a permutation seeded by (seed, epoch), so the batch at any step
 is known without replaying the run; that is what lets a killed GAN run resume exactly.
+
+Under precision "bf16" the forward passes run in bf16 autocast; losses, gradients of the float32
+weights and Adam's state stay float32 (mixed precision in the usual sense).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch import nn
 from torchmetrics.functional.classification import binary_auroc, binary_confusion_matrix
 
 from medxgan.data.manifest import ImageSet
+from medxgan.hardware import autocast, channels_last
 from medxgan.models import Discriminator, Generator, build_classifier, dcgan_init
 from medxgan.utils import atomic_path, progress
 
@@ -59,11 +63,14 @@ def evaluate_classifier(classifier: nn.Module, data: ImageSet, device, batch_siz
     }
 
 
-def train_classifier(train: ImageSet, val: ImageSet, cfg: dict, data_cfg: dict, seed: int, device) -> tuple[nn.Module, dict]:
+def train_classifier(train: ImageSet, val: ImageSet, cfg: dict, data_cfg: dict, seed: int, device,
+                     precision: str = "fp32") -> tuple[nn.Module, dict]:
     torch.manual_seed(seed)
+    device = torch.device(device)
     spec = {"kind": "classifier", "arch": cfg["arch"], "image_size": data_cfg["image_size"],
             "channels": data_cfg["channels"], "width": cfg["width"]}
     model = build_classifier(cfg["arch"], spec["image_size"], spec["channels"], cfg["width"], cfg["weights"]).to(device)
+    channels_last(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=cfg["lr"], betas=tuple(cfg["betas"]))
     augment_rng = torch.Generator().manual_seed(seed + 1)
@@ -71,19 +78,21 @@ def train_classifier(train: ImageSet, val: ImageSet, cfg: dict, data_cfg: dict, 
     history, best = [], {"val_accuracy": -1.0}
     for epoch in progress(range(cfg["epochs"]), desc="classifier epochs"):
         model.train()
-        total = 0.0
+        total = torch.zeros((), device=device)  # summed on the device: no sync per step
         for position in range(steps_per_epoch):
             idx = batch_indices(len(train), cfg["batch_size"], epoch * steps_per_epoch + position, seed)
             images = train.images[idx]
             if cfg["flips"]:
                 images = random_flips(images, augment_rng)
-            loss = F.cross_entropy(model(images.to(device)), train.labels[idx].to(device))
+            with autocast(device, precision):
+                logits = model(images.to(device))
+            loss = F.cross_entropy(logits.float(), train.labels[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item()
+            total += loss.detach()
         val_accuracy = evaluate_classifier(model, val, device)["accuracy"]
-        history.append({"epoch": epoch + 1, "train_loss": total / steps_per_epoch, "val_accuracy": val_accuracy})
+        history.append({"epoch": epoch + 1, "train_loss": total.item() / steps_per_epoch, "val_accuracy": val_accuracy})
         log.info("epoch %d: train loss %.4f, val accuracy %.3f", epoch + 1, history[-1]["train_loss"], val_accuracy)
         if val_accuracy > best["val_accuracy"]:  # model selection on the validation split; test stays unseen
             best = {"val_accuracy": val_accuracy, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
@@ -113,8 +122,8 @@ def sample_codes(labels: torch.Tensor, nz1: int, nz2: int, generator: torch.Gene
 class GANTrainer:
     """G and D trained against a frozen classifier C, checkpointed atomically so a killed run resumes."""
 
-    def __init__(self, classifier: nn.Module, cfg: dict, data_cfg: dict, seed: int, device):
-        self.cfg, self.seed, self.device = cfg, seed, torch.device(device)
+    def __init__(self, classifier: nn.Module, cfg: dict, data_cfg: dict, seed: int, device, precision: str = "fp32"):
+        self.cfg, self.seed, self.device, self.precision = cfg, seed, torch.device(device), precision
         size, channels = data_cfg["image_size"], data_cfg["channels"]
         torch.manual_seed(seed)
         self.g_spec = {"kind": "generator", "nz1": cfg["nz1"], "nz2": cfg["nz2"], "image_size": size,
@@ -126,12 +135,14 @@ class GANTrainer:
         dcgan_init(self.G)
         dcgan_init(self.D)
         self.C = classifier.to(self.device).eval().requires_grad_(False)
+        channels_last(self.G, self.D, self.C)
         betas = tuple(cfg["betas"])
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg["lr"], betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg["lr"], betas=betas)
         self.noise = torch.Generator().manual_seed(seed + 2)
         self.step = 0
-        self.losses: list[list[float]] = []
+        self.losses: list[list[float]] = []  # one row of LOSS_COLUMNS per step
+        self._unlogged: list[torch.Tensor] = []  # the rows since the last checkpoint, still on the device
 
     LOSS_COLUMNS = ("step", "d_loss", "g_adversarial", "g_classifier", "d_real", "d_fake")
 
@@ -141,8 +152,9 @@ class GANTrainer:
         # D: real vs fake; fake images carry uniformly drawn labels (as in the release).
         fake_labels = torch.randint(0, 2, (len(labels),), generator=self.noise)
         z1, z2 = sample_codes(fake_labels, cfg["nz1"], cfg["nz2"], self.noise)
-        fake = self.G(z1.to(dev), z2.to(dev)).detach()
-        d_real, d_fake = self.D(real), self.D(fake)
+        with autocast(dev, self.precision):
+            fake = self.G(z1.to(dev), z2.to(dev)).detach()
+            d_real, d_fake = self.D(real).float(), self.D(fake).float()
         d_loss = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
                   + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
         self.opt_d.zero_grad(set_to_none=True)
@@ -150,17 +162,26 @@ class GANTrainer:
         self.opt_d.step()
         # G: fool D, and make C agree with the class the code encodes (labels follow the real batch).
         z1, z2 = sample_codes(labels, cfg["nz1"], cfg["nz2"], self.noise)
-        fake = self.G(z1.to(dev), z2.to(dev))
-        d_out = self.D(fake)
+        with autocast(dev, self.precision):
+            fake = self.G(z1.to(dev), z2.to(dev))
+            d_out, c_logits = self.D(fake).float(), self.C(fake).float()
         g_adv = F.binary_cross_entropy_with_logits(d_out, torch.ones_like(d_out))
-        g_cls = F.cross_entropy(self.C(fake), labels.to(dev))  # on logits: the release applied softmax twice
+        g_cls = F.cross_entropy(c_logits, labels.to(dev))  # on logits: the release applied softmax twice
         g_loss = g_adv + cfg["lambda_cls"] * g_cls
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
         self.step += 1
-        self.losses.append([self.step, d_loss.item(), g_adv.item(), g_cls.item(),
-                            torch.sigmoid(d_real).mean().item(), torch.sigmoid(d_fake).mean().item()])
+        self._unlogged.append(torch.stack([d_loss, g_adv, g_cls, torch.sigmoid(d_real).mean(),
+                                           torch.sigmoid(d_fake).mean()]).detach())
+
+    def _log_losses(self) -> None:
+        """Move the loss rows since the last call to `losses`: one device sync per checkpoint, not per step."""
+        if self._unlogged:
+            first = self.step - len(self._unlogged) + 1
+            values = torch.stack(self._unlogged).cpu().tolist()
+            self.losses += [[first + i, *row] for i, row in enumerate(values)]
+            self._unlogged = []
 
     def fit(self, train: ImageSet, checkpoint: Path) -> None:
         checkpoint = Path(checkpoint)
@@ -172,6 +193,7 @@ class GANTrainer:
             self.train_step(train.images[idx], train.labels[idx])
             bar.update(1)
             if self.step % self.cfg["checkpoint_every"] == 0 or self.step == self.cfg["steps"]:
+                self._log_losses()
                 _, d_loss, g_adv, g_cls, d_real, d_fake = self.losses[-1]
                 bar.set_postfix(d=f"{d_loss:.3f}", g=f"{g_adv:.3f}", cls=f"{g_cls:.3f}")
                 log.info("step %d: D %.3f, G adv %.3f, G cls %.4f, D(x) %.2f, D(G(z)) %.2f",

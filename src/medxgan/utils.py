@@ -67,9 +67,10 @@ def write_json(path: str | os.PathLike, data) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def provenance(seed: int | None = None, device: torch.device | None = None) -> dict:
-    """Seeds, versions and hardware, recorded next to every result."""
+def provenance(seed: int | None = None, device: torch.device | None = None, precision: str | None = None) -> dict:
+    """Seeds, versions, hardware and number format, recorded next to every result."""
     import medxgan
+    from medxgan.hardware import cpu_bf16_features, cpu_model
 
     info = {
         "medxgan": medxgan.__version__,
@@ -77,11 +78,13 @@ def provenance(seed: int | None = None, device: torch.device | None = None) -> d
         "torch": torch.__version__,
         "numpy": np.__version__,
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": cpu_model(),
+        "cpu_bf16_features": cpu_bf16_features(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device) if device is not None else None,
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "precision": precision,
     }
     if seed is not None:
         info["seed"] = seed

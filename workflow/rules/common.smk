@@ -17,3 +17,20 @@ def methods_of(dataset):
 def explanations_of(wildcards):
     return expand("results/{dataset}/explanations/{method}.safetensors",
                   dataset=wildcards.dataset, method=methods_of(wildcards.dataset))
+
+
+def job_threads():
+    """Torch threads of each heavy job: `threads` from the config or, for `auto`, an even share of
+    --cores among the run's datasets, so one dataset on 8 cores gets 8 and two datasets on 2 cores
+    run side by side with 1 each. Without --cores (a cluster) a job gets 1 unless its profile says
+    otherwise (`set-threads`). The thread count is not a setting: results do not depend on it."""
+    if config["threads"] != "auto":
+        return config["threads"]
+    try:
+        cores = workflow.cores
+    except WorkflowError:
+        return 1
+    return max(1, cores // len(DATASETS))
+
+
+JOB_THREADS = job_threads()

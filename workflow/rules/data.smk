@@ -10,6 +10,8 @@ rule prepare:
     params:
         settings=lambda w: step_settings(config, w.phantom, "data", "phantom"),
         out_dir=lambda w, output: os.path.dirname(output.manifest),
+    benchmark:
+        "results/{phantom}/benchmarks/prepare.tsv",
     log:
         "results/{phantom}/logs/prepare.log",
     shell:
@@ -45,6 +47,8 @@ rule download:
     resources:
         mem_mb=1000,
         runtime=240,  # minutes: the largest set (figshare, ~0.9 GB) over a slow link
+    benchmark:
+        "results/{source_dataset}/benchmarks/download.tsv",
     log:
         "results/{source_dataset}/logs/download.log",
     shell:
@@ -66,6 +70,8 @@ rule prepare_source:
     resources:
         mem_mb=4000,
         runtime=60,  # minutes: about 10 ms per image to read, resize and write
+    benchmark:
+        "results/{source_dataset}/benchmarks/prepare.tsv",
     log:
         "results/{source_dataset}/logs/prepare.log",
     shell:
@@ -84,6 +90,8 @@ rule vgg16_weights:
     params:
         url=VGG16_URL,
         sha256_prefix="397923af",
+    benchmark:
+        "results/benchmarks/vgg16_weights.tsv",
     log:
         "results/logs/vgg16_weights.log",
     shell:

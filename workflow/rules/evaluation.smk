@@ -15,10 +15,12 @@ rule evaluate:
         provenance="results/{dataset}/metrics_provenance.json",
     params:
         settings=settings("data", "evaluate"),
-    threads: config["threads"]
+    threads: JOB_THREADS
     resources:
         mem_mb=8000,
         runtime=60,
+    benchmark:
+        "results/{dataset}/benchmarks/evaluate.tsv",
     log:
         "results/{dataset}/logs/evaluate.log",
     shell:
@@ -49,10 +51,12 @@ rule figures:
                       category="{dataset}", labels={"figure": "deletion and insertion curves"}),
     params:
         settings=settings("data", "explain", "figures"),
-    threads: config["threads"]
+    threads: JOB_THREADS
     resources:
         mem_mb=8000,
         runtime=30,
+    benchmark:
+        "results/{dataset}/benchmarks/figures.tsv",
     log:
         "results/{dataset}/logs/figures.log",
     shell:
@@ -79,11 +83,13 @@ rule check:
                                  category="{dataset}", labels={"figure": "noise robustness"}),
     params:
         settings=settings("data", "inversion", "explain", "checks"),
-    threads: config["threads"]
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=120,  # minutes on one GPU, every noisy copy inverted anew
+    benchmark:
+        "results/{dataset}/benchmarks/check.tsv",
     log:
         "results/{dataset}/logs/check.log",
     shell:
@@ -105,6 +111,8 @@ rule summarize:
     params:
         datasets=DATASETS,
         families=[f"{name}={FAMILIES[name]}" for name in DATASETS if FAMILIES[name]],
+    benchmark:
+        "results/benchmarks/summarize.tsv",
     log:
         "results/logs/summarize.log",
     shell:
@@ -119,7 +127,28 @@ rule notebook:
         figures=expand("results/{dataset}/{figure}.png", dataset=DATASETS, figure=FIGURES),
     output:
         html="results/notebooks/{notebook}.html",
+    benchmark:
+        "results/benchmarks/notebook_{notebook}.tsv",
     log:
         "results/logs/notebook_{notebook}.log",
     shell:
         "medxgan notebook {input.source:q} --out {output.html:q} 2> {log:q}"
+
+
+rule collect_benchmarks:
+    input:
+        # everything else the run builds, so this job runs last and finds every job's benchmark file
+        summary=rules.summarize.output.markdown,
+        notebooks=expand("results/notebooks/{notebook}.html", notebook=NOTEBOOKS),
+    output:
+        table="results/benchmarks.csv",
+        figure=report("results/benchmarks.png", caption="../report/benchmarks.rst", category="run",
+                      labels={"figure": "job times"}),
+    params:
+        datasets=DATASETS,
+    localrule: True
+    log:
+        "results/logs/collect_benchmarks.log",
+    shell:
+        "medxgan collect-benchmarks --results results --datasets {params.datasets:q} --out {output.table:q}"
+        " --figure {output.figure:q} 2> {log:q}"

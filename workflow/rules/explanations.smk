@@ -44,11 +44,13 @@ rule invert:
         dataset=unsharded("inversion"),
     params:
         settings=settings("data", "inversion"),
-    threads: config["threads"]
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=120,  # minutes on one GPU, 5,000 steps through VGG16 for the paper's COVID sets
+    benchmark:
+        "results/{dataset}/benchmarks/invert.tsv",
     log:
         "results/{dataset}/logs/invert.log",
     shell:
@@ -69,11 +71,13 @@ rule explain:
         dataset=unsharded("explain"),
     params:
         settings=settings("data", "explain"),
-    threads: config["threads"]
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=60,  # minutes on one GPU
+    benchmark:
+        "results/{dataset}/benchmarks/explain_{method}.tsv",
     log:
         "results/{dataset}/logs/explain_{method}.log",
     shell:
@@ -93,6 +97,8 @@ checkpoint count_test_positives:
     params:
         settings=settings("data"),
     localrule: True
+    benchmark:
+        "results/{dataset}/benchmarks/count_test_positives.tsv",
     log:
         "results/{dataset}/logs/count_test_positives.log",
     shell:
@@ -115,11 +121,13 @@ rule invert_chunk:
         stop=r"\d+",
     params:
         settings=settings("data", "inversion"),
-    threads: config["threads"]
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=60,  # minutes on one GPU, one chunk
+    benchmark:
+        "results/{dataset}/benchmarks/invert_{start}-{stop}.tsv",
     log:
         "results/{dataset}/logs/invert_{start}-{stop}.log",
     shell:
@@ -144,6 +152,8 @@ rule gather_inversion:
     params:
         chunks=lambda w, input: [os.path.dirname(path) for path in input.latents],
     localrule: True
+    benchmark:
+        "results/{dataset}/benchmarks/gather_inversion.tsv",
     log:
         "results/{dataset}/logs/gather_inversion.log",
     shell:
@@ -163,11 +173,13 @@ rule explain_chunk:
         stop=r"\d+",
     params:
         settings=settings("data", "explain"),
-    threads: config["threads"]
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=30,  # minutes on one GPU, one chunk
+    benchmark:
+        "results/{dataset}/benchmarks/explain_{method}_{start}-{stop}.tsv",
     log:
         "results/{dataset}/logs/explain_{method}_{start}-{stop}.log",
     shell:
@@ -186,6 +198,8 @@ rule gather_explanations:
     wildcard_constraints:
         dataset=one_of(SHARDED["explain"]),
     localrule: True
+    benchmark:
+        "results/{dataset}/benchmarks/gather_explanations_{method}.tsv",
     log:
         "results/{dataset}/logs/gather_explanations_{method}.log",
     shell:

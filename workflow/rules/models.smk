@@ -11,11 +11,13 @@ rule train_classifier:
         metrics="results/{dataset}/classifier/metrics.json",
     params:
         settings=settings("data", "classifier"),
-    threads: config["threads"]
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=60,  # minutes, the paper's largest set on one GPU (README, "Reproducing the paper")
+    benchmark:
+        "results/{dataset}/benchmarks/train_classifier.tsv",
     log:
         "results/{dataset}/logs/train_classifier.log",
     shell:
@@ -36,11 +38,13 @@ rule train_gan:
         summary="results/{dataset}/gan/summary.json",
     params:
         settings=settings("data", "gan"),
-    threads: config["threads"]
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=240,  # minutes; a job cut off by its time limit resumes from gan/checkpoint.pt
+    benchmark:
+        "results/{dataset}/benchmarks/train_gan.tsv",
     log:
         "results/{dataset}/logs/train_gan.log",
     shell:

@@ -1,0 +1,244 @@
+"""Speed of the heavy steps beside the machine's measured limit, in one run, on CPU or CUDA.
+
+    python benchmarks/speed.py                 # every torch thread, the device `auto` picks
+    python benchmarks/speed.py --threads 1 --out speed.csv
+
+Prints, for the default run's network widths and the release's (G 11.9 M parameters):
+  - the matmul limit: GFLOP/s of a large square matrix product in fp32 and in bf16;
+  - inversion: the release's per-image loop (one image, one start), then batched, then with
+    channels-last weights, then in bf16 (the workflow's choice where bf16 is fast), in
+    image-steps/s (one step = G forward, C forward, backward to the codes);
+  - one GAN training step (D update, then G update with the classifier term), as the release ran
+    it (fp32), channels-last, and channels-last in bf16;
+  - each explanation method, images/s (fp32 and channels-last, as the workflow computes them);
+and for each: FLOPs per item (torch.utils.flop_counter) and the share of the matching limit
+reached. Networks are randomly initialised: speed does not depend on what they learnt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+from medxgan import hardware
+from medxgan.explainers import EXPLAINERS, build_explainer
+from medxgan.inversion import inversion_loss, invert_batch
+from medxgan.models import Generator, SimpleCNN
+from medxgan.training import GANTrainer
+from medxgan.utils import pick_device
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE, CHANNELS = 64, 1
+RELEASE = {"nz1": 1000, "nz2": 100, "width": 1.0, "d_width": 1.0, "classifier_width": 1.0}  # brain release
+EXPLAIN_BATCH = 8  # images per explanation call
+MIN_SECONDS = 1.0  # each measurement repeats until it has run this long (after one warm-up)
+
+
+@dataclass
+class Row:
+    case: str
+    per_second: float
+    unit: str
+    flops_per_item: float
+    precision: str
+
+    def share(self, limits: dict[str, float]) -> float:
+        return self.per_second * self.flops_per_item / limits[self.precision]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rate(fn, items: int, device: torch.device, min_seconds: float = MIN_SECONDS) -> float:
+    """Items per second of `fn` (which handles `items` items per call): median of the calls made
+    within `min_seconds` (at least one), after one warm-up call."""
+    fn()
+    sync(device)
+    times, spent = [], 0.0
+    while spent < min_seconds:
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+        spent += times[-1]
+    return items / statistics.median(times)
+
+
+class _GlobalOnly:
+    """What FlopCounterMode needs of its module tracker, without the module hooks, which break
+    torch.autograd.grad on a leaf tensor (Latent IG's gradient): totals only, no per-module split."""
+    parents = {"Global"}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def flops(fn) -> int:
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _GlobalOnly()
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_limit(dtype: torch.dtype, device: torch.device) -> float:
+    """FLOP/s of an n x n matrix product, n large enough to reach the hardware's peak."""
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    return rate(lambda: a @ b, 1, device) * 2 * n ** 3
+
+
+def networks(widths: dict, device: torch.device):
+    torch.manual_seed(0)
+    G = Generator(widths["nz1"], widths["nz2"], SIZE, CHANNELS, widths["width"]).to(device).eval()
+    C = SimpleCNN(SIZE, CHANNELS, widths["classifier_width"]).to(device).eval()
+    return G.requires_grad_(False), C.requires_grad_(False)
+
+
+def inversion_rows(name: str, widths: dict, inversion_cfg: dict, batch: int, device: torch.device) -> list[Row]:
+    """The release's loop, then batching, the channels-last layout and bf16 added one at a time."""
+    G, C = networks(widths, device)
+    images = torch.rand(batch, CHANNELS, SIZE, SIZE) * 2 - 1
+    steps = 5  # optimisation steps per timed call
+
+    def measured(case: str, n: int, precision: str) -> Row:
+        cfg = {**inversion_cfg, "steps": steps, "restarts": 1, "batch_size": n}
+        per_second = rate(lambda: invert_batch(G, C, images[:n], torch.arange(n), cfg, seed=0, precision=precision),
+                          n * steps, device)
+        return Row(f"{name}: inversion, {case}", per_second, "image-steps/s", step_flops(n), precision)
+
+    def step_flops(n: int) -> float:
+        z1 = torch.randn(n, G.nz1, device=device, requires_grad=True)
+        z2 = torch.randn(n, G.nz2, device=device, requires_grad=True)
+        target = images[:n].to(device)
+        p = torch.full((n,), 0.9, device=device)
+        return flops(lambda: inversion_loss(G, C, z1, z2, target, p, inversion_cfg).sum().backward()) / n
+
+    rows = [measured("per-image loop (release)", 1, "fp32"), measured(f"batched {batch}", batch, "fp32")]
+    hardware.channels_last(G, C)
+    return rows + [measured(f"batched {batch}, channels-last", batch, "fp32"),
+                   measured(f"batched {batch}, channels-last, bf16", batch, "bf16")]
+
+
+def gan_rows(name: str, widths: dict, gan_cfg: dict, device: torch.device) -> list[Row]:
+    """One D + G update as the release ran it (fp32, NCHW), then as the workflow runs it."""
+    _, C = networks(widths, device)
+    cfg = {**gan_cfg, **{k: widths[k] for k in ("nz1", "nz2", "width", "d_width")}}
+    real = torch.rand(cfg["batch_size"], CHANNELS, SIZE, SIZE) * 2 - 1
+    labels = torch.arange(cfg["batch_size"]) % 2
+    rows = []
+    for case, layout, precision in (("", "nchw", "fp32"), (", channels-last", "cl", "fp32"),
+                                    (", channels-last, bf16", "cl", "bf16")):
+        trainer = GANTrainer(copy.deepcopy(C), cfg, {"image_size": SIZE, "channels": CHANNELS}, 0, device, precision)
+        if layout == "nchw":  # the trainer stores its networks channels-last; undo that for the release's case
+            for network in (trainer.G, trainer.D, trainer.C):
+                network.to(memory_format=torch.contiguous_format)
+        step_flops = flops(lambda: trainer.train_step(real, labels))
+        rows.append(Row(f"{name}: GAN training step, batch {cfg['batch_size']}{case}",
+                        rate(lambda: trainer.train_step(real, labels), 1, device), "steps/s", step_flops, precision))
+    return rows
+
+
+def explanation_rows(name: str, widths: dict, explain_cfg: dict, batch: int, device: torch.device) -> list[Row]:
+    G, C = networks(widths, device)
+    hardware.channels_last(G, C)  # as `load_model` gives them to the explain step
+    images = torch.rand(batch, CHANNELS, SIZE, SIZE) * 2 - 1
+    codes = (torch.randn(batch, G.nz1), torch.randn(batch, G.nz2))
+    rows = []
+    for method in EXPLAINERS:
+        explainer = build_explainer(method, C, G, {**explain_cfg, "batch_size": batch})
+
+        def explain():
+            return explainer.attribute(images, target=1, latents=codes)
+
+        rows.append(Row(f"{name}: explain, {method}", rate(explain, batch, device), "images/s", flops(explain) / batch,
+                        "fp32"))
+    return rows
+
+
+def default_widths(config: dict) -> dict:
+    gan = config["defaults"]["gan"]
+    return {"nz1": gan["nz1"], "nz2": gan["nz2"], "width": gan["width"], "d_width": gan["d_width"],
+            "classifier_width": config["defaults"]["classifier"]["width"]}
+
+
+def print_table(rows: list[Row], limits: dict[str, float]) -> None:
+    print(f"| case | throughput | GFLOP per item | GFLOP/s | share of the {'/'.join(limits)} matmul limit |")
+    print("|---|---:|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row.case} | {row.per_second:,.1f} {row.unit} | {row.flops_per_item / 1e9:.3f} "
+              f"| {row.per_second * row.flops_per_item / 1e9:,.1f} | {100 * row.share(limits):.0f}% |")
+
+
+def print_targets(rows: dict[str, Row], limits: dict[str, float], batch: int) -> None:
+    """The speed goals of the project, each with the measured figure."""
+    def speed_up(name: str) -> float:
+        return (rows[f"{name}: inversion, batched {batch}, channels-last, bf16"].per_second
+                / rows[f"{name}: inversion, per-image loop (release)"].per_second)
+
+    release = "release width"
+    goals = [
+        ("batched bf16 inversion vs the per-image fp32 loop, default width", speed_up("default width"), 3.0, "x"),
+        ("batched bf16 inversion vs the per-image fp32 loop, release width", speed_up(release), 4.0, "x"),
+        ("batched fp32 inversion, release width, share of the fp32 limit",
+         rows[f"{release}: inversion, batched {batch}, channels-last"].share(limits), 0.75, "%"),
+        ("batched bf16 inversion, release width, share of the bf16 limit",
+         rows[f"{release}: inversion, batched {batch}, channels-last, bf16"].share(limits), 0.40, "%"),
+    ]
+    print("\n| goal | measured | target | met |\n|---|---:|---:|---|")
+    for text, value, target, unit in goals:
+        shown = (f"{value:.1f}x", f"{target:.0f}x") if unit == "x" else (f"{100 * value:.0f}%", f"{100 * target:.0f}%")
+        print(f"| {text} | {shown[0]} | {shown[1]} | {'yes' if value >= target else 'no'} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--config", type=Path, default=ROOT / "config" / "config.yaml",
+                        help="the config whose default widths and settings are measured")
+    parser.add_argument("--batch", type=int, default=128, help="images per batched inversion call (default 128)")
+    parser.add_argument("--out", type=Path, help="also write the rows as CSV")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    hardware.allow_tf32(device)
+    config = yaml.safe_load(args.config.read_text())
+    defaults = config["defaults"]
+    print(f"# {hardware.describe(device)}; torch {torch.__version__}; Python {sys.version.split()[0]}")
+    limits = {"fp32": matmul_limit(torch.float32, device), "bf16": matmul_limit(torch.bfloat16, device)}
+    print(f"matmul limit: fp32 {limits['fp32'] / 1e9:,.0f} GFLOP/s, bf16 {limits['bf16'] / 1e9:,.0f} GFLOP/s"
+          + ("" if hardware.has_fast_bf16(device) else " (no fast bf16 here: `precision: auto` picks fp32)") + "\n")
+    rows = []
+    for name, widths in (("default width", default_widths(config)), ("release width", {**RELEASE})):
+        rows += inversion_rows(name, widths, defaults["inversion"], args.batch, device)
+        rows += gan_rows(name, widths, defaults["gan"], device)
+        rows += explanation_rows(name, widths, defaults["explain"], EXPLAIN_BATCH, device)
+        print(f"({name} measured)", file=sys.stderr)
+    print_table(rows, limits)
+    print_targets({row.case: row for row in rows}, limits, args.batch)
+    if args.out:
+        import pandas as pd
+
+        pd.DataFrame([{**vars(row), "share_of_limit": row.share(limits), "hardware": hardware.describe(device)}
+                      for row in rows]).to_csv(args.out, index=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
