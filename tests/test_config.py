@@ -63,7 +63,7 @@ def test_dataset_overrides_one_key_and_keeps_the_rest(config_dir: Path):
 def test_step_settings_hold_only_the_sections_asked_for():
     config = load_config(REPO / "config" / "config.yaml")
     settings = json.loads(step_settings(config, "synthetic-cxr", "data", "inversion"))
-    assert set(settings) == {"data", "inversion", "seed", "device", "precision"}
+    assert set(settings) == {"data", "inversion", "seed", "device"}
 
 
 def test_unknown_dataset_is_named():

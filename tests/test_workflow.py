@@ -69,6 +69,8 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
         assert set(curves.curve) == {"deletion", "insertion"} and curves.p_positive.between(0, 1).all()
         classifier = json.loads((root / "classifier" / "metrics.json").read_text())
         assert classifier["test"]["n"] == 16 and "torch" in classifier["provenance"]
+        assert classifier["provenance"]["torch_threads"] == 1  # two datasets share the 2 cores side by side
+        assert classifier["provenance"]["precision"] in ("fp32", "bf16")  # what `auto` chose, recorded
     summary = (workdir / "results" / "summary.md").read_text()
     assert "## synthetic-mri" in summary and "Spearman after randomising all of C" in summary
     families = pd.read_csv(workdir / "results" / "summary.csv").groupby("dataset").family.first()
@@ -77,6 +79,15 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
                               ("method_walkthrough", "synthetic-mri")):  # executed without error, rendered to HTML
         html = (workdir / "results" / "notebooks" / f"{notebook}.html").read_text()
         assert "<html" in html[:2000].lower() and dataset in html
+
+    jobs = pd.read_csv(workdir / "results" / "benchmarks.csv")  # every job's Snakemake benchmark file
+    expected = {"prepare", "train_classifier", "train_gan", "invert", "evaluate", "figures", "check",
+                *(f"explain_{m}" for m in ("difference", "interpolation", "latent_ig", "gradcam", "ig"))}
+    for dataset in ("synthetic-cxr", "synthetic-mri"):
+        assert set(jobs[jobs.dataset == dataset].job) == expected
+    assert {"summarize", "notebook_chest_xray"} <= set(jobs.job)
+    assert (jobs.seconds > 0).all() and (jobs.max_rss_mb > 0).all()
+    assert (workdir / "results" / "benchmarks.png").stat().st_size > 0
 
     again = snakemake(workdir, "--cores", "2", "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
@@ -96,7 +107,8 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
     assert report.returncode == 0, report.stderr[-3000:]
     html = (workdir / "report.html").read_text()
     # captioned figures, grouped by dataset (the report's categories)
-    for label in ("pipeline rows", "deletion and insertion curves", "sanity check", "noise robustness", "GAN losses"):
+    for label in ("pipeline rows", "deletion and insertion curves", "sanity check", "noise robustness", "GAN losses",
+                  "job times"):
         assert label in html, label
     assert "synthetic-cxr" in html and "synthetic-mri" in html
 
@@ -108,6 +120,8 @@ def test_own_manifest_runs_under_its_folder_name(workdir: Path, tmp_path_factory
                     "family=brain_mri")
     assert run.returncode == 0, run.stderr[-3000:]
     assert (workdir / "results" / "my-scans" / "metrics.csv").is_file()
+    gan = json.loads((workdir / "results" / "my-scans" / "gan" / "summary.json").read_text())
+    assert gan["provenance"]["torch_threads"] == 2  # one dataset: its jobs get every core
     assert not (workdir / "results" / "synthetic-cxr").exists()
     assert "my-scans" in (workdir / "results" / "notebooks" / "brain_mri.html").read_text()  # the family it was given
     assert not (workdir / "results" / "notebooks" / "chest_xray.html").exists()

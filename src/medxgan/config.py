@@ -96,9 +96,10 @@ def dataset_settings(config: dict, dataset: str) -> dict:
 
 
 def step_settings(config: dict, dataset: str, *sections: str) -> str:
-    """The sections one step needs, as JSON: Snakemake reruns a step when exactly these change."""
+    """The sections one step needs (and run-wide keys it reads besides seed and device, such as
+    precision), as JSON: Snakemake reruns a step when exactly these change."""
     full = dataset_settings(config, dataset)
-    return json.dumps({key: full[key] for key in (*sections, "seed", "device", "precision")}, sort_keys=True)
+    return json.dumps({key: full[key] for key in (*sections, "seed", "device")}, sort_keys=True)
 
 
 def family_of(config: dict, dataset: str) -> str | None:

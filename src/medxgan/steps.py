@@ -74,16 +74,15 @@ def download(s: dict, out_dir: Path) -> None:
 
 def train_classifier_step(s: dict, manifest: Path, out_dir: Path) -> None:
     device = _start(s)
-    precision = _precision(s, device)
     train, val, test = (_load(manifest, split, s) for split in ("train", "val", "test"))
-    model, info = train_classifier(train, val, s["classifier"], s["data"], s["seed"], device, precision)
+    model, info = train_classifier(train, val, s["classifier"], s["data"], s["seed"], device)  # always fp32
     report = {split: evaluate_classifier(model, data, device) for split, data in (("val", val), ("test", test))}
     log.info("test accuracy %.3f, AUROC %.3f", report["test"]["accuracy"], report["test"]["auroc"] or float("nan"))
     out_dir = Path(out_dir)
     save_model(model, out_dir / "model.safetensors", info["spec"])
     write_json(out_dir / "metrics.json", {**report, "history": info["history"], "selected_epoch": info["selected_epoch"],
                                           "settings": s,
-                                          "provenance": provenance(s["seed"], device, precision)})
+                                          "provenance": provenance(s["seed"], device, "fp32")})
 
 
 def train_gan_step(s: dict, manifest: Path, classifier: Path, out_dir: Path) -> None:

@@ -3,8 +3,8 @@
 Both loops draw their batches from a permutation seeded by (seed, epoch), so the batch at any step
 is known without replaying the run; that is what lets a killed GAN run resume exactly.
 
-Under precision "bf16" the forward passes run in bf16 autocast; losses, gradients of the float32
-weights and Adam's state stay float32 (mixed precision in the usual sense).
+Under precision "bf16" the GAN's forward passes run in bf16 autocast; losses, gradients of the
+float32 weights and Adam's state stay float32 (mixed precision in the usual sense).
 """
 
 from __future__ import annotations
@@ -63,8 +63,10 @@ def evaluate_classifier(classifier: nn.Module, data: ImageSet, device, batch_siz
     }
 
 
-def train_classifier(train: ImageSet, val: ImageSet, cfg: dict, data_cfg: dict, seed: int, device,
-                     precision: str = "fp32") -> tuple[nn.Module, dict]:
+def train_classifier(train: ImageSet, val: ImageSet, cfg: dict, data_cfg: dict, seed: int, device) -> tuple[nn.Module, dict]:
+    """C is trained in fp32 whatever the precision setting: it is the network being explained, and
+    a bf16-trained C is another classifier (on synthetic-mri its IG mass in lesion fell from 0.44 to
+    0.15), for a saving of a few seconds."""
     torch.manual_seed(seed)
     device = torch.device(device)
     spec = {"kind": "classifier", "arch": cfg["arch"], "image_size": data_cfg["image_size"],
@@ -84,9 +86,7 @@ def train_classifier(train: ImageSet, val: ImageSet, cfg: dict, data_cfg: dict, 
             images = train.images[idx]
             if cfg["flips"]:
                 images = random_flips(images, augment_rng)
-            with autocast(device, precision):
-                logits = model(images.to(device))
-            loss = F.cross_entropy(logits.float(), train.labels[idx].to(device))
+            loss = F.cross_entropy(model(images.to(device)), train.labels[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -82,7 +82,7 @@ rule check:
         robustness_figure=report("results/{dataset}/checks/robustness.png", caption="../report/robustness.rst",
                                  category="{dataset}", labels={"figure": "noise robustness"}),
     params:
-        settings=settings("data", "inversion", "explain", "checks"),
+        settings=settings("data", "inversion", "explain", "checks", "precision"),
     threads: JOB_THREADS
     resources:
         gpu=1,

@@ -43,7 +43,7 @@ rule invert:
     wildcard_constraints:
         dataset=unsharded("inversion"),
     params:
-        settings=settings("data", "inversion"),
+        settings=settings("data", "inversion", "precision"),
     threads: JOB_THREADS
     resources:
         gpu=1,
@@ -120,7 +120,7 @@ rule invert_chunk:
         start=r"\d+",
         stop=r"\d+",
     params:
-        settings=settings("data", "inversion"),
+        settings=settings("data", "inversion", "precision"),
     threads: JOB_THREADS
     resources:
         gpu=1,

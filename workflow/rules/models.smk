@@ -37,7 +37,7 @@ rule train_gan:
                       category="{dataset}", labels={"figure": "GAN losses"}),
         summary="results/{dataset}/gan/summary.json",
     params:
-        settings=settings("data", "gan"),
+        settings=settings("data", "gan", "precision"),
     threads: JOB_THREADS
     resources:
         gpu=1,
