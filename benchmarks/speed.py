@@ -8,6 +8,7 @@ Prints, for the default run's network widths and the release's (G 11.9 M paramet
   - inversion: the release's per-image loop (one image, one start), then batched, then with
     channels-last weights, then in bf16 (the workflow's choice where bf16 is fast), in
     image-steps/s (one step = G forward, C forward, backward to the codes);
+  - one inversion step eager and under torch.compile (default width), with the compile time;
   - one GAN training step (D update, then G update with the classifier term), as the release ran
     it (fp32), channels-last, and channels-last in bf16;
   - each explanation method, images/s (fp32 and channels-last, as the workflow computes them);
@@ -134,6 +135,35 @@ def inversion_rows(name: str, widths: dict, inversion_cfg: dict, batch: int, dev
                    measured(f"batched {batch}, channels-last, bf16", batch, "bf16")]
 
 
+def compiled_inversion_rows(name: str, widths: dict, inversion_cfg: dict, batch: int, device: torch.device) -> list[Row]:
+    """One inversion step (objective and backward to the codes, no optimiser) eager and under
+    torch.compile, channels-last and bf16 as the workflow runs it; the compile time is in the case."""
+    G, C = networks(widths, device)
+    hardware.channels_last(G, C)
+    z1 = torch.randn(batch, G.nz1, device=device, requires_grad=True)
+    z2 = torch.randn(batch, G.nz2, device=device, requires_grad=True)
+    images = (torch.rand(batch, CHANNELS, SIZE, SIZE) * 2 - 1).to(device)
+    p = torch.full((batch,), 0.9, device=device)
+
+    def step(loss_fn):
+        return lambda: loss_fn(G, C, z1, z2, images, p, inversion_cfg, "bf16").sum().backward()
+
+    step_flops = flops(step(inversion_loss)) / batch
+    rows = [Row(f"{name}: inversion step only, batched {batch}, channels-last, bf16", rate(step(inversion_loss), batch, device),
+                "image-steps/s", step_flops, "bf16")]
+    try:
+        compiled = torch.compile(inversion_loss)
+        start = time.perf_counter()
+        step(compiled)()
+        compile_seconds = time.perf_counter() - start
+    except Exception as error:  # no C++ compiler, unsupported platform: say so, keep the other rows
+        print(f"torch.compile unavailable here: {type(error).__name__}: {error}", file=sys.stderr)
+        return rows
+    rows.append(Row(f"{name}: inversion step only, same, torch.compile ({compile_seconds:.0f} s to compile)",
+                    rate(step(compiled), batch, device), "image-steps/s", step_flops, "bf16"))
+    return rows
+
+
 def gan_rows(name: str, widths: dict, gan_cfg: dict, device: torch.device) -> list[Row]:
     """One D + G update as the release ran it (fp32, NCHW), then as the workflow runs it."""
     _, C = networks(widths, device)
@@ -227,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, widths in (("default width", default_widths(config)), ("release width", {**RELEASE})):
         rows += inversion_rows(name, widths, defaults["inversion"], args.batch, device)
+        if name == "default width":
+            rows += compiled_inversion_rows(name, widths, defaults["inversion"], args.batch, device)
         rows += gan_rows(name, widths, defaults["gan"], device)
         rows += explanation_rows(name, widths, defaults["explain"], EXPLAIN_BATCH, device)
         print(f"({name} measured)", file=sys.stderr)

@@ -287,3 +287,16 @@ def test_load_state_dict_refuses_pickled_objects(tmp_path):
     # The same file does run the payload when unpickled without restrictions: the refusal is what prevents it.
     torch.load(path, weights_only=False)
     assert UNPICKLED == ["payload ran"]
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_generator_first_layer_as_a_matrix_product_is_the_transposed_convolution(size):
+    """Generator.forward computes its first transposed convolution (a 1x1 map) as a matrix product;
+    it must give what the layer itself gives, in training and in eval mode."""
+    torch.manual_seed(0)
+    generator = Generator(NZ1, NZ2, size, channels=3, width=0.0625)
+    z1, z2 = torch.randn(4, NZ1), torch.randn(4, NZ2)
+    for mode in (True, False):
+        generator.train(mode)
+        h = generator.project(torch.cat([z1, z2], dim=1)).view(4, generator.c0, 1, 1)
+        torch.testing.assert_close(generator(z1, z2), generator.net(h), rtol=0, atol=1e-5)

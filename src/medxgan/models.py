@@ -50,7 +50,12 @@ class Generator(nn.Module):
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         h = self.project(torch.cat([z1, z2], dim=1))
-        return self.net(h.view(-1, self.c0, 1, 1))
+        # The first transposed convolution sees a 1x1 map: it is one matrix product, which runs 4-19x
+        # faster than the convolution kernel on a CPU (benchmarks/layers.py); same weights, same result.
+        first = self.net[0]
+        k = first.kernel_size[0]
+        x = (h @ first.weight.flatten(1)).view(len(h), first.out_channels, k, k)
+        return self.net[1:](x)
 
 
 class Discriminator(nn.Module):
