@@ -24,6 +24,7 @@ for ds in "$@"; do
     i=(--inversion "$out/inversion/latents.safetensors")
     timed "$ds prepare" $medxgan prepare "${common[@]}" --out-dir "$data" 2>"$out/logs/prepare.log"
     timed "$ds train-classifier" $medxgan train-classifier "${common[@]}" "${m[@]}" --out-dir "$out/classifier" 2>"$out/logs/train_classifier.log"
+    timed "$ds train-oracle" $medxgan train-oracle "${common[@]}" "${m[@]}" --out-dir "$out/oracle" 2>"$out/logs/train_oracle.log"
     timed "$ds train-gan" $medxgan train-gan "${common[@]}" "${m[@]}" "${c[@]}" --out-dir "$out/gan" 2>"$out/logs/train_gan.log"
     timed "$ds invert" $medxgan invert "${common[@]}" "${m[@]}" "${c[@]}" "${g[@]}" --out-dir "$out/inversion" 2>"$out/logs/invert.log"
     for method in "${methods[@]}"; do
@@ -31,8 +32,9 @@ for ds in "$@"; do
             --method "$method" --out "$out/explanations/$method.safetensors" 2>"$out/logs/explain_$method.log"
     done
     heatmaps=("$out"/explanations/*.safetensors)
-    timed "$ds evaluate" $medxgan evaluate "${common[@]}" "${m[@]}" "${c[@]}" "${i[@]}" --explanations "${heatmaps[@]}" --out-dir "$out" 2>"$out/logs/evaluate.log"
+    timed "$ds evaluate" $medxgan evaluate "${common[@]}" "${m[@]}" "${c[@]}" "${i[@]}" --explanations "${heatmaps[@]}" \
+        --oracle "$out/oracle/model.safetensors" --out-dir "$out" 2>"$out/logs/evaluate.log"
     timed "$ds figures" $medxgan figures "${common[@]}" "${m[@]}" "${c[@]}" "${g[@]}" "${i[@]}" --explanations "${heatmaps[@]}" \
-        --metrics "$out/metrics.csv" --out-dir "$out/figures" 2>"$out/logs/figures.log"
+        --metrics "$out/metrics.csv" --curves "$out/metrics_curves.csv" --out-dir "$out/figures" 2>"$out/logs/figures.log"
 done
 $medxgan summarize --results "$root/results" --datasets "$@" --out "$root/results/summary.md"

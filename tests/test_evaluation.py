@@ -31,7 +31,7 @@ def image_set(with_masks: bool) -> ImageSet:
 def latents(data: ImageSet) -> dict[str, torch.Tensor]:
     p = torch.linspace(0.2, 0.9, N)
     return {"mse": torch.full((N,), 0.01), "ssim": torch.full((N,), 0.9), "p_image": p, "p_reconstruction": p,
-            "p_negative": 1 - p}
+            "p_negative": 1 - p, "reconstruction": data.images.clone()}
 
 
 def heatmaps(data: ImageSet) -> dict[str, torch.Tensor]:
@@ -95,3 +95,32 @@ def test_comparisons_pair_images_by_id():
     assert len(comparison) == 1
     assert comparison.mean_difference.iloc[0] == pytest.approx(-1.0)
     assert comparison.p_value.iloc[0] < 0.05
+
+
+def test_lesion_fidelity_separates_the_error_inside_the_lesion_from_the_rest():
+    data = image_set(with_masks=True)
+    codes = latents(data)
+    codes["reconstruction"][:, :, 4:10, 4:10] += 0.5  # wrong only inside the lesion
+    per_image, _ = evaluate_explanations(RegionClassifier(), data, heatmaps(data), codes, CFG, seed=0, device="cpu")
+    fidelity = per_image[per_image.method == INVERSION_METHOD].groupby("metric").value
+    assert fidelity.mean()["reconstruction_mse_in_lesion"] == pytest.approx(0.25)
+    assert fidelity.mean()["reconstruction_mse_outside_lesion"] == pytest.approx(0.0, abs=1e-12)
+    assert fidelity.mean()["lesion_area_share"] == pytest.approx(36 / SIZE**2)
+    assert fidelity.count()["lesion_area_share"] == N
+
+
+def test_oracle_verdicts_appear_only_with_an_oracle():
+    data = image_set(with_masks=False)
+    codes = latents(data)  # C: p = 0.2 ... 0.9 for images and reconstructions, 1 - p for negatives
+    without, _ = evaluate_explanations(RegionClassifier(), data, heatmaps(data), codes, CFG, seed=0, device="cpu")
+    assert not without.metric.str.startswith("oracle").any()
+    oracle = {"p_oracle_image": torch.ones(N), "p_oracle_reconstruction": torch.tensor([0.9, 0.9, 0.9, 0.2, 0.9, 0.9]),
+              "p_oracle_negative": torch.full((N,), 0.1)}
+    per_image, _ = evaluate_explanations(RegionClassifier(), data, heatmaps(data), codes | oracle, CFG, seed=0,
+                                         device="cpu")
+    rows = per_image[per_image.method == INVERSION_METHOD].set_index(["metric", "id"]).value
+    assert rows["oracle_reconstruction_called_positive"].tolist() == [1, 1, 1, 0, 1, 1]
+    assert rows["oracle_negative_called_negative"].tolist() == [1] * N
+    # valid for both judges only where C also calls the reconstruction positive and the negative negative
+    c_valid = (codes["p_reconstruction"] >= 0.5) & (codes["p_negative"] < 0.5)
+    assert rows["oracle_and_classifier_validity"].tolist() == (c_valid & torch.tensor([1, 1, 1, 0, 1, 1]).bool()).float().tolist()

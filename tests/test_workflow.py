@@ -20,8 +20,11 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workf
 TINY = {
     "datasets": {name: {"phantom": {"counts": {"train": 48, "val": 16, "test": 16}}}
                  for name in ("synthetic-cxr", "synthetic-mri")},
+    "ablation": {"seeds": [0], "methods": ["difference"],
+                 "variants": {"paper": {}, "projection": {"gan": {"discriminator": "projection"}}}},
     "defaults": {
         "classifier": {"epochs": 1},
+        "oracle": {"epochs": 1, "width": 0.5},
         "gan": {"steps": 6, "width": 0.0625, "d_width": 0.0625, "d_dropout": 0.0, "nz1": 8, "nz2": 4, "batch_size": 8, "checkpoint_every": 3,
                 "disentanglement_samples": 16},
         "inversion": {"restarts": 2, "steps": 5},
@@ -57,12 +60,13 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
         for name in ("classifier/model.safetensors", "gan/generator.safetensors", "gan/losses.png", "figures/inversion.png",
                      "inversion/latents.safetensors", "figures/pipeline.png", "figures/interpolation.png",
                      "figures/metrics.png", "figures/curves.png", "checks/sanity.png", "checks/robustness.png",
-                     "logs/train_gan.log", "logs/check.log"):
+                     "logs/train_gan.log", "logs/check.log", "oracle/model.safetensors"):
             assert (root / name).stat().st_size > 0, name
         metrics = pd.read_csv(root / "metrics.csv")
         assert {"difference", "latent_ig", "gradcam", "ig", "random", "medxgan inversion"} <= set(metrics.method)
         assert {"pointing_game", "mass_in_lesion", "mask_auroc", "relevance_rank_accuracy", "deletion_auc",
-                "reconstruction_ssim"} <= set(metrics.metric)
+                "reconstruction_ssim", "oracle_reconstruction_called_positive", "oracle_negative_called_negative",
+                "reconstruction_mse_in_lesion", "lesion_area_share"} <= set(metrics.metric)
         assert {"ci_low", "ci_high"} <= set(metrics.columns)
         assert (root / "metrics_comparisons.csv").stat().st_size > 0
         curves = pd.read_csv(root / "metrics_curves.csv")
@@ -81,7 +85,7 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
         assert "<html" in html[:2000].lower() and dataset in html
 
     jobs = pd.read_csv(workdir / "results" / "benchmarks.csv")  # every job's Snakemake benchmark file
-    expected = {"prepare", "train_classifier", "train_gan", "invert", "evaluate", "figures", "check",
+    expected = {"prepare", "train_classifier", "train_oracle", "train_gan", "invert", "evaluate", "figures", "check",
                 *(f"explain_{m}" for m in ("difference", "interpolation", "latent_ig", "gradcam", "ig"))}
     for dataset in ("synthetic-cxr", "synthetic-mri"):
         assert set(jobs[jobs.dataset == dataset].job) == expected
@@ -102,6 +106,20 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
         counterfactual = pd.read_csv(root / "counterfactual.csv").set_index("metric")["mean"]
         assert 0 <= counterfactual["proximity_ssim"] <= 1 and counterfactual.notna().all()
         assert 0 <= counterfactual["validity"] <= 1
+
+    # The ablation target on the same run: the paper variant with the run's seed is the main run again.
+    ablation = snakemake(workdir, "--cores", "2", "ablation")
+    assert ablation.returncode == 0, ablation.stderr[-3000:]
+    table = pd.read_csv(workdir / "results" / "ablation.csv")
+    assert set(table.variant) == {"paper", "projection", "(C only)"}
+    assert set(table[table.variant == "(C only)"].method) == {"gradcam", "ig", "random"}
+    for dataset in ("synthetic-cxr", "synthetic-mri"):
+        main = pd.read_csv(workdir / "results" / dataset / "metrics.csv").set_index(["method", "metric"])["mean"]
+        paper = table[(table.dataset == dataset) & (table.variant == "paper")].set_index(["method", "metric"]).value
+        assert paper.loc[("difference", "pointing_game")] == main.loc[("difference", "pointing_game")]
+        assert paper.loc[("medxgan inversion", "reconstruction_ssim")] == main.loc[("medxgan inversion", "reconstruction_ssim")]
+    assert "## synthetic-mri" in (workdir / "results" / "ablation.md").read_text()
+    assert (workdir / "results" / "ablation.png").stat().st_size > 0
 
     report = snakemake(workdir, "--report", "report.html")
     assert report.returncode == 0, report.stderr[-3000:]

@@ -18,7 +18,7 @@ from pathlib import Path
 from medxgan.config import SOURCE_DEFAULTS, ConfigError, add_user_manifest, dataset_settings, load_config
 from medxgan.shards import ShardError, parse_chunk
 
-WITHOUT_SETTINGS = ("summarize", "collect-benchmarks", "notebook", "gather-inversion", "gather-explanations",
+WITHOUT_SETTINGS = ("summarize", "collect-benchmarks", "ablation-table", "notebook", "gather-inversion", "gather-explanations",
                     "import-folder")
 CHUNK_HELP = ("only the positive test images at positions START to STOP-1, one chunk of a sharded run; "
               "START and STOP must be multiples of the step's batch_size (STOP may be the last image's)")
@@ -28,6 +28,7 @@ STEP_HELP = {
     "download": "fetch a public dataset through its first working route, check every file, write SOURCE.json",
     "import-folder": "prepare your own images in ImageFolder layout (ROOT/{train,test}/CLASS/...) into a manifest",
     "train-classifier": "train the classifier C; write its weights and test accuracy, AUROC, confusion matrix",
+    "train-oracle": "train the oracle, a classifier independent of C that judges G's images (its own architecture and seed)",
     "train-gan": "train medXGAN's G and D against the frozen C (checkpointed, resumes after a kill)",
     "invert": "find (z1, z2) for every positive test image; write codes, reconstructions, negative realisations",
     "explain": "compute one method's heatmaps for the test positives",
@@ -35,6 +36,7 @@ STEP_HELP = {
     "figures": "draw the paper's pipeline rows, the interpolation strip, the metrics plot and the deletion/insertion curves",
     "check": "sanity check, noise robustness and counterfactual quality of the explanations",
     "summarize": "gather every dataset's metrics into one Markdown/CSV table",
+    "ablation-table": "gather the ablation's runs (GAN variants x seeds) into one table, a Markdown summary and a figure",
     "collect-benchmarks": "gather the jobs' Snakemake benchmark files (time, memory) into one table and figure",
     "count-test-positives": "count the positive test images, from which a sharded run plans its chunks",
     "gather-inversion": "join the chunks of a sharded inversion into the files one unsharded invert writes",
@@ -109,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = step("train-classifier")
     inputs(p, "manifest")
     p.add_argument("--out-dir", type=Path, required=True, help="writes model.safetensors and metrics.json")
+    p = step("train-oracle")
+    inputs(p, "manifest")
+    p.add_argument("--out-dir", type=Path, required=True, help="writes model.safetensors and metrics.json")
     p = step("train-gan")
     inputs(p, "manifest", "classifier")
     p.add_argument("--out-dir", type=Path, required=True,
@@ -136,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = step("evaluate")
     inputs(p, "manifest", "classifier", "inversion")
     p.add_argument("--explanations", type=Path, nargs="+", required=True, help="heatmap files from explain")
+    p.add_argument("--oracle", type=Path,
+                   help="oracle weights (.safetensors from train-oracle): adds the oracle's verdicts on G's images")
     p.add_argument("--out-dir", type=Path, required=True, help="writes metrics.csv, metrics_per_image.csv, metrics_curves.csv and metrics_comparisons.csv")
     p = step("figures")
     inputs(p, "manifest", "classifier", "generator", "inversion")
@@ -153,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--families", nargs="*", default=[], metavar="DATASET=FAMILY",
                    help="each dataset's family (the results notebook that shows it), e.g. synthetic-cxr=chest_xray")
     p.add_argument("--out", type=Path, required=True, help="Markdown table; a .csv twin is written beside it")
+    p = step("ablation-table")
+    p.add_argument("--results", type=Path, default=Path("results"), help="the results folder (default results/)")
+    p.add_argument("--datasets", nargs="+", required=True, help="dataset names under --results")
+    p.add_argument("--variants", nargs="+", required=True, help="variant names (config ablation.variants)")
+    p.add_argument("--seeds", nargs="+", type=int, required=True, help="the seeds each variant was trained with")
+    p.add_argument("--main-seed", type=int, required=True, help="the main run's seed (for Grad-CAM, IG, random)")
+    p.add_argument("--out", type=Path, required=True, help="CSV table; .md and .png twins are written beside it")
     p = step("collect-benchmarks")
     p.add_argument("--results", type=Path, default=Path("results"), help="the results folder (default results/)")
     p.add_argument("--datasets", nargs="+", required=True, help="dataset names under --results")
@@ -177,6 +191,9 @@ def run(args) -> None:
         return
     if args.step == "gather-explanations":
         steps.gather_explanations_step(args.chunks, args.out)
+        return
+    if args.step == "ablation-table":
+        steps.ablation_table_step(args.results, args.datasets, args.variants, args.seeds, args.main_seed, args.out)
         return
     if args.step == "collect-benchmarks":
         steps.collect_benchmarks_step(args.results, args.datasets, args.out, args.figure)
@@ -203,6 +220,8 @@ def run(args) -> None:
         steps.download(s, args.out_dir)
     elif args.step == "train-classifier":
         steps.train_classifier_step(s, args.manifest, args.out_dir)
+    elif args.step == "train-oracle":
+        steps.train_oracle_step(s, args.manifest, args.out_dir)
     elif args.step == "train-gan":
         steps.train_gan_step(s, args.manifest, args.classifier, args.out_dir)
     elif args.step == "invert":
@@ -213,7 +232,8 @@ def run(args) -> None:
     elif args.step == "count-test-positives":
         steps.count_step(s, args.manifest, args.out)
     elif args.step == "evaluate":
-        steps.evaluate_step(s, args.manifest, args.classifier, args.inversion, args.explanations, args.out_dir)
+        steps.evaluate_step(s, args.manifest, args.classifier, args.inversion, args.explanations, args.out_dir,
+                            args.oracle)
     elif args.step == "check":
         steps.check_step(s, args.manifest, args.classifier, args.generator, args.inversion, args.out_dir)
     elif args.step == "figures":

@@ -13,7 +13,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-SECTIONS = ("data", "classifier", "gan", "inversion", "explain", "evaluate", "figures", "checks")
+SECTIONS = ("data", "classifier", "oracle", "gan", "inversion", "explain", "evaluate", "figures", "checks")
 # What a public dataset's `source` entry leaves out (our choices; see config/paper.yaml).
 SOURCE_DEFAULTS = {
     "val_fraction": 0.1,  # share of the training images moved to validation
@@ -100,6 +100,17 @@ def step_settings(config: dict, dataset: str, *sections: str) -> str:
     precision), as JSON: Snakemake reruns a step when exactly these change."""
     full = dataset_settings(config, dataset)
     return json.dumps({key: full[key] for key in (*sections, "seed", "device")}, sort_keys=True)
+
+
+def variant_settings(config: dict, dataset: str, variant: str, seed: int, *sections: str) -> str:
+    """Like `step_settings`, for one ablation variant trained with `seed`: the variant's overrides
+    (config `ablation.variants`) laid over the dataset's sections, and the run's seed replaced."""
+    if variant not in config["ablation"]["variants"]:
+        raise ConfigError(f"unknown ablation variant {variant!r}; configured: {', '.join(config['ablation']['variants'])}")
+    full = dataset_settings(config, dataset)
+    overrides = config["ablation"]["variants"][variant]
+    chosen = {key: merge(full[key], overrides.get(key, {})) if key in SECTIONS else full[key] for key in sections}
+    return json.dumps({**chosen, "seed": seed, "device": full["device"]}, sort_keys=True)
 
 
 def family_of(config: dict, dataset: str) -> str | None:

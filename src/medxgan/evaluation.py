@@ -47,14 +47,43 @@ def _rows(ids: list[str], method: str, metric: str, values: torch.Tensor) -> pd.
 
 
 def inversion_fidelity(latents: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """How faithful the inversion is: medXGAN's explanations are only as good as this."""
+    """How faithful the inversion is: medXGAN's explanations are only as good as this. With the
+    oracle's probabilities in `latents` (see `medxgan.oracle`), also whether an independent
+    classifier sees in G's images what C sees."""
     called_positive = latents["p_image"] >= 0.5
-    return {
+    fidelity = {
         "reconstruction_mse": latents["mse"],
         "reconstruction_ssim": latents["ssim"],
         "reconstruction_called_positive": (latents["p_reconstruction"] >= 0.5).float(),
         "negative_called_negative": (latents["p_negative"] < 0.5).float(),
         "classifier_agreement": ((latents["p_reconstruction"] >= 0.5) == called_positive).float(),
+    }
+    if "p_oracle_reconstruction" in latents:
+        fidelity |= {
+            "oracle_calls_image_positive": (latents["p_oracle_image"] >= 0.5).float(),
+            "oracle_reconstruction_called_positive": (latents["p_oracle_reconstruction"] >= 0.5).float(),
+            "oracle_negative_called_negative": (latents["p_oracle_negative"] < 0.5).float(),
+            # the counterfactual is valid for both judges: C and the oracle see the class change
+            "oracle_and_classifier_validity": ((latents["p_reconstruction"] >= 0.5) & (latents["p_negative"] < 0.5)
+                                               & (latents["p_oracle_reconstruction"] >= 0.5)
+                                               & (latents["p_oracle_negative"] < 0.5)).float(),
+        }
+    return fidelity
+
+
+def lesion_fidelity(data: ImageSet, latents: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Does the reconstruction get the lesion right, or only the rest of the image? Per masked
+    test positive: the squared reconstruction error inside the lesion and outside it, and the
+    lesion's share of the image (what a heatmap's mass in lesion is at chance)."""
+    masked = data.has_mask
+    masks = data.masks[masked].float()
+    error = (latents["reconstruction"][masked].float() - data.images[masked]).pow(2).mean(dim=1)  # over channels
+    inside = masks.flatten(1).sum(1)
+    outside = (1 - masks).flatten(1).sum(1)
+    return {
+        "reconstruction_mse_in_lesion": (error * masks).flatten(1).sum(1) / inside.clamp(min=1),
+        "reconstruction_mse_outside_lesion": (error * (1 - masks)).flatten(1).sum(1) / outside.clamp(min=1),
+        "lesion_area_share": inside / masks[0].numel(),
     }
 
 
@@ -105,6 +134,8 @@ def evaluate_explanations(classifier, data: ImageSet, heatmaps: dict[str, torch.
         log.warning("no test positive has a lesion mask: localisation metrics are skipped, not reported as zero")
     masked_ids = [data.ids[i] for i in masked.nonzero().flatten().tolist()]
     frames = [_rows(data.ids, INVERSION_METHOD, name, v) for name, v in inversion_fidelity(latents).items()]
+    if masked.any():
+        frames += [_rows(masked_ids, INVERSION_METHOD, name, v) for name, v in lesion_fidelity(data, latents).items()]
     curve_frames = []
     images = data.images.to(device)
     for method, maps in heatmaps.items():

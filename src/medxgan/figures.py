@@ -249,3 +249,31 @@ def job_times(table: pd.DataFrame, hardware: str) -> plt.Figure:
                  fontsize=9)
     fig.tight_layout()
     return fig
+
+
+ABLATION_PANELS = ("SSIM", "valid for C and oracle", "difference: pointing game", "latent_ig: pointing game",
+                   "difference: mass in lesion", "latent_ig: mass in lesion")
+
+
+def ablation_summary(table: pd.DataFrame) -> plt.Figure:
+    """Key measures per GAN variant: one point per seed, one colour per dataset; C-only methods'
+    values as dashed lines for scale."""
+    from medxgan.ablation import C_ONLY, measure_names
+
+    table = table.assign(measure=measure_names(table))
+    variants = table[table.variant != C_ONLY]
+    panels = [m for m in ABLATION_PANELS if m in set(variants.measure)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    for ax, measure in zip(axes[0], panels):
+        sns.stripplot(data=variants[variants.measure == measure], x="variant", y="value", hue="dataset", dodge=True,
+                      ax=ax, legend=ax is axes[0][0])
+        metric = measure.split(": ")[-1]
+        reference = table[(table.variant == C_ONLY) & (table.method == "ig") & (measure_names(table).str.endswith(metric))]
+        for value in reference.value:
+            ax.axhline(value, color="grey", linestyle="--", linewidth=0.8)  # IG on each dataset
+        ax.set_title(measure, fontsize=9)
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", rotation=60)
+    fig.suptitle("GAN variants, one point per seed (dashed: pixel-space IG)", fontsize=10)
+    fig.tight_layout()
+    return fig

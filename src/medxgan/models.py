@@ -12,10 +12,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision.models.resnet import BasicBlock
 from torchvision.models.vgg import VGG, make_layers
 
 from medxgan.hardware import channels_last
 
+CLASSIFIER_ARCHS = ("simple_cnn", "vgg16", "residual_cnn")
 VGG16_LAYERS = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
@@ -23,33 +25,60 @@ def _ch(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
+UPSAMPLINGS = ("transposed", "resize")
+DISCRIMINATORS = ("unconditional", "projection")
+
+
 class Generator(nn.Module):
     """G(z1, z2): the release's AC-GAN-style generator, with a channel-width multiplier.
 
     z1 encodes anatomy, z2 pathology (exactly 0 for negatives). Output 64x64 or 128x128, tanh.
+    upsampling="transposed" is the release's stack of stride-2 transposed convolutions (1 -> 5 ->
+    13 -> 29 -> 64), which leaves a checkerboard pattern; "resize" projects to 4x4 and doubles the
+    size with nearest-neighbour resizing followed by a 3x3 convolution (Odena et al. 2016), which
+    has no checkerboard by construction.
     """
 
-    def __init__(self, nz1: int, nz2: int, image_size: int = 64, channels: int = 3, width: float = 1.0):
+    def __init__(self, nz1: int, nz2: int, image_size: int = 64, channels: int = 3, width: float = 1.0,
+                 upsampling: str = "transposed"):
         super().__init__()
         if image_size not in (64, 128):
             raise ValueError(f"generator image_size must be 64 or 128, got {image_size}")
-        self.nz1, self.nz2, self.image_size = nz1, nz2, image_size
+        if upsampling not in UPSAMPLINGS:
+            raise ValueError(f"unknown upsampling {upsampling!r} (expected one of {', '.join(UPSAMPLINGS)})")
+        self.nz1, self.nz2, self.image_size, self.upsampling = nz1, nz2, image_size, upsampling
         c0, c1, c2, c3, c4 = (_ch(c, width) for c in (768, 384, 256, 192, 64))
-        self.c0 = c0
-        self.project = nn.Linear(nz1 + nz2, c0)
+        if upsampling == "transposed":
+            self.c0 = c0
+            self.project = nn.Linear(nz1 + nz2, c0)
+            self.net = nn.Sequential(*self._transposed(c0, c1, c2, c3, c4, channels), nn.Tanh())
+        else:
+            self.project = nn.Linear(nz1 + nz2, c1 * 16)
+            self.net = nn.Sequential(nn.Unflatten(1, (c1, 4, 4)), nn.BatchNorm2d(c1), nn.ReLU(True),
+                                     *self._resized(c1, c2, c3, c4, channels), nn.Tanh())
 
+    def _transposed(self, c0, c1, c2, c3, c4, channels) -> list[nn.Module]:
         def up(cin, cout):  # spatial size s -> 2s + 3
             return [nn.ConvTranspose2d(cin, cout, 5, 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
 
         layers = up(c0, c1) + up(c1, c2) + up(c2, c3)  # 1 -> 5 -> 13 -> 29
-        if image_size == 128:
-            layers += up(c3, c4) + [nn.ConvTranspose2d(c4, channels, 8, 2)]  # 29 -> 61 -> 128
-        else:
-            layers += [nn.ConvTranspose2d(c3, channels, 8, 2)]  # 29 -> 64
-        self.net = nn.Sequential(*layers, nn.Tanh())
+        if self.image_size == 128:
+            return layers + up(c3, c4) + [nn.ConvTranspose2d(c4, channels, 8, 2)]  # 29 -> 61 -> 128
+        return layers + [nn.ConvTranspose2d(c3, channels, 8, 2)]  # 29 -> 64
+
+    def _resized(self, c1, c2, c3, c4, channels) -> list[nn.Module]:
+        def up(cin, cout):  # spatial size s -> 2s
+            return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1, bias=False),
+                    nn.BatchNorm2d(cout), nn.ReLU(True)]
+
+        plan = [c1, c2, c3, c4] + ([c4] if self.image_size == 128 else []) + [c4]  # 4 -> 8 -> ... -> image_size
+        layers = [layer for cin, cout in zip(plan, plan[1:]) for layer in up(cin, cout)]
+        return layers + [nn.Conv2d(c4, channels, 3, 1, 1)]
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         h = self.project(torch.cat([z1, z2], dim=1))
+        if self.upsampling == "resize":
+            return self.net(h)
         # The first transposed convolution sees a 1x1 map: it is one matrix product, which runs 4-19x
         # faster than the convolution kernel on a CPU (benchmarks/layers.py); same weights, same result.
         first = self.net[0]
@@ -58,25 +87,63 @@ class Generator(nn.Module):
         return self.net[1:](x)
 
 
+def _discriminator_features(channels: int, width: float, dropout: float, batch_norm: bool) -> tuple[list[nn.Module], int]:
+    """The release's six 3x3 convolutions (strides 2, 1, 2, 1, 2, 1) with leaky ReLU; returns the
+    layers and the channels of the last one."""
+    plan = [(16, 2), (32, 1), (64, 2), (128, 1), (256, 2), (512, 1)]
+    layers, cin = [], channels
+    for i, (cout, stride) in enumerate(plan):
+        cout = _ch(cout, width)
+        layers.append(nn.Conv2d(cin, cout, 3, stride, 1))
+        if batch_norm and i > 0:
+            layers.append(nn.BatchNorm2d(cout))
+        layers += [nn.LeakyReLU(0.2, True), nn.Dropout(dropout)]
+        cin = cout
+    return layers, cin
+
+
 class Discriminator(nn.Module):
-    """D(x): real vs fake only (no class head). Returns logits of shape (N,)."""
+    """D(x): real vs fake only (no class head), as in the paper. Returns logits of shape (N,);
+    `labels` are accepted and ignored, so both discriminators share one call."""
 
     def __init__(self, image_size: int = 64, channels: int = 3, width: float = 1.0, dropout: float = 0.5):
         super().__init__()
-        plan = [(16, 2), (32, 1), (64, 2), (128, 1), (256, 2), (512, 1)]
-        layers, cin = [], channels
-        for i, (cout, stride) in enumerate(plan):
-            cout = _ch(cout, width)
-            layers.append(nn.Conv2d(cin, cout, 3, stride, 1))
-            if i > 0:
-                layers.append(nn.BatchNorm2d(cout))
-            layers += [nn.LeakyReLU(0.2, True), nn.Dropout(dropout)]
-            cin = cout
+        layers, cin = _discriminator_features(channels, width, dropout, batch_norm=True)
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(cin * (image_size // 8) ** 2, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.features(x).flatten(1)).squeeze(1)
+
+
+class ProjectionDiscriminator(nn.Module):
+    """D(x, y) = psi(phi(x)) + <embed(y), phi(x)>: the projection discriminator (Miyato and Koyama
+    2018), so generated positives must match real positives, not just real images.
+
+    phi is the release's convolution stack without batch norm, summed over space; every layer is
+    spectrally normalised (Miyato et al. 2018), the stabiliser a class-aware D needs against a
+    small G. Returns logits of shape (N,) for class labels y (0 negative, 1 positive).
+    """
+
+    def __init__(self, image_size: int = 64, channels: int = 3, width: float = 1.0, dropout: float = 0.0):
+        super().__init__()
+        layers, cin = _discriminator_features(channels, width, dropout, batch_norm=False)
+        norm = nn.utils.parametrizations.spectral_norm
+        self.features = nn.Sequential(*(norm(m) if isinstance(m, nn.Conv2d) else m for m in layers))
+        self.head = norm(nn.Linear(cin, 1))
+        self.embed = norm(nn.Embedding(2, cin))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        phi = self.features(x).sum(dim=(2, 3))
+        return self.head(phi).squeeze(1) + (self.embed(labels) * phi).sum(dim=1)
+
+
+def build_discriminator(design: str, image_size: int, channels: int, width: float, dropout: float) -> nn.Module:
+    if design == "unconditional":
+        return Discriminator(image_size, channels, width, dropout)
+    if design == "projection":
+        return ProjectionDiscriminator(image_size, channels, width, dropout)
+    raise ValueError(f"unknown discriminator {design!r} (expected one of {', '.join(DISCRIMINATORS)})")
 
 
 def dcgan_init(module: nn.Module) -> None:
@@ -110,6 +177,37 @@ class SimpleCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1))
+
+
+class ResidualCNN(nn.Module):
+    """A small residual network: a stride-2 stem, three torchvision ResNet basic blocks (16, 32, 64
+    channels, the last two with stride 2), global average pooling and a linear head.
+
+    It shares no layer pattern with SimpleCNN (residual connections, batch norm before the
+    activation, no max-pooling, no dropout), which is what the oracle needs: a second opinion that
+    does not react to the same cues by construction.
+    """
+
+    def __init__(self, channels: int = 3, width: float = 1.0):
+        super().__init__()
+        c1, c2, c3 = _ch(16, width), _ch(32, width), _ch(64, width)
+
+        def block(cin: int, cout: int, stride: int) -> BasicBlock:
+            shortcut = None if cin == cout and stride == 1 else nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            return BasicBlock(cin, cout, stride, downsample=shortcut)
+
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, c1, 3, 2, 1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
+            block(c1, c1, 1), block(c1, c2, 2), block(c2, c3, 2))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c3, 2))
+
+    @property
+    def target_layer(self) -> nn.Module:
+        return self.features[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
 
 
 class VGG16Classifier(nn.Module):
@@ -156,7 +254,9 @@ def build_classifier(arch: str, image_size: int, channels: int, width: float = 1
         return SimpleCNN(image_size=image_size, channels=channels, width=width)
     if arch == "vgg16":
         return VGG16Classifier(width=width, weights=weights)
-    raise ValueError(f"unknown classifier arch {arch!r} (expected 'simple_cnn' or 'vgg16')")
+    if arch == "residual_cnn":
+        return ResidualCNN(channels=channels, width=width)
+    raise ValueError(f"unknown classifier arch {arch!r} (expected one of {', '.join(CLASSIFIER_ARCHS)})")
 
 
 def load_state_dict(path: str | Path) -> dict:
@@ -181,10 +281,12 @@ def build_from_spec(spec: dict) -> nn.Module:
     kind = spec["kind"]
     if kind == "classifier":
         return build_classifier(spec["arch"], spec["image_size"], spec["channels"], spec["width"])
-    if kind == "generator":
-        return Generator(spec["nz1"], spec["nz2"], spec["image_size"], spec["channels"], spec["width"])
+    if kind == "generator":  # files written before the upsampling option have the release's
+        return Generator(spec["nz1"], spec["nz2"], spec["image_size"], spec["channels"], spec["width"],
+                         spec.get("upsampling", "transposed"))
     if kind == "discriminator":
-        return Discriminator(spec["image_size"], spec["channels"], spec["width"], spec["dropout"])
+        return build_discriminator(spec.get("design", "unconditional"), spec["image_size"], spec["channels"],
+                                   spec["width"], spec["dropout"])
     raise ValueError(f"unknown model kind {kind!r}")
 
 

@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from medxgan import evaluation, figures, hardware, metrics, reporting, runtimes
+from medxgan import ablation, evaluation, figures, hardware, metrics, reporting, runtimes
 from medxgan.config import ConfigError
 from medxgan.data.manifest import ImageSet, load_split, read_manifest
 from medxgan.data import sources
@@ -24,6 +24,7 @@ from medxgan.data.phantoms import write_phantom_dataset
 from medxgan.explainers import build_explainer
 from medxgan.inversion import invert_batches
 from medxgan.models import load_model, positive_probability, save_model
+from medxgan.oracle import oracle_probabilities, oracle_seed, train_oracle
 from medxgan.shards import ShardError, check_chunk
 from medxgan.training import GANTrainer, disentanglement_check, evaluate_classifier, train_classifier
 from medxgan.utils import atomic_path, pick_device, provenance, save_tensors, seed_everything, write_json
@@ -82,6 +83,21 @@ def train_classifier_step(s: dict, manifest: Path, out_dir: Path) -> None:
     save_model(model, out_dir / "model.safetensors", info["spec"])
     write_json(out_dir / "metrics.json", {**report, "history": info["history"], "selected_epoch": info["selected_epoch"],
                                           "settings": s,
+                                          "provenance": provenance(s["seed"], device, "fp32")})
+
+
+def train_oracle_step(s: dict, manifest: Path, out_dir: Path) -> None:
+    """The independent classifier that judges G's images (medxgan.oracle)."""
+    device = _start(s)
+    train, val, test = (_load(manifest, split, s) for split in ("train", "val", "test"))
+    model, info = train_oracle(train, val, s["oracle"], s["classifier"], s["data"], s["seed"], device)
+    report = {split: evaluate_classifier(model, data, device) for split, data in (("val", val), ("test", test))}
+    log.info("oracle (%s): test accuracy %.3f, AUROC %.3f", s["oracle"]["arch"], report["test"]["accuracy"],
+             report["test"]["auroc"] or float("nan"))
+    out_dir = Path(out_dir)
+    save_model(model, out_dir / "model.safetensors", info["spec"])
+    write_json(out_dir / "metrics.json", {**report, "history": info["history"], "selected_epoch": info["selected_epoch"],
+                                          "settings": s, "oracle_seed": oracle_seed(s["seed"], s["oracle"]),
                                           "provenance": provenance(s["seed"], device, "fp32")})
 
 
@@ -251,11 +267,14 @@ def gather_explanations_step(chunks: list[Path], out: Path) -> None:
     log.info("gathered %d chunks: %d images", len(places), places[0]["total"])
 
 
-def evaluate_step(s: dict, manifest: Path, classifier: Path, inversion: Path, explanations: list[Path], out_dir: Path) -> None:
+def evaluate_step(s: dict, manifest: Path, classifier: Path, inversion: Path, explanations: list[Path], out_dir: Path,
+                  oracle: Path | None = None) -> None:
     device = _start(s)
     C = load_model(classifier, device)
     data = _test_positives(manifest, s)
     latents = load_inversion(Path(inversion), data)
+    if oracle is not None:  # an independent judge of G's images beside C
+        latents |= oracle_probabilities(load_model(oracle, device), data.images, latents)
     heatmaps = load_heatmaps(explanations)
     per_image, curves = evaluation.evaluate_explanations(C, data, heatmaps, latents, s["evaluate"], s["seed"], device)
     summary = evaluation.summarise(per_image, s["evaluate"], s["seed"])
@@ -334,3 +353,14 @@ def collect_benchmarks_step(results: Path, datasets: list[str], out: Path, figur
     machine = f"{hardware.cpu_model()}, {os.cpu_count()} cores"
     figures.save(figures.job_times(table, machine), figure)
     log.info("%d jobs, %.0f s of job time in all", len(table), table.seconds.sum())
+
+
+def ablation_table_step(results: Path, datasets: list[str], variants: list[str], seeds: list[int], main_seed: int,
+                        out: Path) -> None:
+    """The ablation's metrics in one long CSV, a Markdown table beside it and a figure (.png)."""
+    table = ablation.collect(results, datasets, variants, seeds, main_seed)
+    out = Path(out)
+    _write_csv(table, out)
+    with atomic_path(out.with_suffix(".md")) as tmp:
+        tmp.write_text(ablation.markdown(table))
+    figures.save(figures.ablation_summary(table), out.with_suffix(".png"))

@@ -21,7 +21,7 @@ from torchmetrics.functional.classification import binary_auroc, binary_confusio
 
 from medxgan.data.manifest import ImageSet
 from medxgan.hardware import autocast, channels_last
-from medxgan.models import Discriminator, Generator, build_classifier, dcgan_init
+from medxgan.models import Generator, build_classifier, build_discriminator, dcgan_init
 from medxgan.utils import atomic_path, progress
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,15 @@ def train_classifier(train: ImageSet, val: ImageSet, cfg: dict, data_cfg: dict, 
 
 # ---------------------------------------------------------------------------------- medXGAN
 
+def proximity(fake: torch.Tensor, negatives: torch.Tensor | None, positives: torch.Tensor) -> torch.Tensor:
+    """mean |G(z1, z2) - G(z1, 0)| over the positive codes' pixels (`positives` marks them in
+    `fake`; `negatives` are their G(z1, 0)): z2 should change only what the class change needs.
+    Zero without negatives (the term is off, or the batch has no positives)."""
+    if negatives is None or len(negatives) == 0:
+        return torch.zeros((), device=fake.device)
+    return (fake[positives].float() - negatives.float()).abs().mean()
+
+
 def state_digest(model: nn.Module) -> str:
     """SHA-256 of a network's weights and buffers, identifying it in a checkpoint."""
     digest = hashlib.sha256()
@@ -127,13 +136,14 @@ class GANTrainer:
         size, channels = data_cfg["image_size"], data_cfg["channels"]
         torch.manual_seed(seed)
         self.g_spec = {"kind": "generator", "nz1": cfg["nz1"], "nz2": cfg["nz2"], "image_size": size,
-                       "channels": channels, "width": cfg["width"]}
-        self.d_spec = {"kind": "discriminator", "image_size": size, "channels": channels, "width": cfg["d_width"],
-                       "dropout": cfg["d_dropout"]}
-        self.G = Generator(cfg["nz1"], cfg["nz2"], size, channels, cfg["width"]).to(self.device)
-        self.D = Discriminator(size, channels, cfg["d_width"], cfg["d_dropout"]).to(self.device)
+                       "channels": channels, "width": cfg["width"], "upsampling": cfg["upsampling"]}
+        self.d_spec = {"kind": "discriminator", "design": cfg["discriminator"], "image_size": size,
+                       "channels": channels, "width": cfg["d_width"], "dropout": cfg["d_dropout"]}
+        self.G = Generator(cfg["nz1"], cfg["nz2"], size, channels, cfg["width"], cfg["upsampling"]).to(self.device)
+        self.D = build_discriminator(cfg["discriminator"], size, channels, cfg["d_width"], cfg["d_dropout"]).to(self.device)
         dcgan_init(self.G)
-        dcgan_init(self.D)
+        if cfg["discriminator"] == "unconditional":  # the spectrally normalised D keeps PyTorch's initialisation
+            dcgan_init(self.D)
         self.C = classifier.to(self.device).eval().requires_grad_(False)
         channels_last(self.G, self.D, self.C)
         betas = tuple(cfg["betas"])
@@ -144,7 +154,7 @@ class GANTrainer:
         self.losses: list[list[float]] = []  # one row of LOSS_COLUMNS per step
         self._unlogged: list[torch.Tensor] = []  # the rows since the last checkpoint, still on the device
 
-    LOSS_COLUMNS = ("step", "d_loss", "g_adversarial", "g_classifier", "d_real", "d_fake")
+    LOSS_COLUMNS = ("step", "d_loss", "g_adversarial", "g_classifier", "g_proximity", "d_real", "d_fake")
 
     def train_step(self, real: torch.Tensor, labels: torch.Tensor) -> None:
         cfg, dev = self.cfg, self.device
@@ -152,9 +162,10 @@ class GANTrainer:
         # D: real vs fake; fake images carry uniformly drawn labels (as in the release).
         fake_labels = torch.randint(0, 2, (len(labels),), generator=self.noise)
         z1, z2 = sample_codes(fake_labels, cfg["nz1"], cfg["nz2"], self.noise)
-        with autocast(dev, self.precision):
+        real_labels, fake_labels, labels = labels.to(dev), fake_labels.to(dev), labels.to(dev)
+        with autocast(dev, self.precision):  # a projection D judges each image against its class
             fake = self.G(z1.to(dev), z2.to(dev)).detach()
-            d_real, d_fake = self.D(real).float(), self.D(fake).float()
+            d_real, d_fake = self.D(real, real_labels).float(), self.D(fake, fake_labels).float()
         d_loss = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
                   + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
         self.opt_d.zero_grad(set_to_none=True)
@@ -162,18 +173,29 @@ class GANTrainer:
         self.opt_d.step()
         # G: fool D, and make C agree with the class the code encodes (labels follow the real batch).
         z1, z2 = sample_codes(labels, cfg["nz1"], cfg["nz2"], self.noise)
+        z1, z2 = z1.to(dev), z2.to(dev)
         with autocast(dev, self.precision):
-            fake = self.G(z1.to(dev), z2.to(dev))
-            d_out, c_logits = self.D(fake).float(), self.C(fake).float()
+            fake, negative = self._fakes(z1, z2, labels)
+            d_out, c_logits = self.D(fake, labels).float(), self.C(fake).float()
         g_adv = F.binary_cross_entropy_with_logits(d_out, torch.ones_like(d_out))
-        g_cls = F.cross_entropy(c_logits, labels.to(dev))  # on logits: the release applied softmax twice
-        g_loss = g_adv + cfg["lambda_cls"] * g_cls
+        g_cls = F.cross_entropy(c_logits, labels)  # on logits: the release applied softmax twice
+        g_prox = proximity(fake, negative, labels == 1)
+        g_loss = g_adv + cfg["lambda_cls"] * g_cls + cfg["proximity_weight"] * g_prox
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
         self.step += 1
-        self._unlogged.append(torch.stack([d_loss, g_adv, g_cls, torch.sigmoid(d_real).mean(),
+        self._unlogged.append(torch.stack([d_loss, g_adv, g_cls, g_prox, torch.sigmoid(d_real).mean(),
                                            torch.sigmoid(d_fake).mean()]).detach())
+
+    def _fakes(self, z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """G(z1, z2) and, when the proximity term is on, the positives' G(z1, 0), from one forward
+        pass so both see the same batch-norm statistics (None, and not computed, when it is off)."""
+        if self.cfg["proximity_weight"] == 0:
+            return self.G(z1, z2), None
+        positives = labels == 1
+        out = self.G(torch.cat([z1, z1[positives]]), torch.cat([z2, torch.zeros_like(z2[positives])]))
+        return out[:len(z1)], out[len(z1):]
 
     def _log_losses(self) -> None:
         """Move the loss rows since the last call to `losses`: one device sync per checkpoint, not per step."""
@@ -194,10 +216,10 @@ class GANTrainer:
             bar.update(1)
             if self.step % self.cfg["checkpoint_every"] == 0 or self.step == self.cfg["steps"]:
                 self._log_losses()
-                _, d_loss, g_adv, g_cls, d_real, d_fake = self.losses[-1]
+                _, d_loss, g_adv, g_cls, g_prox, d_real, d_fake = self.losses[-1]
                 bar.set_postfix(d=f"{d_loss:.3f}", g=f"{g_adv:.3f}", cls=f"{g_cls:.3f}")
-                log.info("step %d: D %.3f, G adv %.3f, G cls %.4f, D(x) %.2f, D(G(z)) %.2f",
-                         self.step, d_loss, g_adv, g_cls, d_real, d_fake)
+                log.info("step %d: D %.3f, G adv %.3f, G cls %.4f, G proximity %.4f, D(x) %.2f, D(G(z)) %.2f",
+                         self.step, d_loss, g_adv, g_cls, g_prox, d_real, d_fake)
                 self.save_checkpoint(checkpoint)
         bar.close()
 

@@ -7,6 +7,7 @@ rule evaluate:
         classifier=rules.train_classifier.output.model,
         latents=rules.invert.output.latents,
         explanations=explanations_of,
+        oracle=rules.train_oracle.output.model,
     output:
         summary="results/{dataset}/metrics.csv",
         per_image="results/{dataset}/metrics_per_image.csv",
@@ -26,7 +27,7 @@ rule evaluate:
     shell:
         "medxgan evaluate --settings {params.settings:q} --manifest {input.manifest:q}"
         " --classifier {input.classifier:q} --inversion {input.latents:q} --explanations {input.explanations:q}"
-        " --out-dir results/{wildcards.dataset} --threads {threads} 2> {log:q}"
+        " --oracle {input.oracle:q} --out-dir results/{wildcards.dataset} --threads {threads} 2> {log:q}"
 
 
 rule figures:

@@ -25,6 +25,28 @@ rule train_classifier:
         " --out-dir results/{wildcards.dataset}/classifier --threads {threads} 2> {log:q}"
 
 
+rule train_oracle:
+    input:
+        manifest=manifest_of,
+    output:
+        model="results/{dataset}/oracle/model.safetensors",
+        metrics="results/{dataset}/oracle/metrics.json",
+    params:
+        settings=settings("data", "classifier", "oracle"),  # classifier: the oracle must differ from it
+    threads: JOB_THREADS
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    benchmark:
+        "results/{dataset}/benchmarks/train_oracle.tsv",
+    log:
+        "results/{dataset}/logs/train_oracle.log",
+    shell:
+        "medxgan train-oracle --settings {params.settings:q} --manifest {input.manifest:q}"
+        " --out-dir results/{wildcards.dataset}/oracle --threads {threads} 2> {log:q}"
+
+
 rule train_gan:
     input:
         manifest=manifest_of,
