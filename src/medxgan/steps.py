@@ -73,32 +73,31 @@ def download(s: dict, out_dir: Path) -> None:
     sources.download(s, Path(out_dir))
 
 
-def train_classifier_step(s: dict, manifest: Path, out_dir: Path) -> None:
+def _train_and_report(s: dict, manifest: Path, out_dir: Path, train, name: str, **record) -> None:
+    """Train a classifier with `train(train_split, val_split, device)` (always fp32), score it on
+    validation and test, and write model.safetensors and metrics.json (with `record` added)."""
     device = _start(s)
-    train, val, test = (_load(manifest, split, s) for split in ("train", "val", "test"))
-    model, info = train_classifier(train, val, s["classifier"], s["data"], s["seed"], device)  # always fp32
-    report = {split: evaluate_classifier(model, data, device) for split, data in (("val", val), ("test", test))}
-    log.info("test accuracy %.3f, AUROC %.3f", report["test"]["accuracy"], report["test"]["auroc"] or float("nan"))
+    splits = {split: _load(manifest, split, s) for split in ("train", "val", "test")}
+    model, info = train(splits["train"], splits["val"], device)
+    report = {split: evaluate_classifier(model, splits[split], device) for split in ("val", "test")}
+    log.info("%s: test accuracy %.3f, AUROC %.3f", name, report["test"]["accuracy"], report["test"]["auroc"] or float("nan"))
     out_dir = Path(out_dir)
     save_model(model, out_dir / "model.safetensors", info["spec"])
     write_json(out_dir / "metrics.json", {**report, "history": info["history"], "selected_epoch": info["selected_epoch"],
-                                          "settings": s,
+                                          "settings": s, **record,
                                           "provenance": provenance(s["seed"], device, "fp32")})
+
+
+def train_classifier_step(s: dict, manifest: Path, out_dir: Path) -> None:
+    _train_and_report(s, manifest, out_dir, lambda train, val, device: train_classifier(
+        train, val, s["classifier"], s["data"], s["seed"], device), "classifier")
 
 
 def train_oracle_step(s: dict, manifest: Path, out_dir: Path) -> None:
     """The independent classifier that judges G's images (medxgan.oracle)."""
-    device = _start(s)
-    train, val, test = (_load(manifest, split, s) for split in ("train", "val", "test"))
-    model, info = train_oracle(train, val, s["oracle"], s["classifier"], s["data"], s["seed"], device)
-    report = {split: evaluate_classifier(model, data, device) for split, data in (("val", val), ("test", test))}
-    log.info("oracle (%s): test accuracy %.3f, AUROC %.3f", s["oracle"]["arch"], report["test"]["accuracy"],
-             report["test"]["auroc"] or float("nan"))
-    out_dir = Path(out_dir)
-    save_model(model, out_dir / "model.safetensors", info["spec"])
-    write_json(out_dir / "metrics.json", {**report, "history": info["history"], "selected_epoch": info["selected_epoch"],
-                                          "settings": s, "oracle_seed": oracle_seed(s["seed"], s["oracle"]),
-                                          "provenance": provenance(s["seed"], device, "fp32")})
+    _train_and_report(s, manifest, out_dir, lambda train, val, device: train_oracle(
+        train, val, s["oracle"], s["classifier"], s["data"], s["seed"], device), f"oracle ({s['oracle']['arch']})",
+        oracle_seed=oracle_seed(s["seed"], s["oracle"]))
 
 
 def train_gan_step(s: dict, manifest: Path, classifier: Path, out_dir: Path) -> None:
