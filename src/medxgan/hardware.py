@@ -25,26 +25,25 @@ FAST_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+def _cpuinfo(key: str) -> str | None:
+    """The first value of `key` in /proc/cpuinfo (None where there is no such file, e.g. macOS)."""
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.is_file():
-        return frozenset()
+        return None
     for line in cpuinfo.read_text().splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+        if line.split(":", 1)[0].strip() == key:
+            return line.split(":", 1)[1].strip()
+    return None
 
 
-@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags ('flags' on x86, 'Features' on ARM); empty where they are unknown."""
+    return frozenset((_cpuinfo("flags") or _cpuinfo("Features") or "").split())
+
+
 def cpu_model() -> str:
     """The CPU's model name, e.g. 'Intel(R) Xeon(R) Platinum 8480+'."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_bf16_features() -> list[str]:
