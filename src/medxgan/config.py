@@ -98,8 +98,7 @@ def dataset_settings(config: dict, dataset: str) -> dict:
 def step_settings(config: dict, dataset: str, *sections: str) -> str:
     """The sections one step needs (and run-wide keys it reads besides seed and device, such as
     precision), as JSON: Snakemake reruns a step when exactly these change."""
-    full = dataset_settings(config, dataset)
-    return json.dumps({key: full[key] for key in (*sections, "seed", "device")}, sort_keys=True)
+    return _settings_json(dataset_settings(config, dataset), sections)
 
 
 def variant_settings(config: dict, dataset: str, variant: str, seed: int, *sections: str) -> str:
@@ -108,9 +107,13 @@ def variant_settings(config: dict, dataset: str, variant: str, seed: int, *secti
     if variant not in config["ablation"]["variants"]:
         raise ConfigError(f"unknown ablation variant {variant!r}; configured: {', '.join(config['ablation']['variants'])}")
     full = dataset_settings(config, dataset)
-    overrides = config["ablation"]["variants"][variant]
-    chosen = {key: merge(full[key], overrides.get(key, {})) if key in SECTIONS else full[key] for key in sections}
-    return json.dumps({**chosen, "seed": seed, "device": full["device"]}, sort_keys=True)
+    for section, values in config["ablation"]["variants"][variant].items():
+        full[section] = merge(full[section], values)
+    return _settings_json({**full, "seed": seed}, sections)
+
+
+def _settings_json(full: dict, sections: tuple[str, ...]) -> str:
+    return json.dumps({key: full[key] for key in (*sections, "seed", "device")}, sort_keys=True)
 
 
 def family_of(config: dict, dataset: str) -> str | None:

@@ -268,7 +268,7 @@ def ablation_summary(table: pd.DataFrame) -> plt.Figure:
         sns.stripplot(data=variants[variants.measure == measure], x="variant", y="value", hue="dataset", dodge=True,
                       ax=ax, legend=ax is axes[0][0])
         metric = measure.split(": ")[-1]
-        reference = table[(table.variant == C_ONLY) & (table.method == "ig") & (measure_names(table).str.endswith(metric))]
+        reference = table[(table.variant == C_ONLY) & (table.method == "ig") & table.measure.str.endswith(metric)]
         for value in reference.value:
             ax.axhline(value, color="grey", linestyle="--", linewidth=0.8)  # IG on each dataset
         ax.set_title(measure, fontsize=9)
