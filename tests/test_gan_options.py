@@ -1,16 +1,19 @@
-"""The GAN options beside the paper's design: resize-convolution G, projection D, proximity term."""
+"""The GAN options beside the paper's design: resize-convolution G, masked G, projection D,
+proximity term, mask sparsity."""
 
 import copy
 
 import pytest
 import torch
 
-from medxgan.models import Generator, ProjectionDiscriminator, build_from_spec, save_model, load_model
-from medxgan.training import GANTrainer, proximity
+from medxgan.models import (Generator, MaskedGenerator, ProjectionDiscriminator, build_from_spec, build_generator,
+                            load_model, save_model)
+from medxgan.training import GANTrainer, mask_area, proximity
 
 NZ1, NZ2, SIZE = 8, 4, 64
 GAN_CFG = {"nz1": NZ1, "nz2": NZ2, "lambda_cls": 1.0, "width": 0.0625, "d_width": 0.0625, "d_dropout": 0.0,
-           "upsampling": "transposed", "discriminator": "unconditional", "proximity_weight": 0.0, "steps": 2,
+           "upsampling": "transposed", "discriminator": "unconditional", "proximity_weight": 0.0, "composition": "plain",
+           "mask_sparsity_weight": 0.0, "steps": 2,
            "batch_size": 8, "lr": 2e-4, "betas": [0.5, 0.999], "checkpoint_every": 1, "disentanglement_samples": 8}
 
 
@@ -72,7 +75,8 @@ def test_proximity_term_pulls_the_positive_towards_its_negative_realisation():
 
 
 @pytest.mark.parametrize("options", [{"discriminator": "projection"}, {"proximity_weight": 1.0},
-                                     {"upsampling": "resize"}])
+                                     {"upsampling": "resize"},
+                                     {"composition": "masked", "mask_sparsity_weight": 0.5, "proximity_weight": 1.0}])
 def test_a_gan_step_with_each_option_updates_g_and_records_its_losses(options):
     torch.manual_seed(0)
     classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(SIZE * SIZE, 2)).eval().requires_grad_(False)
@@ -83,4 +87,45 @@ def test_a_gan_step_with_each_option_updates_g_and_records_its_losses(options):
     assert any(not torch.equal(before[k], v) for k, v in trainer.G.state_dict().items())
     row = dict(zip(GANTrainer.LOSS_COLUMNS, trainer.losses[0]))
     assert (row["g_proximity"] > 0) == (options.get("proximity_weight", 0) > 0)
+    assert (row["g_mask"] > 0) == (options.get("composition") == "masked")
     assert trainer.d_spec["design"] == options.get("discriminator", "unconditional")
+
+
+@pytest.mark.parametrize("upsampling", ["transposed", "resize"])
+def test_masked_generator_draws_exactly_its_anatomy_when_z2_is_zero(upsampling):
+    torch.manual_seed(0)
+    generator = MaskedGenerator(NZ1, NZ2, SIZE, channels=1, width=0.0625, upsampling=upsampling).eval()
+    z1, z2 = torch.randn(5, NZ1), torch.randn(5, NZ2)
+    negative, mask = generator.compose(z1, torch.zeros(5, NZ2))
+    assert torch.equal(mask, torch.zeros_like(mask))
+    assert torch.equal(negative, generator.anatomy(z1, z2[:, :0]))
+    positive, mask = generator.compose(z1, z2)
+    assert mask.shape == (5, 1, SIZE, SIZE) and mask.min() >= 0 and mask.max() <= 1 and mask.min() < mask.max()
+    # the change z2 makes is the mask times the difference between lesion and anatomy
+    lesion = generator.lesion(z1, z2)[:, :1]
+    torch.testing.assert_close(positive - negative, mask * (lesion - negative))
+    # the mask grows with the scale of z2 (a along G(z1, a z2))
+    assert (generator.compose(z1, 0.1 * z2)[1].mean() < generator.compose(z1, z2)[1].mean())
+
+
+def test_masked_generator_round_trips_through_its_spec(tmp_path):
+    generator = build_generator("masked", NZ1, NZ2, SIZE, 1, 0.0625, "resize").eval()
+    spec = {"kind": "generator", "nz1": NZ1, "nz2": NZ2, "image_size": SIZE, "channels": 1, "width": 0.0625,
+            "upsampling": "resize", "composition": "masked"}
+    save_model(generator, tmp_path / "g.safetensors", spec)
+    loaded = load_model(tmp_path / "g.safetensors")
+    z1, z2 = torch.randn(2, NZ1), torch.randn(2, NZ2)
+    assert isinstance(loaded, MaskedGenerator) and torch.allclose(loaded(z1, z2), generator(z1, z2), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown generator composition 'stacked'"):
+        build_generator("stacked", NZ1, NZ2, SIZE, 1, 0.0625, "resize")
+
+
+def test_mask_sparsity_prior_pushes_only_the_positives_masks_down():
+    mask = torch.tensor([[[[0.5, 0.1]]], [[[0.9, 0.9]]]], requires_grad=True)
+    positives = torch.tensor([True, False])
+    term = mask_area(mask, positives)
+    assert term.item() == pytest.approx(0.3)
+    term.backward()
+    torch.testing.assert_close(mask.grad, torch.tensor([[[[0.5, 0.5]]], [[[0.0, 0.0]]]]))
+    assert mask_area(None, positives).item() == 0.0
+    assert mask_area(mask, torch.tensor([False, False])).item() == 0.0

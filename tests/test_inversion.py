@@ -9,7 +9,7 @@ from medxgan.models import Generator, SimpleCNN, positive_probability
 from helpers import calibrate_gan_pair
 
 NZ1, NZ2, SIZE = 8, 4, 64
-CFG = {"restarts": 2, "steps": 60, "lr": 0.05, "mse_weight": 10.0, "bce_weight": 1.0, "batch_size": 4}
+CFG = {"init": "random", "restarts": 2, "steps": 60, "lr": 0.05, "mse_weight": 10.0, "bce_weight": 1.0, "batch_size": 4}
 ROWS = torch.tensor([10, 3, 7, 0])  # manifest rows, deliberately not 0..N-1
 # One image inverted alone vs inside a batch of 4: the largest difference measured was 2.4e-7
 # (z1, z2) and 0 (loss); convolutions may round differently for other batch sizes.
@@ -122,7 +122,7 @@ def test_the_best_restart_is_kept(models, targets, monkeypatch):
     # single-restart seeds, and compare with inverting from each seed alone.
     generator, classifier = models
     seeds = (2, 7, 6)  # chosen so that the best restart is 0, 1, 2 and 2 for the four images
-    single = {"restarts": 1, "steps": 30, "lr": 0.05, "mse_weight": 10.0, "bce_weight": 1.0, "batch_size": 4}
+    single = {"init": "random", "restarts": 1, "steps": 30, "lr": 0.05, "mse_weight": 10.0, "bce_weight": 1.0, "batch_size": 4}
     alone = [invert(generator, classifier, targets, ROWS, single, seed=s) for s in seeds]
 
     original = inversion.starting_codes

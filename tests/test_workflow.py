@@ -21,12 +21,14 @@ TINY = {
     "datasets": {name: {"phantom": {"counts": {"train": 48, "val": 16, "test": 16}}}
                  for name in ("synthetic-cxr", "synthetic-mri")},
     "ablation": {"seeds": [0], "methods": ["difference"],
-                 "variants": {"paper": {}, "projection": {"gan": {"discriminator": "projection"}}}},
+                 "variants": {"main": {}, "masked-encoder": {"gan": {"composition": "masked"},
+                                                             "inversion": {"init": "encoder", "restarts": 1}}}},
     "defaults": {
         "classifier": {"epochs": 1},
         "oracle": {"epochs": 1, "width": 0.5},
         "gan": {"steps": 6, "width": 0.0625, "d_width": 0.0625, "d_dropout": 0.0, "nz1": 8, "nz2": 4, "batch_size": 8, "checkpoint_every": 3,
                 "disentanglement_samples": 16},
+        "encoder": {"steps": 4, "batch_size": 8, "width": 0.125},
         "inversion": {"restarts": 2, "steps": 5},
         "explain": {"latent_ig_steps": 4, "ig_steps": 4, "interpolation_points": 3},
         "figures": {"examples": 2},
@@ -60,7 +62,8 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
         root = workdir / "results" / dataset
         for name in ("classifier/model.safetensors", "gan/generator.safetensors", "gan/losses.png", "figures/inversion.png",
                      "inversion/latents.safetensors", "figures/pipeline.png", "figures/interpolation.png",
-                     "figures/metrics.png", "figures/curves.png", "checks/sanity.png", "checks/robustness.png",
+                     "figures/metrics.png", "figures/curves.png", "figures/disentanglement.png",
+                     "figures/perturbation.png", "checks/sanity.png", "checks/robustness.png",
                      "logs/train_gan.log", "logs/check.log", "oracle/model.safetensors"):
             assert (root / name).stat().st_size > 0, name
         metrics = pd.read_csv(root / "metrics.csv")
@@ -108,15 +111,19 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
         assert 0 <= counterfactual["proximity_ssim"] <= 1 and counterfactual.notna().all()
         assert 0 <= counterfactual["validity"] <= 1
 
-    # The ablation target on the same run: the paper variant with the run's seed is the main run again.
+    # The ablation target on the same run: the variant without overrides, with the run's seed, is the
+    # main run again; the other trains a masked G and an encoder and starts its inversion from E(x).
     ablation = snakemake(workdir, "--cores", "2", "ablation")
     assert ablation.returncode == 0, ablation.stderr[-3000:]
     table = pd.read_csv(workdir / "results" / "ablation.csv")
-    assert set(table.variant) == {"paper", "projection", "(C only)"}
+    assert set(table.variant) == {"main", "masked-encoder", "(C only)"}
+    timed = table[table.metric.str.endswith("_seconds")].groupby("variant").metric.apply(set)
+    assert timed["main"] == {"invert_seconds"}
+    assert timed["masked-encoder"] == {"invert_seconds", "train_encoder_seconds"}
     assert set(table[table.variant == "(C only)"].method) == {"gradcam", "ig", "random"}
     for dataset in ("synthetic-cxr", "synthetic-mri"):
         main = pd.read_csv(workdir / "results" / dataset / "metrics.csv").set_index(["method", "metric"])["mean"]
-        paper = table[(table.dataset == dataset) & (table.variant == "paper")].set_index(["method", "metric"]).value
+        paper = table[(table.dataset == dataset) & (table.variant == "main")].set_index(["method", "metric"]).value
         assert paper.loc[("difference", "pointing_game")] == main.loc[("difference", "pointing_game")]
         assert paper.loc[("medxgan inversion", "reconstruction_ssim")] == main.loc[("medxgan inversion", "reconstruction_ssim")]
     assert "## synthetic-mri" in (workdir / "results" / "ablation.md").read_text()

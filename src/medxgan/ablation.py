@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from medxgan.evaluation import INVERSION_METHOD, RANDOM_METHOD
+from medxgan.runtimes import read_benchmark
 
 C_ONLY = "(C only)"  # the variant column of the methods that do not read G, taken from the main run
 C_ONLY_METHODS = ("gradcam", "ig", RANDOM_METHOD)
@@ -21,6 +22,7 @@ FIDELITY = {"reconstruction_ssim": "SSIM", "negative_called_negative": "C: G(z1,
             "oracle_negative_called_negative": "oracle: G(z1,0) negative",
             "oracle_and_classifier_validity": "valid for C and oracle",
             "reconstruction_mse_in_lesion": "MSE in lesion", "reconstruction_mse_outside_lesion": "MSE outside"}
+TIMES = {"invert": "inversion time (s)", "train_encoder": "encoder training time (s)"}  # jobs' benchmark files
 LOCALISATION = {"pointing_game": "pointing game", "mass_in_lesion": "mass in lesion", "mask_auroc": "mask AUROC"}
 COLUMNS = ("dataset", "variant", "seed", "method", "metric", "value")
 
@@ -36,6 +38,14 @@ def _means(path: Path) -> pd.DataFrame:
     return table.loc[keep, ["method", "metric", "mean"]].rename(columns={"mean": "value"})
 
 
+def _times(folder: Path) -> pd.DataFrame:
+    """The wall time of the variant's inversion (and encoder training, where it has one), from the
+    jobs' Snakemake benchmark files."""
+    rows = [{"method": INVERSION_METHOD, "metric": f"{job}_seconds", "value": read_benchmark(path)["seconds"]}
+            for job in TIMES if (path := folder / "benchmarks" / f"{job}.tsv").is_file()]
+    return pd.DataFrame(rows, columns=["method", "metric", "value"])
+
+
 def collect(results: Path, datasets: list[str], variants: list[str], seeds: list[int], main_seed: int) -> pd.DataFrame:
     """One row per dataset x variant x seed x method x metric (the run's mean over test positives),
     plus the C-only methods of the main run."""
@@ -43,8 +53,10 @@ def collect(results: Path, datasets: list[str], variants: list[str], seeds: list
     for dataset in datasets:
         for variant in variants:
             for seed in seeds:
-                means = _means(variant_dir(results, dataset, variant, seed) / "metrics.csv")
-                frames.append(means[means.method != RANDOM_METHOD].assign(dataset=dataset, variant=variant, seed=seed))
+                folder = variant_dir(results, dataset, variant, seed)
+                means = _means(folder / "metrics.csv")
+                means = pd.concat([means[means.method != RANDOM_METHOD], _times(folder)], ignore_index=True)
+                frames.append(means.assign(dataset=dataset, variant=variant, seed=seed))
         main = _means(Path(results) / dataset / "metrics.csv")
         frames.append(main[main.method.isin(C_ONLY_METHODS)].assign(dataset=dataset, variant=C_ONLY, seed=main_seed))
     return pd.concat(frames, ignore_index=True)[list(COLUMNS)]
@@ -59,7 +71,8 @@ def _cell(values: pd.Series) -> str:
 def measure_names(table: pd.DataFrame) -> pd.Series:
     """'SSIM', 'latent_ig: pointing game', ...: what each row measures, for tables and figures."""
     fidelity = table.method == INVERSION_METHOD
-    return table.metric.map(FIDELITY).where(fidelity, table.method + ": " + table.metric.map(LOCALISATION))
+    labels = {**FIDELITY, **{f"{job}_seconds": label for job, label in TIMES.items()}}
+    return table.metric.map(labels).where(fidelity, table.method + ": " + table.metric.map(LOCALISATION))
 
 
 def markdown(table: pd.DataFrame) -> str:

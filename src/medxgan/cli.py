@@ -30,10 +30,13 @@ STEP_HELP = {
     "train-classifier": "train the classifier C; write its weights and test accuracy, AUROC, confusion matrix",
     "train-oracle": "train the oracle, a classifier independent of C that judges G's images (its own architecture and seed)",
     "train-gan": "train medXGAN's G and D against the frozen C (checkpointed, resumes after a kill)",
+    "train-encoder": "train the encoder E(x) -> (z1, z2) against the frozen G: the inversion's starting codes "
+                     "(inversion.init: encoder)",
     "invert": "find (z1, z2) for every positive test image; write codes, reconstructions, negative realisations",
     "explain": "compute one method's heatmaps for the test positives",
     "evaluate": "score every method's heatmaps against the lesion masks and by perturbation",
-    "figures": "draw the paper's pipeline rows, the interpolation strip, the metrics plot and the deletion/insertion curves",
+    "figures": "draw the paper's pipeline rows, interpolation strip, disentanglement and perturbation figures, the "
+               "metrics plot and the deletion/insertion curves",
     "check": "sanity check, noise robustness and counterfactual quality of the explanations",
     "summarize": "gather every dataset's metrics into one Markdown/CSV table",
     "ablation-table": "gather the ablation's runs (GAN variants x seeds) into one table, a Markdown summary and a figure",
@@ -43,6 +46,9 @@ STEP_HELP = {
     "gather-explanations": "join the chunks of a sharded explain into the file one unsharded explain writes",
     "notebook": "execute a results notebook (jupytext .py) and render it to HTML",
 }
+
+
+ENCODER_HELP = "encoder weights (.safetensors from train-encoder); needed when inversion.init is encoder"
 
 
 def _settings(args) -> dict:
@@ -118,8 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     inputs(p, "manifest", "classifier")
     p.add_argument("--out-dir", type=Path, required=True,
                    help="writes generator/discriminator weights, losses.csv/png, summary.json; checkpoint.pt while training")
+    p = step("train-encoder")
+    inputs(p, "manifest", "generator")
+    p.add_argument("--out-dir", type=Path, required=True, help="writes model.safetensors and metrics.json")
     p = step("invert")
     inputs(p, "manifest", "classifier", "generator")
+    p.add_argument("--encoder", type=Path, help=ENCODER_HELP)
     p.add_argument("--out-dir", type=Path, required=True, help="writes latents.safetensors and inversion.csv")
     p.add_argument("--chunk", type=_chunk_argument, metavar="START:STOP", help=CHUNK_HELP)
     p = step("explain")
@@ -149,9 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explanations", type=Path, nargs="+", required=True, help="heatmap files from explain")
     p.add_argument("--metrics", type=Path, required=True, help="metrics.csv from evaluate")
     p.add_argument("--curves", type=Path, required=True, help="metrics_curves.csv from evaluate")
+    p.add_argument("--oracle", type=Path, required=True,
+                   help="oracle weights (.safetensors from train-oracle): its verdicts on G's images in the "
+                        "disentanglement figure")
     p.add_argument("--out-dir", type=Path, required=True, help="folder for the PNG figures")
     p = step("check")
     inputs(p, "manifest", "classifier", "generator", "inversion")
+    p.add_argument("--encoder", type=Path, help=ENCODER_HELP + " (the noisy copies are inverted like the test images)")
     p.add_argument("--out-dir", type=Path, required=True,
                    help="writes sanity.csv, robustness.csv, counterfactual.csv and their figures")
     p = step("summarize")
@@ -224,8 +238,10 @@ def run(args) -> None:
         steps.train_oracle_step(s, args.manifest, args.out_dir)
     elif args.step == "train-gan":
         steps.train_gan_step(s, args.manifest, args.classifier, args.out_dir)
+    elif args.step == "train-encoder":
+        steps.train_encoder_step(s, args.manifest, args.generator, args.out_dir)
     elif args.step == "invert":
-        steps.invert_step(s, args.manifest, args.classifier, args.generator, args.out_dir, args.chunk)
+        steps.invert_step(s, args.manifest, args.classifier, args.generator, args.out_dir, args.chunk, args.encoder)
     elif args.step == "explain":
         steps.explain_step(s, args.manifest, args.classifier, args.generator, args.inversion, args.method, args.out,
                            args.chunk)
@@ -235,10 +251,11 @@ def run(args) -> None:
         steps.evaluate_step(s, args.manifest, args.classifier, args.inversion, args.explanations, args.out_dir,
                             args.oracle)
     elif args.step == "check":
-        steps.check_step(s, args.manifest, args.classifier, args.generator, args.inversion, args.out_dir)
+        steps.check_step(s, args.manifest, args.classifier, args.generator, args.inversion, args.out_dir,
+                         args.encoder)
     elif args.step == "figures":
         steps.figures_step(s, args.manifest, args.classifier, args.generator, args.inversion, args.explanations,
-                           args.metrics, args.curves, args.out_dir)
+                           args.metrics, args.curves, args.oracle, args.out_dir)
 
 
 def _bad_input_errors() -> tuple[type[Exception], ...]:

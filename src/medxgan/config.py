@@ -13,7 +13,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-SECTIONS = ("data", "classifier", "oracle", "gan", "inversion", "explain", "evaluate", "figures", "checks")
+SECTIONS = ("data", "classifier", "oracle", "gan", "encoder", "inversion", "explain", "evaluate", "figures", "checks")
 # What a public dataset's `source` entry leaves out (our choices; see config/paper.yaml).
 SOURCE_DEFAULTS = {
     "val_fraction": 0.1,  # share of the training images moved to validation

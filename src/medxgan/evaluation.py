@@ -199,11 +199,12 @@ def sanity_table(C, G, data: ImageSet, latents: dict[str, torch.Tensor], s: dict
     return pd.concat(frames, ignore_index=True)
 
 
-def robustness_table(C, G, data: ImageSet, s: dict) -> pd.DataFrame:
+def robustness_table(C, G, data: ImageSet, s: dict, encoder=None) -> pd.DataFrame:
     """Similarity of each method's heatmaps under input noise, and its max-sensitivity.
 
-    A medXGAN heatmap of a noisy image comes from that image's own inversion; the inversions are
-    shared by the three generative methods.
+    A medXGAN heatmap of a noisy image comes from that image's own inversion, run as the inversion
+    step runs (from `encoder` where inversion.init asks for it); the inversions are shared by the
+    three generative methods.
     """
     cfg = s["checks"]
     inversions = {}
@@ -212,7 +213,7 @@ def robustness_table(C, G, data: ImageSet, s: dict) -> pd.DataFrame:
         def explain(images):
             key = hashlib.sha256(images.numpy().tobytes()).hexdigest()
             if method in GENERATIVE_METHODS and key not in inversions:
-                codes = invert(G, C, images, data.rows, s["inversion"], s["seed"], s["precision"])
+                codes = invert(G, C, images, data.rows, s["inversion"], s["seed"], s["precision"], encoder)
                 inversions[key] = (codes.z1, codes.z2)
             return heatmaps_for(method, C, G, images, data.rows, s, latents=inversions.get(key))
         return explain

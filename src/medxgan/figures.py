@@ -1,4 +1,5 @@
-"""Figures: the paper's pipeline rows and interpolation strip, GAN losses, and the metrics plot."""
+"""Figures: the paper's pipeline rows, interpolation strip, disentanglement and perturbation figures,
+GAN losses, and the metrics plot."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch  # noqa: E402
 from medxgan.data.manifest import ImageSet  # noqa: E402
 from medxgan.evaluation import INVERSION_METHOD, inversion_fidelity  # noqa: E402
 from medxgan.explainers import Interpolation  # noqa: E402
-from medxgan.metrics import min_max_normalise  # noqa: E402
+from medxgan.metrics import min_max_normalise, perturb_top_k  # noqa: E402
 from medxgan.models import positive_probability  # noqa: E402
 from medxgan.utils import atomic_path  # noqa: E402
 
@@ -113,6 +114,84 @@ def interpolation_strip(C, G, latents: dict, examples: list[int], n_points: int)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("Interpolation G(z1, a·z2); p = C's positive probability", fontsize=9)
+    return fig
+
+
+@torch.no_grad()
+def disentanglement_samples(C, oracle, G, count: int, seed: int) -> dict[str, dict[str, torch.Tensor]]:
+    """`count` random z1 (drawn from `seed`), each decoded with z2 = 0 ("negative") and with a random
+    z2 ~ N(0, I) ("positive"): the images (CPU) and C's and the oracle's positive probabilities."""
+    rng = torch.Generator().manual_seed(seed)  # its own generator: the figure does not depend on what ran before
+    z1 = torch.randn(count, G.nz1, generator=rng)
+    codes = {"negative": torch.zeros(count, G.nz2), "positive": torch.randn(count, G.nz2, generator=rng)}
+    device = next(G.parameters()).device
+    samples = {}
+    for name, z2 in codes.items():
+        images = G(z1.to(device), z2.to(device))
+        samples[name] = {"images": images.cpu(), "C": positive_probability(C, images).cpu(),
+                         "oracle": positive_probability(oracle, images).cpu()}
+    return samples
+
+
+DISENTANGLEMENT_ROWS = {"negative": "negative realisation G(z1, 0)", "positive": "random pathology G(z1, z2)"}
+
+
+def disentanglement_grid(samples: dict[str, dict[str, torch.Tensor]]) -> plt.Figure:
+    """The paper's disentanglement figure: one column per z1, G(z1, 0) above G(z1, z2)."""
+    count = len(samples["negative"]["images"])
+    fig, axes = plt.subplots(len(DISENTANGLEMENT_ROWS), count, squeeze=False,
+                             figsize=(CELL_INCHES * count, CELL_INCHES * 1.25 * len(DISENTANGLEMENT_ROWS)))
+    for row, (name, title) in enumerate(DISENTANGLEMENT_ROWS.items()):
+        part = samples[name]
+        for col in range(count):
+            ax = axes[row, col]
+            ax.imshow(_grey(part["images"][col]), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(f"C {part['C'][col]:.2f} · oracle {part['oracle'][col]:.2f}", fontsize=7)
+        axes[row, 0].set_ylabel(title, fontsize=8)
+    fig.suptitle("Disentanglement: the same random z1 per column, decoded with z2 = 0 (top) and a random z2 "
+                 "(bottom);\nC's and the oracle's positive probability under each image", fontsize=9)
+    return fig
+
+
+PERTURBATION_COLUMNS = {"gradcam": "Grad-CAM", "ig": "IG", "difference": "medXGAN difference",
+                        "latent_ig": "medXGAN Latent IG"}
+
+
+@torch.no_grad()
+def perturbed_examples(C, images: torch.Tensor, heatmaps: dict[str, torch.Tensor],
+                       fraction: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Name -> (images, C's positive probabilities), both on the CPU: the originals under "original",
+    and for each method of PERTURBATION_COLUMNS present the images with that method's top `fraction`
+    of pixels set to the image mean, by the probability-drop metric's own function."""
+    device = next(C.parameters()).device
+    images = images.to(device)
+    perturbed = {"original": images} | {method: perturb_top_k(images, heatmaps[method], fraction)
+                                        for method in PERTURBATION_COLUMNS if method in heatmaps}
+    return {name: (batch.cpu(), positive_probability(C, batch).cpu()) for name, batch in perturbed.items()}
+
+
+def perturbation_rows(C, data: ImageSet, heatmaps: dict[str, torch.Tensor], examples: list[int],
+                      fraction: float) -> plt.Figure:
+    """The paper's perturbation figure: each example, then the same image with each method's top
+    pixels set to the image mean, C's [negative, positive] probabilities under each."""
+    chosen = {method: maps[examples] for method, maps in heatmaps.items()}
+    cells = perturbed_examples(C, data.images[examples], chosen, fraction)
+    titles = {"original": "original", **PERTURBATION_COLUMNS}
+    fig, axes = plt.subplots(len(examples), len(cells), squeeze=False,
+                             figsize=(CELL_INCHES * len(cells), CELL_INCHES * 1.25 * len(examples)))
+    for col, (name, (images, probabilities)) in enumerate(cells.items()):
+        for row in range(len(examples)):
+            ax = axes[row, col]
+            ax.imshow(_grey(images[row]), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(_probability_label(float(probabilities[row])), fontsize=7)
+            if row == 0:
+                ax.set_title(titles[name], fontsize=8)
+    fig.suptitle(f"Perturbation: each method's top {fraction:.0%} of pixels set to the image mean; "
+                 "C's [negative, positive] probabilities under each image", fontsize=9)
     return fig
 
 

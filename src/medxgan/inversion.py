@@ -2,7 +2,8 @@
 
 Many images, each with several random restarts, are optimised together in one batch. Every
 image's starting codes come from its own seed, and its loss does not depend on the others, so a
-batch gives each image the result it would get alone.
+batch gives each image the result it would get alone. With an encoder E (inversion.init:
+encoder), each image's first restart starts at E(x) instead (medxgan.encoder).
 
 Under precision "bf16" the networks' forward passes run in bf16 autocast; the loss, Adam's state
 and the codes stay float32.
@@ -55,8 +56,16 @@ def inversion_loss(G: nn.Module, C: nn.Module, z1, z2, images, p_target, cfg: di
     return cfg["mse_weight"] * mse + cfg["bce_weight"] * bce
 
 
+def check_encoder(cfg: dict, encoder: nn.Module | None) -> None:
+    """An encoder is given exactly when inversion.init asks for one."""
+    if (cfg["init"] == "encoder") != (encoder is not None):
+        advice = "train one with `medxgan train-encoder`, pass it with --encoder" if encoder is None else "drop it"
+        raise ValueError(f"inversion.init is {cfg['init']!r}, but an encoder was {'not ' * (encoder is None)}given: {advice}")
+
+
 def invert_batch(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, cfg: dict, seed: int,
-                 precision: str = "fp32") -> Inversion:
+                 precision: str = "fp32", encoder: nn.Module | None = None) -> Inversion:
+    check_encoder(cfg, encoder)
     device = next(G.parameters()).device
     restarts = cfg["restarts"]
     images = images.to(device)
@@ -64,7 +73,11 @@ def invert_batch(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.T
         p_image = positive_probability(C, images)  # float32: the target of every precision
     targets = images.repeat_interleave(restarts, 0)
     p_target = p_image.repeat_interleave(restarts, 0)
-    z1, z2 = (z.to(device).requires_grad_() for z in starting_codes(rows, restarts, G.nz1, G.nz2, seed))
+    z1, z2 = starting_codes(rows, restarts, G.nz1, G.nz2, seed)
+    if encoder is not None:  # the first restart of each image starts at E(x)
+        with torch.no_grad():
+            z1[::restarts], z2[::restarts] = (code.float().cpu() for code in encoder(images))
+    z1, z2 = (z.to(device).requires_grad_() for z in (z1, z2))
     optimizer = torch.optim.Adam([z1, z2], lr=cfg["lr"])
     best_loss = torch.full((len(z1),), float("inf"), device=device)
     best_z1, best_z2 = z1.detach().clone(), z2.detach().clone()
@@ -86,23 +99,24 @@ def invert_batch(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.T
 
 
 def invert_batches(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, cfg: dict,
-                   seed: int, precision: str = "fp32") -> Iterator[tuple[slice, Inversion]]:
+                   seed: int, precision: str = "fp32", encoder: nn.Module | None = None) -> Iterator[tuple[slice, Inversion]]:
     """Invert `cfg['batch_size']` images at a time, with a progress bar; yield each batch's positions
     and result.
 
     Batches start at multiples of the batch size, so a chunk of the images that starts on such a
     multiple is cut into the same batches as the whole set, and gets bit-identical results.
     """
-    G.eval().requires_grad_(False)
-    C.eval().requires_grad_(False)
+    for network in (G, C, encoder):
+        if network is not None:
+            network.eval().requires_grad_(False)
     size = cfg["batch_size"]
     for start in progress(range(0, len(images), size), desc="inversion batches"):
         batch = slice(start, start + size)
-        yield batch, invert_batch(G, C, images[batch], rows[batch], cfg, seed, precision)
+        yield batch, invert_batch(G, C, images[batch], rows[batch], cfg, seed, precision, encoder)
 
 
 def invert(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, cfg: dict, seed: int,
-           precision: str = "fp32") -> Inversion:
+           precision: str = "fp32", encoder: nn.Module | None = None) -> Inversion:
     """Invert all images, `cfg['batch_size']` at a time, with a progress bar."""
-    parts = [result for _, result in invert_batches(G, C, images, rows, cfg, seed, precision)]
+    parts = [result for _, result in invert_batches(G, C, images, rows, cfg, seed, precision, encoder)]
     return Inversion(*(torch.cat([getattr(p, name) for p in parts]) for name in ("z1", "z2", "loss", "p_image")))

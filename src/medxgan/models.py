@@ -26,6 +26,7 @@ def _ch(channels: int, width: float) -> int:
 
 
 UPSAMPLINGS = ("transposed", "resize")
+COMPOSITIONS = ("plain", "masked")
 DISCRIMINATORS = ("unconditional", "projection")
 
 
@@ -87,7 +88,46 @@ class Generator(nn.Module):
         return self.net[1:](x)
 
 
-def _discriminator_features(channels: int, width: float, dropout: float, batch_norm: bool) -> tuple[list[nn.Module], int]:
+class MaskedGenerator(nn.Module):
+    """G(z1, z2) = (1 - m) * G0(z1) + m * L(z1, z2): z2 acts only through a soft mask m.
+
+    G0 draws the anatomy from z1 alone, L the pathology and the mask's logits from both codes (two
+    release-style generators of the same width). The mask is gated by |z2|, so m = 0 when z2 = 0
+    by construction: the negative realisation G(z1, 0) is exactly G0(z1), and a change is confined
+    to where m is non-zero (the attention masks of GANimation-style editors). A sparsity prior on m
+    lives in G's loss (gan.mask_sparsity_weight).
+    """
+
+    GATE_SCALE = 2.0  # gate = tanh(GATE_SCALE * |z2| / sqrt(nz2)): about 0.96 for a typical N(0, I) draw
+
+    def __init__(self, nz1: int, nz2: int, image_size: int = 64, channels: int = 3, width: float = 1.0,
+                 upsampling: str = "transposed"):
+        super().__init__()
+        self.nz1, self.nz2, self.image_size, self.upsampling = nz1, nz2, image_size, upsampling
+        self.anatomy = Generator(nz1, 0, image_size, channels, width, upsampling)
+        self.lesion = Generator(nz1, nz2, image_size, channels + 1, width, upsampling)  # + the mask channel
+
+    def compose(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image and its mask m, shape (N, 1, H, W), in [0, 1]."""
+        lesion = self.lesion(z1, z2)
+        gate = torch.tanh(self.GATE_SCALE * z2.norm(dim=1) / self.nz2 ** 0.5)
+        mask = (lesion[:, -1:] + 1) / 2 * gate[:, None, None, None]  # L's tanh output, moved to [0, 1]
+        return (1 - mask) * self.anatomy(z1, z2[:, :0]) + mask * lesion[:, :-1], mask
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return self.compose(z1, z2)[0]
+
+
+def build_generator(composition: str, nz1: int, nz2: int, image_size: int, channels: int, width: float,
+                    upsampling: str) -> nn.Module:
+    if composition == "plain":
+        return Generator(nz1, nz2, image_size, channels, width, upsampling)
+    if composition == "masked":
+        return MaskedGenerator(nz1, nz2, image_size, channels, width, upsampling)
+    raise ValueError(f"unknown generator composition {composition!r} (expected one of {', '.join(COMPOSITIONS)})")
+
+
+def discriminator_layers(channels: int, width: float, dropout: float, batch_norm: bool) -> tuple[list[nn.Module], int]:
     """The release's six 3x3 convolutions (strides 2, 1, 2, 1, 2, 1) with leaky ReLU; returns the
     layers and the channels of the last one."""
     plan = [(16, 2), (32, 1), (64, 2), (128, 1), (256, 2), (512, 1)]
@@ -108,7 +148,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, image_size: int = 64, channels: int = 3, width: float = 1.0, dropout: float = 0.5):
         super().__init__()
-        layers, cin = _discriminator_features(channels, width, dropout, batch_norm=True)
+        layers, cin = discriminator_layers(channels, width, dropout, batch_norm=True)
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(cin * (image_size // 8) ** 2, 1)
 
@@ -127,7 +167,7 @@ class ProjectionDiscriminator(nn.Module):
 
     def __init__(self, image_size: int = 64, channels: int = 3, width: float = 1.0, dropout: float = 0.0):
         super().__init__()
-        layers, cin = _discriminator_features(channels, width, dropout, batch_norm=False)
+        layers, cin = discriminator_layers(channels, width, dropout, batch_norm=False)
         norm = nn.utils.parametrizations.spectral_norm
         self.features = nn.Sequential(*(norm(m) if isinstance(m, nn.Conv2d) else m for m in layers))
         self.head = norm(nn.Linear(cin, 1))
@@ -281,9 +321,13 @@ def build_from_spec(spec: dict) -> nn.Module:
     kind = spec["kind"]
     if kind == "classifier":
         return build_classifier(spec["arch"], spec["image_size"], spec["channels"], spec["width"])
-    if kind == "generator":  # files written before the upsampling option have the release's
-        return Generator(spec["nz1"], spec["nz2"], spec["image_size"], spec["channels"], spec["width"],
-                         spec.get("upsampling", "transposed"))
+    if kind == "generator":  # files written before these options have the release's design
+        return build_generator(spec.get("composition", "plain"), spec["nz1"], spec["nz2"], spec["image_size"],
+                               spec["channels"], spec["width"], spec.get("upsampling", "transposed"))
+    if kind == "encoder":
+        from medxgan.encoder import Encoder
+
+        return Encoder(spec["nz1"], spec["nz2"], spec["image_size"], spec["channels"], spec["width"])
     if kind == "discriminator":
         return build_discriminator(spec.get("design", "unconditional"), spec["image_size"], spec["channels"],
                                    spec["width"], spec["dropout"])

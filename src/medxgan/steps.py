@@ -21,8 +21,9 @@ from medxgan.config import ConfigError
 from medxgan.data.manifest import ImageSet, load_split, read_manifest
 from medxgan.data import sources
 from medxgan.data.phantoms import write_phantom_dataset
+from medxgan.encoder import train_encoder
 from medxgan.explainers import build_explainer
-from medxgan.inversion import invert_batches
+from medxgan.inversion import check_encoder, invert_batches
 from medxgan.models import load_model, positive_probability, save_model
 from medxgan.oracle import oracle_probabilities, oracle_seed, train_oracle
 from medxgan.shards import ShardError, check_chunk
@@ -118,6 +119,24 @@ def train_gan_step(s: dict, manifest: Path, classifier: Path, out_dir: Path) -> 
                                           "provenance": provenance(s["seed"], device, precision)})
 
 
+def train_encoder_step(s: dict, manifest: Path, generator: Path, out_dir: Path) -> None:
+    """E(x) -> (z1, z2) against the frozen G: the starting codes of inversion.init encoder."""
+    device = _start(s)
+    encoder, report = train_encoder(load_model(generator, device), _load(manifest, "train", s),
+                                    _load(manifest, "val", s), s["encoder"], s["data"], s["seed"], device)
+    log.info("encoder: validation MSE(G(E(x)), x) %.4f", report["val_reconstruction_mse"])
+    out_dir = Path(out_dir)
+    save_model(encoder, out_dir / "model.safetensors", report.pop("spec"))
+    write_json(out_dir / "metrics.json", {**report, "settings": s, "provenance": provenance(s["seed"], device, "fp32")})
+
+
+def _encoder_for(s: dict, encoder: Path | None, device: torch.device):
+    """The encoder the inversion starts from, when inversion.init is encoder (None otherwise)."""
+    E = None if encoder is None else load_model(encoder, device)
+    check_encoder(s["inversion"], E)
+    return E
+
+
 INVERSION_TABLE_COLUMNS = ("loss", "mse", "ssim", "p_image", "p_reconstruction", "p_negative")
 
 
@@ -147,12 +166,13 @@ def _images_of(manifest: Path, s: dict, section: str, chunk: tuple[int, int] | N
     return _test_positives(manifest, s, slice(start, stop)), {"start": start, "stop": stop, "total": total}
 
 
-def _invert_images(G, C, data: ImageSet, s: dict, device: torch.device, precision: str) -> dict[str, torch.Tensor]:
+def _invert_images(G, C, data: ImageSet, s: dict, device: torch.device, precision: str,
+                   encoder=None) -> dict[str, torch.Tensor]:
     """Codes, reconstructions, negative realisations and their scores per image. Everything is
     computed one inversion batch at a time, so a chunk gets exactly the numbers the whole set gets.
     The images and scores kept are float32, whatever precision the search ran in."""
     parts = []
-    for batch, result in invert_batches(G, C, data.images, data.rows, s["inversion"], s["seed"], precision):
+    for batch, result in invert_batches(G, C, data.images, data.rows, s["inversion"], s["seed"], precision, encoder):
         images = data.images[batch]
         with torch.no_grad():
             reconstruction = G(result.z1.to(device), result.z2.to(device)).cpu()
@@ -167,12 +187,13 @@ def _invert_images(G, C, data: ImageSet, s: dict, device: torch.device, precisio
 
 
 def invert_step(s: dict, manifest: Path, classifier: Path, generator: Path, out_dir: Path,
-                chunk: tuple[int, int] | None = None) -> None:
+                chunk: tuple[int, int] | None = None, encoder: Path | None = None) -> None:
     device = _start(s)
     precision = _precision(s, device)
     C, G = load_model(classifier, device), load_model(generator, device)
+    E = _encoder_for(s, encoder, device)
     data, place = _images_of(manifest, s, "inversion", chunk)
-    per_image = _invert_images(G, C, data, s, device, precision)
+    per_image = _invert_images(G, C, data, s, device, precision, E)
     table = pd.DataFrame({"id": data.ids, "row": data.rows.numpy(),
                           **{k: per_image[k].numpy() for k in INVERSION_TABLE_COLUMNS}})
     log.info("reconstruction MSE %.4f, SSIM %.3f; C calls %.1f%% of reconstructions positive, %.1f%% of negative "
@@ -295,9 +316,10 @@ def load_heatmaps(paths: list[Path]) -> dict[str, torch.Tensor]:
 
 
 def figures_step(s: dict, manifest: Path, classifier: Path, generator: Path, inversion: Path,
-                 explanations: list[Path], metrics_csv: Path, curves_csv: Path, out_dir: Path) -> None:
+                 explanations: list[Path], metrics_csv: Path, curves_csv: Path, oracle: Path, out_dir: Path) -> None:
     device = _start(s)
     C, G = load_model(classifier, device), load_model(generator, device)
+    oracle_model = load_model(oracle, device)
     data = _test_positives(manifest, s)
     latents = load_inversion(Path(inversion), data)
     heatmaps = load_heatmaps(explanations)
@@ -309,12 +331,18 @@ def figures_step(s: dict, manifest: Path, classifier: Path, generator: Path, inv
     figures.save(figures.metrics_bars(pd.read_csv(metrics_csv)), out_dir / "metrics.png")
     figures.save(figures.faithfulness_curves(pd.read_csv(curves_csv), s["seed"]), out_dir / "curves.png")
     figures.save(figures.inversion_quality(data, latents, s["figures"]["examples"]), out_dir / "inversion.png")
+    samples = figures.disentanglement_samples(C, oracle_model, G, s["figures"]["examples"], s["seed"])
+    figures.save(figures.disentanglement_grid(samples), out_dir / "disentanglement.png")
+    fraction = s["evaluate"]["perturbation_fractions"][0]  # the first of the probability-drop metric's fractions
+    figures.save(figures.perturbation_rows(C, data, heatmaps, examples, fraction), out_dir / "perturbation.png")
 
 
-def check_step(s: dict, manifest: Path, classifier: Path, generator: Path, inversion: Path, out_dir: Path) -> None:
+def check_step(s: dict, manifest: Path, classifier: Path, generator: Path, inversion: Path, out_dir: Path,
+               encoder: Path | None = None) -> None:
     device = _start(s)
     s = {**s, "precision": _precision(s, device)}  # the noisy copies' inversions run like the inversion step
     C, G = load_model(classifier, device), load_model(generator, device)
+    E = _encoder_for(s, encoder, device)
     data = _test_positives(manifest, s)
     latents = load_inversion(Path(inversion), data)
     negatives = _load(manifest, "test", s, label="negative")
@@ -322,7 +350,7 @@ def check_step(s: dict, manifest: Path, classifier: Path, generator: Path, inver
     sample = torch.arange(min(s["checks"]["images"], len(data)))
     tables = {
         "sanity": evaluation.sanity_table(C, G, data.subset(sample), latents, s),
-        "robustness": evaluation.robustness_table(C, G, data.subset(sample), s),
+        "robustness": evaluation.robustness_table(C, G, data.subset(sample), s, E),
         "counterfactual": evaluation.counterfactual_table(C, data, negatives, latents, s),
     }
     for name, table in tables.items():

@@ -21,7 +21,7 @@ from torchmetrics.functional.classification import binary_auroc, binary_confusio
 
 from medxgan.data.manifest import ImageSet
 from medxgan.hardware import autocast, channels_last
-from medxgan.models import Generator, build_classifier, build_discriminator, dcgan_init
+from medxgan.models import MaskedGenerator, build_classifier, build_discriminator, build_generator, dcgan_init
 from medxgan.utils import atomic_path, progress
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,14 @@ def proximity(fake: torch.Tensor, negatives: torch.Tensor | None, positives: tor
     return (fake[positives].float() - negatives.float()).abs().mean()
 
 
+def mask_area(mask: torch.Tensor | None, positives: torch.Tensor) -> torch.Tensor:
+    """The sparsity prior on a masked generator's mask: its mean over the positive codes' pixels
+    (zero for a plain generator, or a batch without positives)."""
+    if mask is None or not positives.any():
+        return torch.zeros((), device=positives.device)
+    return mask[positives].float().mean()
+
+
 def state_digest(model: nn.Module) -> str:
     """SHA-256 of a network's weights and buffers, identifying it in a checkpoint."""
     digest = hashlib.sha256()
@@ -136,10 +144,12 @@ class GANTrainer:
         size, channels = data_cfg["image_size"], data_cfg["channels"]
         torch.manual_seed(seed)
         self.g_spec = {"kind": "generator", "nz1": cfg["nz1"], "nz2": cfg["nz2"], "image_size": size,
-                       "channels": channels, "width": cfg["width"], "upsampling": cfg["upsampling"]}
+                       "channels": channels, "width": cfg["width"], "upsampling": cfg["upsampling"],
+                       "composition": cfg["composition"]}
         self.d_spec = {"kind": "discriminator", "design": cfg["discriminator"], "image_size": size,
                        "channels": channels, "width": cfg["d_width"], "dropout": cfg["d_dropout"]}
-        self.G = Generator(cfg["nz1"], cfg["nz2"], size, channels, cfg["width"], cfg["upsampling"]).to(self.device)
+        self.G = build_generator(cfg["composition"], cfg["nz1"], cfg["nz2"], size, channels, cfg["width"],
+                                 cfg["upsampling"]).to(self.device)
         self.D = build_discriminator(cfg["discriminator"], size, channels, cfg["d_width"], cfg["d_dropout"]).to(self.device)
         dcgan_init(self.G)
         if cfg["discriminator"] == "unconditional":  # the spectrally normalised D keeps PyTorch's initialisation
@@ -154,7 +164,7 @@ class GANTrainer:
         self.losses: list[list[float]] = []  # one row of LOSS_COLUMNS per step
         self._unlogged: list[torch.Tensor] = []  # the rows since the last checkpoint, still on the device
 
-    LOSS_COLUMNS = ("step", "d_loss", "g_adversarial", "g_classifier", "g_proximity", "d_real", "d_fake")
+    LOSS_COLUMNS = ("step", "d_loss", "g_adversarial", "g_classifier", "g_proximity", "g_mask", "d_real", "d_fake")
 
     def train_step(self, real: torch.Tensor, labels: torch.Tensor) -> None:
         cfg, dev = self.cfg, self.device
@@ -175,27 +185,33 @@ class GANTrainer:
         z1, z2 = sample_codes(labels, cfg["nz1"], cfg["nz2"], self.noise)
         z1, z2 = z1.to(dev), z2.to(dev)
         with autocast(dev, self.precision):
-            fake, negative = self._fakes(z1, z2, labels)
+            fake, negative, mask = self._fakes(z1, z2, labels)
             d_out, c_logits = self.D(fake, labels).float(), self.C(fake).float()
         g_adv = F.binary_cross_entropy_with_logits(d_out, torch.ones_like(d_out))
         g_cls = F.cross_entropy(c_logits, labels)  # on logits: the release applied softmax twice
         g_prox = proximity(fake, negative, labels == 1)
-        g_loss = g_adv + cfg["lambda_cls"] * g_cls + cfg["proximity_weight"] * g_prox
+        g_mask = mask_area(mask, labels == 1)
+        g_loss = (g_adv + cfg["lambda_cls"] * g_cls + cfg["proximity_weight"] * g_prox
+                  + cfg["mask_sparsity_weight"] * g_mask)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
         self.step += 1
-        self._unlogged.append(torch.stack([d_loss, g_adv, g_cls, g_prox, torch.sigmoid(d_real).mean(),
+        self._unlogged.append(torch.stack([d_loss, g_adv, g_cls, g_prox, g_mask, torch.sigmoid(d_real).mean(),
                                            torch.sigmoid(d_fake).mean()]).detach())
 
-    def _fakes(self, z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """G(z1, z2) and, when the proximity term is on, the positives' G(z1, 0), from one forward
-        pass so both see the same batch-norm statistics (None, and not computed, when it is off)."""
-        if self.cfg["proximity_weight"] == 0:
-            return self.G(z1, z2), None
-        positives = labels == 1
-        out = self.G(torch.cat([z1, z1[positives]]), torch.cat([z2, torch.zeros_like(z2[positives])]))
-        return out[:len(z1)], out[len(z1):]
+    def _fakes(self, z1: torch.Tensor, z2: torch.Tensor,
+               labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """G(z1, z2); when the proximity term is on, the positives' G(z1, 0), from the same forward
+        pass so both see the same batch-norm statistics (None, and not computed, when it is off);
+        and a masked generator's mask for G(z1, z2) (None for a plain generator)."""
+        with_negatives = self.cfg["proximity_weight"] > 0
+        if with_negatives:
+            positives = labels == 1
+            z1, z2 = torch.cat([z1, z1[positives]]), torch.cat([z2, torch.zeros_like(z2[positives])])
+        out, mask = self.G.compose(z1, z2) if isinstance(self.G, MaskedGenerator) else (self.G(z1, z2), None)
+        n = len(labels)
+        return out[:n], (out[n:] if with_negatives else None), (None if mask is None else mask[:n])
 
     def _log_losses(self) -> None:
         """Move the loss rows since the last call to `losses`: one device sync per checkpoint, not per step."""
@@ -216,10 +232,10 @@ class GANTrainer:
             bar.update(1)
             if self.step % self.cfg["checkpoint_every"] == 0 or self.step == self.cfg["steps"]:
                 self._log_losses()
-                _, d_loss, g_adv, g_cls, g_prox, d_real, d_fake = self.losses[-1]
+                _, d_loss, g_adv, g_cls, g_prox, g_mask, d_real, d_fake = self.losses[-1]
                 bar.set_postfix(d=f"{d_loss:.3f}", g=f"{g_adv:.3f}", cls=f"{g_cls:.3f}")
-                log.info("step %d: D %.3f, G adv %.3f, G cls %.4f, G proximity %.4f, D(x) %.2f, D(G(z)) %.2f",
-                         self.step, d_loss, g_adv, g_cls, g_prox, d_real, d_fake)
+                log.info("step %d: D %.3f, G adv %.3f, G cls %.4f, G proximity %.4f, G mask %.4f, D(x) %.2f, "
+                         "D(G(z)) %.2f", self.step, d_loss, g_adv, g_cls, g_prox, g_mask, d_real, d_fake)
                 self.save_checkpoint(checkpoint)
         bar.close()
 

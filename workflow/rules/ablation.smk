@@ -3,6 +3,8 @@
 # training runs the same `medxgan` steps as the main run, with the variant's settings, under
 # results/{dataset}/ablation/{variant}/seed{seed}/. Not part of the default target.
 
+import json
+
 from medxgan.config import variant_settings
 
 VARIANTS = list(config["ablation"]["variants"])
@@ -14,6 +16,12 @@ VARIANT_DIR_IN_SHELL = "results/{wildcards.dataset}/ablation/{wildcards.variant}
 
 def variant_params(*sections):
     return lambda w: variant_settings(config, w.dataset, w.variant, int(w.seed), *sections)
+
+
+def variant_encoder(w):
+    """The variant's encoder where its inversion starts from one (inversion.init: encoder)."""
+    inversion = json.loads(variant_settings(config, w.dataset, w.variant, int(w.seed), "inversion"))["inversion"]
+    return VARIANT_DIR.format(dataset=w.dataset, variant=w.variant, seed=w.seed) + "/encoder/model.safetensors" if inversion["init"] == "encoder" else []
 
 
 wildcard_constraints:
@@ -45,15 +53,39 @@ rule ablation_train_gan:
         " --classifier {input.classifier:q} --out-dir " + VARIANT_DIR_IN_SHELL + "/gan --threads {threads} 2> {log:q}"
 
 
+rule ablation_train_encoder:
+    input:
+        manifest=manifest_of,
+        generator=rules.ablation_train_gan.output.generator,
+    output:
+        model=f"{VARIANT_DIR}/encoder/model.safetensors",
+    params:
+        settings=variant_params("data", "encoder"),
+    threads: JOB_THREADS
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    benchmark:
+        f"{VARIANT_DIR}/benchmarks/train_encoder.tsv"
+    log:
+        f"{VARIANT_DIR}/logs/train_encoder.log",
+    shell:
+        "medxgan train-encoder --settings {params.settings:q} --manifest {input.manifest:q}"
+        " --generator {input.generator:q} --out-dir " + VARIANT_DIR_IN_SHELL + "/encoder --threads {threads} 2> {log:q}"
+
+
 rule ablation_invert:
     input:
         manifest=manifest_of,
         classifier=rules.train_classifier.output.model,
         generator=rules.ablation_train_gan.output.generator,
+        encoder=variant_encoder,
     output:
         latents=f"{VARIANT_DIR}/inversion/latents.safetensors",
     params:
         settings=variant_params("data", "inversion", "precision"),
+        encoder=encoder_option,
     threads: JOB_THREADS
     resources:
         gpu=1,
@@ -65,7 +97,8 @@ rule ablation_invert:
         f"{VARIANT_DIR}/logs/invert.log",
     shell:
         "medxgan invert --settings {params.settings:q} --manifest {input.manifest:q} --classifier {input.classifier:q}"
-        " --generator {input.generator:q} --out-dir " + VARIANT_DIR_IN_SHELL + "/inversion --threads {threads} 2> {log:q}"
+        " --generator {input.generator:q} {params.encoder} --out-dir " + VARIANT_DIR_IN_SHELL + "/inversion"
+        " --threads {threads} 2> {log:q}"
 
 
 rule ablation_explain:

@@ -1,5 +1,7 @@
 # Helpers shared by the rules: where a dataset's manifest is, and each step's settings as JSON.
 
+import shlex
+
 
 def manifest_of(wildcards):
     return manifest_path(config, wildcards.dataset)
@@ -17,6 +19,18 @@ def methods_of(dataset):
 def explanations_of(wildcards):
     return expand("results/{dataset}/explanations/{method}.safetensors",
                   dataset=wildcards.dataset, method=methods_of(wildcards.dataset))
+
+
+def encoder_of(wildcards):
+    """The encoder's weights where the dataset's inversion starts from it (inversion.init: encoder)."""
+    if dataset_settings(config, wildcards.dataset)["inversion"]["init"] != "encoder":
+        return []
+    return f"results/{wildcards.dataset}/encoder/model.safetensors"
+
+
+def encoder_option(wildcards, input):
+    """`--encoder FILE` for a step whose `encoder` input is set, nothing otherwise."""
+    return f"--encoder {shlex.quote(str(input.encoder))}" if input.encoder else ""
 
 
 def job_threads():

@@ -39,6 +39,7 @@ rule figures:
         explanations=explanations_of,
         metrics=rules.evaluate.output.summary,
         curves=rules.evaluate.output.curves,
+        oracle=rules.train_oracle.output.model,
     output:
         pipeline=report("results/{dataset}/figures/pipeline.png", caption="../report/pipeline.rst",
                         category="{dataset}", labels={"figure": "pipeline rows"}),
@@ -50,8 +51,13 @@ rule figures:
                          category="{dataset}", labels={"figure": "inversion quality"}),
         curves=report("results/{dataset}/figures/curves.png", caption="../report/curves.rst",
                       category="{dataset}", labels={"figure": "deletion and insertion curves"}),
+        disentanglement=report("results/{dataset}/figures/disentanglement.png",
+                               caption="../report/disentanglement.rst", category="{dataset}",
+                               labels={"figure": "disentanglement"}),
+        perturbation=report("results/{dataset}/figures/perturbation.png", caption="../report/perturbation.rst",
+                            category="{dataset}", labels={"figure": "perturbation"}),
     params:
-        settings=settings("data", "explain", "figures"),
+        settings=settings("data", "explain", "evaluate", "figures"),  # evaluate: the perturbed share of pixels
     threads: JOB_THREADS
     resources:
         mem_mb=8000,
@@ -64,7 +70,7 @@ rule figures:
         "medxgan figures --settings {params.settings:q} --manifest {input.manifest:q}"
         " --classifier {input.classifier:q} --generator {input.generator:q} --inversion {input.latents:q}"
         " --explanations {input.explanations:q} --metrics {input.metrics:q} --curves {input.curves:q}"
-        " --out-dir results/{wildcards.dataset}/figures --threads {threads} 2> {log:q}"
+        " --oracle {input.oracle:q} --out-dir results/{wildcards.dataset}/figures --threads {threads} 2> {log:q}"
 
 
 rule check:
@@ -73,6 +79,7 @@ rule check:
         classifier=rules.train_classifier.output.model,
         generator=rules.train_gan.output.generator,
         latents=rules.invert.output.latents,
+        encoder=encoder_of,
     output:
         sanity="results/{dataset}/checks/sanity.csv",
         robustness="results/{dataset}/checks/robustness.csv",
@@ -84,6 +91,7 @@ rule check:
                                  category="{dataset}", labels={"figure": "noise robustness"}),
     params:
         settings=settings("data", "inversion", "explain", "checks", "precision"),
+        encoder=encoder_option,
     threads: JOB_THREADS
     resources:
         gpu=1,
@@ -96,7 +104,7 @@ rule check:
     shell:
         "medxgan check --settings {params.settings:q} --manifest {input.manifest:q}"
         " --classifier {input.classifier:q} --generator {input.generator:q} --inversion {input.latents:q}"
-        " --out-dir results/{wildcards.dataset}/checks --threads {threads} 2> {log:q}"
+        " {params.encoder} --out-dir results/{wildcards.dataset}/checks --threads {threads} 2> {log:q}"
 
 
 rule summarize:

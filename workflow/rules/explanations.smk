@@ -36,6 +36,7 @@ rule invert:
         manifest=manifest_of,
         classifier=rules.train_classifier.output.model,
         generator=rules.train_gan.output.generator,
+        encoder=encoder_of,
     output:
         latents="results/{dataset}/inversion/latents.safetensors",
         table="results/{dataset}/inversion/inversion.csv",
@@ -44,6 +45,7 @@ rule invert:
         dataset=unsharded("inversion"),
     params:
         settings=settings("data", "inversion", "precision"),
+        encoder=encoder_option,
     threads: JOB_THREADS
     resources:
         gpu=1,
@@ -55,7 +57,7 @@ rule invert:
         "results/{dataset}/logs/invert.log",
     shell:
         "medxgan invert --settings {params.settings:q} --manifest {input.manifest:q}"
-        " --classifier {input.classifier:q} --generator {input.generator:q}"
+        " --classifier {input.classifier:q} --generator {input.generator:q} {params.encoder}"
         " --out-dir results/{wildcards.dataset}/inversion --threads {threads} 2> {log:q}"
 
 
@@ -111,6 +113,7 @@ rule invert_chunk:
         manifest=manifest_of,
         classifier=rules.train_classifier.output.model,
         generator=rules.train_gan.output.generator,
+        encoder=encoder_of,
     output:
         # temporary: deleted once gathered; a chunk that failed is the only one a rerun redoes
         latents=temp("results/{dataset}/inversion/chunks/{start}-{stop}/latents.safetensors"),
@@ -121,6 +124,7 @@ rule invert_chunk:
         stop=r"\d+",
     params:
         settings=settings("data", "inversion", "precision"),
+        encoder=encoder_option,
     threads: JOB_THREADS
     resources:
         gpu=1,
@@ -132,7 +136,8 @@ rule invert_chunk:
         "results/{dataset}/logs/invert_{start}-{stop}.log",
     shell:
         "medxgan invert --settings {params.settings:q} --manifest {input.manifest:q}"
-        " --classifier {input.classifier:q} --generator {input.generator:q} --chunk {wildcards.start}:{wildcards.stop}"
+        " --classifier {input.classifier:q} --generator {input.generator:q} {params.encoder}"
+        " --chunk {wildcards.start}:{wildcards.stop}"
         " --out-dir results/{wildcards.dataset}/inversion/chunks/{wildcards.start}-{wildcards.stop}"
         " --threads {threads} 2> {log:q}"
 

@@ -73,3 +73,26 @@ rule train_gan:
         # checkpoint.pt in the same folder is not an output, so a killed run keeps it and resumes.
         "medxgan train-gan --settings {params.settings:q} --manifest {input.manifest:q}"
         " --classifier {input.classifier:q} --out-dir results/{wildcards.dataset}/gan --threads {threads} 2> {log:q}"
+
+
+rule train_encoder:
+    input:
+        manifest=manifest_of,
+        generator=rules.train_gan.output.generator,
+    output:
+        model="results/{dataset}/encoder/model.safetensors",
+        metrics="results/{dataset}/encoder/metrics.json",
+    params:
+        settings=settings("data", "encoder"),
+    threads: JOB_THREADS
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    benchmark:
+        "results/{dataset}/benchmarks/train_encoder.tsv",
+    log:
+        "results/{dataset}/logs/train_encoder.log",
+    shell:
+        "medxgan train-encoder --settings {params.settings:q} --manifest {input.manifest:q}"
+        " --generator {input.generator:q} --out-dir results/{wildcards.dataset}/encoder --threads {threads} 2> {log:q}"
