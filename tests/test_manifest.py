@@ -177,3 +177,85 @@ def test_missing_manifest_and_empty_split(folder):
     manifest = write_rows(folder, ROWS)
     with pytest.raises(ManifestError, match=r"manifest\.csv.*'val'"):
         load_split(manifest, "val", NEG, POS, SIZE, 1)
+
+
+# --- a validation split drawn from train ---------------------------------------------------
+
+# At val_fraction 0.1 one patient of each label moves to val; drawn from all 13 patients
+# together (not stratified), one patient of one label would.
+PATIENTS = {NEG: 10, POS: 3}
+ROWS_PER_PATIENT = 2
+TRAIN_ROWS = ROWS_PER_PATIENT * sum(PATIENTS.values())
+
+
+def train_test_rows(patient_ids=True):
+    """A manifest with only train and test rows: per label, PATIENTS[label] patients of
+    ROWS_PER_PATIENT training images each, and one test image."""
+    rows = []
+    for label, prefix in ((NEG, "n"), (POS, "p")):
+        for patient in range(PATIENTS[label]):
+            pid = f"{prefix}{patient}" if patient_ids else ""
+            rows += [("img/grey.png", label, "train", "", pid)] * ROWS_PER_PATIENT
+        rows.append(("img/colour.png", label, "test", "", f"{prefix}-test"))
+    return rows
+
+
+def val_rows(table):
+    return table.index[table["split"] == "val"].tolist()
+
+
+def test_missing_val_is_drawn_stratified_and_grouped(folder):
+    written = read_manifest(write_rows(folder, train_test_rows()), NEG, POS)
+    table = read_manifest(folder / "manifest.csv", NEG, POS, seed=0)
+    val = table[table["split"] == "val"]
+    assert sorted(val["label"].unique()) == sorted([NEG, POS])
+    assert len(val) == 2 * ROWS_PER_PATIENT  # one whole patient of each label
+    train_patients = set(table.loc[table["split"] == "train", "patient_id"])
+    assert train_patients and not train_patients & set(val["patient_id"])
+    assert (table["split"] == "test").equals(written["split"] == "test")
+    assert table.drop(columns="split").equals(written.drop(columns="split"))
+
+
+def test_rows_without_patient_are_drawn_one_by_one(folder):
+    table = read_manifest(write_rows(folder, train_test_rows(patient_ids=False)), NEG, POS, seed=0)
+    val = table[table["split"] == "val"]
+    # 10% of 20 and of 6 single images (at least one): counted in images, not in pairs
+    assert val["label"].value_counts().to_dict() == {NEG: 2, POS: 1}
+
+
+def test_drawn_val_follows_the_seed(folder):
+    manifest = write_rows(folder, train_test_rows())
+    first = val_rows(read_manifest(manifest, NEG, POS, seed=0))
+    assert val_rows(read_manifest(manifest, NEG, POS, seed=0)) == first
+    assert val_rows(read_manifest(manifest, NEG, POS, seed=1)) != first
+    loaded = load_split(manifest, "val", NEG, POS, SIZE, 1, seed=0)
+    assert loaded.rows.tolist() == first
+
+
+def test_drawing_warns_with_counts_per_label(folder, caplog):
+    manifest = write_rows(folder, train_test_rows())
+    with caplog.at_level("WARNING", logger="medxgan.data.manifest"):
+        read_manifest(manifest, NEG, POS, seed=0)
+    message = caplog.records[-1].getMessage()
+    assert "manifest.csv" in message and f"moved 4 of {TRAIN_ROWS}" in message
+    assert f"{NEG}: 2, {POS}: 2" in message
+
+
+def test_manifest_with_val_rows_is_read_as_written(folder, caplog):
+    rows = train_test_rows()
+    rows[0] = rows[0][:2] + ("val",) + rows[0][3:]
+    manifest = write_rows(folder, rows)
+    with caplog.at_level("WARNING", logger="medxgan.data.manifest"):
+        table = read_manifest(manifest, NEG, POS, seed=0)
+    assert not caplog.records
+    assert table.equals(read_manifest(manifest, NEG, POS))
+    assert table["split"].tolist() == [row[2] for row in rows]
+
+
+def test_val_that_cannot_be_drawn_names_file_and_label(folder):
+    # ROWS: one training patient of label NEG, none to spare for val
+    with pytest.raises(ManifestError, match=rf"manifest\.csv.*'val'.*{NEG!r} has 1 training patient"):
+        read_manifest(write_rows(folder, ROWS), NEG, POS, seed=0)
+    only_test = [row[:2] + ("test",) + row[3:] for row in ROWS]
+    with pytest.raises(ManifestError, match=r"manifest\.csv.*'val'.*'train' has no rows"):
+        load_split(write_rows(folder, only_test), "test", NEG, POS, SIZE, 1, seed=0)

@@ -27,7 +27,8 @@ STEP_HELP = {
     "prepare": "generate a built-in synthetic dataset, or prepare a downloaded public one (images, masks, manifest.csv)",
     "download": "fetch a public dataset through its first working route, check every file, write SOURCE.json",
     "import-folder": "prepare your own images in ImageFolder layout (ROOT/{train,test}/CLASS/...) into a manifest",
-    "train-classifier": "train the classifier C; write its weights and test accuracy, AUROC, confusion matrix",
+    "train-classifier": "train the classifier C, or import the user's (classifier.pretrained); write its weights and "
+                        "validation and test accuracy, AUROC, confusion matrix",
     "train-oracle": "train the oracle, a classifier independent of C that judges G's images (its own architecture and seed)",
     "train-gan": "train medXGAN's G and D against the frozen C (checkpointed, resumes after a kill)",
     "train-encoder": "train the encoder E(x) -> (z1, z2) against the frozen G: the inversion's starting codes "

@@ -188,7 +188,12 @@ def heatmaps_for(method: str, C, G, images: torch.Tensor, rows: torch.Tensor, s:
 
 
 def sanity_table(C, G, data: ImageSet, latents: dict[str, torch.Tensor], s: dict) -> pd.DataFrame:
-    """Cascading randomisation of C for the methods that read C; latents stay those of the trained C."""
+    """Cascading randomisation of C for the methods that read C; latents stay those of the trained C.
+    Empty, with a warning, for a classifier whose layers cannot be re-initialised (TorchScript)."""
+    if not checks.parameterised_layers(C):
+        log.warning("the sanity check needs C's Linear/Conv2d/BatchNorm2d layers, which a TorchScript classifier "
+                    "does not expose: skipped")
+        return pd.DataFrame(columns=["layer", "step", "image", "spearman", "ssim", "method"])
     rows = data.rows.tolist()
     codes = (latents["z1"][:len(rows)], latents["z2"][:len(rows)])
     frames = []
@@ -231,9 +236,15 @@ def robustness_table(C, G, data: ImageSet, s: dict, encoder=None) -> pd.DataFram
 
 
 def feature_spaces(C, s: dict) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """The feature spaces the Fréchet distance is measured in, by the name its rows carry: always C's
-    penultimate features; Inception v3's too when checks.inception_weights names its weights file."""
-    spaces = {"classifier_features": lambda images: checks.penultimate_features(C, images)}
+    """The feature spaces the Fréchet distance is measured in, by the name its rows carry: C's
+    penultimate features (where C has a Linear layer to hook: not a TorchScript classifier);
+    Inception v3's too when checks.inception_weights names its weights file."""
+    spaces = {}
+    try:
+        checks.last_linear(C)
+        spaces["classifier_features"] = lambda images: checks.penultimate_features(C, images)
+    except ValueError as error:
+        log.warning("no Fréchet distance in C's features: %s", error)
     weights = s["checks"]["inception_weights"]
     if weights:
         if not Path(weights).is_file():

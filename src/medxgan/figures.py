@@ -199,7 +199,9 @@ def gan_losses(losses: pd.DataFrame) -> plt.Figure:
     smooth = losses.set_index("step").rolling(LOSS_SMOOTHING, min_periods=1).mean()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     smooth[["d_loss", "g_adversarial"]].plot(ax=axes[0], title="adversarial losses")
-    smooth[["g_classifier"]].plot(ax=axes[1], title="classifier-consistency term (CE)", logy=True)
+    # the proximity and mask terms are drawn only where the run switched them on (a log axis has no 0)
+    terms = ["g_classifier"] + [name for name in ("g_proximity", "g_mask") if name in smooth and smooth[name].gt(0).all()]
+    smooth[terms].plot(ax=axes[1], title="G's other terms (unweighted)", logy=True)
     smooth[["d_real", "d_fake"]].plot(ax=axes[2], title="D's mean output", ylim=(0, 1))
     for ax in axes:
         ax.set_xlabel("step")
@@ -254,6 +256,11 @@ def sanity_curves(sanity: pd.DataFrame) -> plt.Figure:
     """Cascading randomisation: how similar each method's heatmap stays as C's layers are randomised
     from the output down. A method that explains C falls towards 0; one that stays near 1 fails."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    if sanity.empty:  # a classifier whose layers cannot be re-initialised (TorchScript)
+        for ax in axes:
+            ax.text(0.5, 0.5, "not run: C's layers cannot be re-initialised", ha="center", va="center")
+            ax.set_axis_off()
+        return fig
     order = sanity.groupby("step")["layer"].first()
     for ax, metric in zip(axes, ("spearman", "ssim")):
         sns.lineplot(data=sanity, x="step", y=metric, hue="method", marker="o", errorbar=("ci", 95), ax=ax)

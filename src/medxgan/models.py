@@ -324,6 +324,10 @@ def build_from_spec(spec: dict) -> nn.Module:
     if kind == "generator":  # files written before these options have the release's design
         return build_generator(spec.get("composition", "plain"), spec["nz1"], spec["nz2"], spec["image_size"],
                                spec["channels"], spec["width"], spec.get("upsampling", "transposed"))
+    if kind == "user_classifier":
+        from medxgan.user_classifier import build
+
+        return build(spec)
     if kind == "encoder":
         from medxgan.encoder import Encoder
 

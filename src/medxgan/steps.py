@@ -27,6 +27,7 @@ from medxgan.inversion import check_encoder, invert_batches
 from medxgan.models import load_model, positive_probability, save_model
 from medxgan.oracle import oracle_probabilities, oracle_seed, train_oracle
 from medxgan.shards import ShardError, check_chunk
+from medxgan.user_classifier import import_classifier
 from medxgan.training import GANTrainer, disentanglement_check, evaluate_classifier, train_classifier
 from medxgan.utils import atomic_path, pick_device, provenance, save_tensors, seed_everything, write_json
 
@@ -35,8 +36,9 @@ log = logging.getLogger(__name__)
 
 def _load(manifest, split: str, s: dict, label: str | None = None, positions: slice | None = None) -> ImageSet:
     d = s["data"]
+    # the seed draws a validation split for a manifest without one, the same in every step
     return load_split(manifest, split, d["negative"], d["positive"], d["image_size"], d["channels"], label=label,
-                      positions=positions)
+                      positions=positions, seed=s["seed"])
 
 
 def _write_csv(frame: pd.DataFrame, path) -> None:
@@ -90,6 +92,13 @@ def _train_and_report(s: dict, manifest: Path, out_dir: Path, train, name: str, 
 
 
 def train_classifier_step(s: dict, manifest: Path, out_dir: Path) -> None:
+    """Train C, or import the user's (classifier.pretrained): either way it is scored on val and test."""
+    if s["classifier"]["pretrained"]:
+        def bring(train, val, device):
+            classifier, spec = import_classifier(s["classifier"], s["data"])
+            return classifier.to(device), {"spec": spec, "history": [], "selected_epoch": None}
+        _train_and_report(s, manifest, out_dir, bring, f"classifier ({s['classifier']['pretrained']})")
+        return
     _train_and_report(s, manifest, out_dir, lambda train, val, device: train_classifier(
         train, val, s["classifier"], s["data"], s["seed"], device), "classifier")
 

@@ -6,6 +6,8 @@ rule train_classifier:
         manifest=manifest_of,
         # ImageNet weights to start from (classifier.weights), e.g. rule vgg16_weights' file
         weights=lambda w: dataset_settings(config, w.dataset)["classifier"]["weights"] or [],
+        # the user's own classifier (classifier.pretrained), imported instead of trained
+        pretrained=lambda w: dataset_settings(config, w.dataset)["classifier"]["pretrained"] or [],
     output:
         model="results/{dataset}/classifier/model.safetensors",
         metrics="results/{dataset}/classifier/metrics.json",

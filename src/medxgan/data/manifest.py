@@ -2,11 +2,13 @@
 
 Paths in a manifest are relative to the manifest's folder (absolute paths also work). Every
 problem is reported as a ManifestError naming the manifest, the line as an editor shows it
-(the header is line 1) and the column or file at fault.
+(the header is line 1) and the column or file at fault. A manifest without `val` rows gets a
+validation split drawn from its `train` rows (see `draw_validation`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from medxgan.config import SOURCE_DEFAULTS
+from medxgan.data.splits import VAL_STREAM, pick_groups
 from medxgan.utils import atomic_path
+
+log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ("path", "label", "split", "mask_path", "patient_id")
 SPLITS = ("train", "val", "test")
@@ -28,6 +34,8 @@ HALF_PIXEL_RANGE = 127.5  # maps 8-bit 0..255 onto -1..1
 MAX_MASK_LEVELS = 2
 PROGRESS_MIN_IMAGES = 500  # below this, loading is quick enough to run silently
 READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+VAL_FRACTION = SOURCE_DEFAULTS["val_fraction"]  # the share a public source's validation split gets too
+MIN_GROUPS_TO_DRAW = 2  # a label needs a patient (or image) left in train and one moved to val
 
 
 class ManifestError(ValueError):
@@ -71,18 +79,61 @@ def _check_row(row, manifest: Path, negative: str, positive: str) -> tuple[Path,
     return image_file, mask_file
 
 
-def read_manifest(manifest: str | Path, negative: str, positive: str) -> pd.DataFrame:
+def _training_groups(train: pd.DataFrame) -> list[str]:
+    """Each training row's patient, or the row itself where patient_id is empty."""
+    return [patient or f"line {line}" for patient, line in zip(train["patient_id"], train["line"])]
+
+
+def _check_drawable(train: pd.DataFrame, groups: list[str], labels: tuple[str, str], manifest: Path) -> None:
+    """Every label needs two training patients (or images) to give one to validation."""
+    cannot = f"{manifest}: no rows in split 'val', and none can be drawn from 'train'"
+    if train.empty:
+        raise ManifestError(f"{cannot}: 'train' has no rows either; add 'val' rows")
+    group_counts = pd.Series(groups, index=train.index).groupby(train["label"]).nunique()
+    for label in labels:
+        count = int(group_counts.get(label, 0))
+        if count < MIN_GROUPS_TO_DRAW:
+            raise ManifestError(f"{cannot}: label {label!r} has {count} training patient(s) or image(s), "
+                                f"at least {MIN_GROUPS_TO_DRAW} are needed; add 'val' rows")
+
+
+def draw_validation(table: pd.DataFrame, seed: int, manifest: Path, labels: tuple[str, str]) -> pd.DataFrame:
+    """The table with a validation split carved from train where it has no 'val' row (else unchanged).
+
+    Like a public source's: VAL_FRACTION of each label's patients, a patient kept whole (rows
+    without patient_id each stand alone), by a shuffle seeded with `seed`. It depends only on the
+    table and the seed, so every step that reads the manifest sees the same split.
+    """
+    if (table["split"] == "val").any():
+        return table
+    train = table[table["split"] == "train"]
+    groups = _training_groups(train)
+    _check_drawable(train, groups, labels, manifest)
+    to_val = pick_groups(list(train["label"]), groups, VAL_FRACTION, [seed, VAL_STREAM])
+    moved = train["label"][to_val].value_counts()
+    drawn = table.copy()
+    drawn.loc[train.index[to_val], "split"] = "val"
+    log.warning("%s has no 'val' rows: moved %d of %d 'train' rows to 'val' (%s), %.0f%% of each label's "
+                "patients (or images) drawn with seed %d", manifest, to_val.sum(), len(train),
+                ", ".join(f"{label}: {int(moved.get(label, 0))}" for label in labels), 100 * VAL_FRACTION, seed)
+    return drawn
+
+
+def read_manifest(manifest: str | Path, negative: str, positive: str, seed: int | None = None) -> pd.DataFrame:
     """Read and validate a manifest.
 
     Adds columns 'target' (0 negative, 1 positive), 'line' (the CSV line number), and
     'image_file' / 'mask_file' (absolute Paths; mask_file None where there is no mask).
-    Empty cells are empty strings.
+    Empty cells are empty strings. With a `seed`, a manifest without 'val' rows gets them drawn
+    from 'train' (`draw_validation`); without one, the splits are read as written.
     """
     if negative == positive:
         raise ValueError(f"negative and positive labels must differ, both are {negative!r}")
     manifest = Path(manifest)
     table = _read_table(manifest)
     files = [_check_row(row, manifest, negative, positive) for row in table.itertuples(index=False)]
+    if seed is not None:
+        table = draw_validation(table, seed, manifest, (negative, positive))
     table["target"] = (table["label"] == positive).astype(np.int64)
     table["image_file"] = [image_file for image_file, _ in files]
     table["mask_file"] = pd.Series([mask_file for _, mask_file in files], index=table.index, dtype=object)
@@ -139,11 +190,13 @@ def _load_mask(file: Path, where: str, image_size: int) -> np.ndarray:
 
 
 def load_split(manifest: str | Path, split: str, negative: str, positive: str, image_size: int,
-               channels: int, label: str | None = None, positions: slice | None = None) -> ImageSet:
+               channels: int, label: str | None = None, positions: slice | None = None,
+               seed: int | None = None) -> ImageSet:
     """Load one split's images (and masks) resized to image_size and scaled to [-1, 1].
 
     label None keeps both classes; 'positive' or 'negative' keeps one. `positions` keeps a slice of
-    the chosen rows (one chunk of a sharded step): only those images are read.
+    the chosen rows (one chunk of a sharded step): only those images are read. `seed` as in
+    `read_manifest`.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
@@ -151,7 +204,7 @@ def load_split(manifest: str | Path, split: str, negative: str, positive: str, i
         raise ValueError(f"label must be None or one of {', '.join(LABEL_CHOICES)}, got {label!r}")
     if channels not in IMAGE_MODES:
         raise ValueError(f"channels must be one of {sorted(IMAGE_MODES)}, got {channels}")
-    table = read_manifest(manifest, negative, positive)
+    table = read_manifest(manifest, negative, positive, seed)
     chosen = table[table["split"] == split]
     if label is not None:
         chosen = chosen[chosen["target"] == int(label == "positive")]

@@ -33,7 +33,7 @@ from PIL import Image
 
 from medxgan.data.download import DataSourceError, file_hash
 from medxgan.data.manifest import IMAGE_MODES, READ_ERRORS, write_manifest
-from medxgan.data.splits import pick_groups
+from medxgan.data.splits import TEST_STREAM, VAL_STREAM, pick_groups
 from medxgan.utils import progress, provenance, write_json
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 MASK_ON = 255
 ASPECT_TOLERANCE = 0.02  # a mask whose width/height differs more from its image's is not aligned to it
 HASH_BITS = 64  # imagehash.phash's default 8x8 hash
-TEST_STREAM, VAL_STREAM = 1, 2  # purpose tags for the seeded split shuffles
 PREPARED_ITEMS = ("images", "masks", "dropped.csv", "origins.csv", "preparation.json")
 DROPPED_COLUMNS = ("source_file", "original_class", "source_split", "reason", "detail")
 UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")

@@ -6,6 +6,8 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+TEST_STREAM, VAL_STREAM = 1, 2  # purpose tags for the seeded split shuffles
+
 
 def pick_groups(strata: list[str], groups: list[str], fraction: float, seed: int) -> np.ndarray:
     """A boolean mask choosing about `fraction` of the groups of each stratum, by a seeded shuffle.
