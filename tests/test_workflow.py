@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import pytest
@@ -91,7 +92,7 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
 
     jobs = pd.read_csv(workdir / "results" / "benchmarks.csv")  # every job's Snakemake benchmark file
     expected = {"prepare", "train_classifier", "train_oracle", "train_gan", "invert", "evaluate", "figures", "check",
-                *(f"explain_{m}" for m in ("difference", "interpolation", "latent_ig", "gradcam", "ig"))}
+                "bundle", *(f"explain_{m}" for m in ("difference", "interpolation", "latent_ig", "gradcam", "ig"))}
     for dataset in ("synthetic-cxr", "synthetic-mri"):
         assert set(jobs[jobs.dataset == dataset].job) == expected
     assert {"summarize", "notebook_chest_xray"} <= set(jobs.job)
@@ -111,6 +112,8 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
         counterfactual = pd.read_csv(root / "counterfactual.csv").set_index("metric")["mean"]
         assert 0 <= counterfactual["proximity_ssim"] <= 1 and counterfactual.notna().all()
         assert 0 <= counterfactual["validity"] <= 1
+
+    explain_new_images_with_the_bundle(workdir, workdir / "results" / "synthetic-cxr" / "bundle")
 
     # The ablation target on the same run: the variant without overrides, with the run's seed, is the
     # main run again; the other trains a masked G and an encoder and starts its inversion from E(x).
@@ -183,6 +186,40 @@ def test_own_manifest_with_unknown_label_names_the_row(workdir: Path, tmp_path_f
     # the first job to read the manifest fails: C's training or the oracle's, whichever ran first
     logs = [path.read_text() for path in (workdir / "results" / "scans" / "logs").glob("train_*.log")]
     assert logs and all("line 4" in log and "glioma" in log for log in logs)
+
+
+def explain_new_images_with_the_bundle(workdir: Path, bundle: Path) -> None:
+    """`medxgan explain-images` on JPEGs and PNGs of mixed sizes, grey and RGB, and one corrupt file;
+    then the Python API on the same bundle."""
+    from PIL import Image
+
+    from medxgan.api import MedXGAN
+
+    images = workdir / "new-images"
+    (images / "more").mkdir(parents=True)
+    source = sorted((workdir / "data" / "synthetic-cxr" / "images").glob("*.png"))[:3]
+    Image.open(source[0]).convert("L").resize((100, 80)).save(images / "grey.jpg")
+    Image.open(source[1]).convert("RGB").resize((48, 48)).save(images / "more" / "rgb.jpg")
+    Image.open(source[2]).save(images / "more" / "grey.png")
+    (images / "corrupt.jpg").write_bytes(b"not a JPEG")
+    out = workdir / "explained"
+    run = subprocess.run([str(Path(sys.executable).parent / "medxgan"), "explain-images", str(images), "--bundle",
+                          str(bundle), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode != 0 and "corrupt.jpg" in run.stderr and "1 of 4 files" in run.stderr
+    table = pd.read_csv(out / "explanations.csv")
+    assert sorted(Path(f).name for f in table.file) == ["grey.jpg", "grey.png", "rgb.jpg"]
+    assert table.p_positive.between(0, 1).all() and (table.reconstruction_mse > 0).all()
+    for name in table.name:
+        assert (out / "figures" / f"{name}.png").stat().st_size > 0
+        assert np.load(out / "heatmaps" / f"{name}_latent_ig.npy").shape == (64, 64)
+    explainer = MedXGAN.from_bundle(bundle)
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    assert explainer.attribute(x, target=1).shape == (2, 64, 64)
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "synthetic-cxr" in card and "accuracy" in card
+    (bundle / "settings.json").write_text("{}")  # a tampered bundle is refused
+    with pytest.raises(ValueError, match="settings.json is missing or has changed"):
+        MedXGAN.from_bundle(bundle)
 
 
 def _train_briefly(net, manifest: Path, spec: dict) -> None:

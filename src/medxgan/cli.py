@@ -19,7 +19,7 @@ from medxgan.config import SOURCE_DEFAULTS, ConfigError, add_user_manifest, data
 from medxgan.shards import ShardError, parse_chunk
 
 WITHOUT_SETTINGS = ("summarize", "collect-benchmarks", "ablation-table", "notebook", "gather-inversion", "gather-explanations",
-                    "import-folder")
+                    "import-folder", "explain-images")
 CHUNK_HELP = ("only the positive test images at positions START to STOP-1, one chunk of a sharded run; "
               "START and STOP must be multiples of the step's batch_size (STOP may be the last image's)")
 
@@ -46,6 +46,9 @@ STEP_HELP = {
     "gather-inversion": "join the chunks of a sharded inversion into the files one unsharded invert writes",
     "gather-explanations": "join the chunks of a sharded explain into the file one unsharded explain writes",
     "notebook": "execute a results notebook (jupytext .py) and render it to HTML",
+    "bundle": "gather a dataset's trained C, G (and encoder), settings, model card and checksums into one folder",
+    "explain-images": "explain image files or folders of them with a trained bundle: a figure, heatmaps (.npy) and a "
+                      "CSV row per image",
 }
 
 
@@ -169,6 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", type=Path, help=ENCODER_HELP + " (the noisy copies are inverted like the test images)")
     p.add_argument("--out-dir", type=Path, required=True,
                    help="writes sanity.csv, robustness.csv, counterfactual.csv and their figures")
+    p = step("bundle")
+    p.add_argument("--results-dir", type=Path, required=True, help="the dataset's results folder, results/DATASET")
+    p.add_argument("--out", type=Path, required=True, help="the bundle folder to write, e.g. results/DATASET/bundle")
+    p = step("explain-images")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER",
+                   help="image files (PNG, JPEG, BMP, TIFF; any size, grey or RGB) or folders searched recursively")
+    p.add_argument("--bundle", type=Path, required=True, help="a trained bundle folder, e.g. results/synthetic-cxr/bundle")
+    p.add_argument("--out", type=Path, required=True,
+                   help="writes figures/NAME.png, heatmaps/NAME_METHOD.npy and explanations.csv there")
+    p.add_argument("--methods", nargs="+", default=["difference", "latent_ig", "gradcam", "ig"],
+                   help="explanation methods (default: %(default)s)")
     p = step("summarize")
     p.add_argument("--results", type=Path, default=Path("results"), help="the results folder (default results/)")
     p.add_argument("--datasets", nargs="+", required=True, help="dataset names under --results")
@@ -213,6 +227,11 @@ def run(args) -> None:
     if args.step == "collect-benchmarks":
         steps.collect_benchmarks_step(args.results, args.datasets, args.out, args.figure)
         return
+    if args.step == "explain-images":
+        from medxgan.explain_images import explain_images
+
+        explain_images(args.images, args.bundle, args.out, args.methods)
+        return
     if args.step == "import-folder":
         from medxgan.data.imagefolder import import_folder
 
@@ -251,6 +270,8 @@ def run(args) -> None:
     elif args.step == "evaluate":
         steps.evaluate_step(s, args.manifest, args.classifier, args.inversion, args.explanations, args.out_dir,
                             args.oracle)
+    elif args.step == "bundle":
+        steps.bundle_step(s, args.results_dir, args.out)
     elif args.step == "check":
         steps.check_step(s, args.manifest, args.classifier, args.generator, args.inversion, args.out_dir,
                          args.encoder)

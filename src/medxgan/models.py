@@ -345,9 +345,8 @@ def save_model(model: nn.Module, path: str | Path, spec: dict) -> None:
     save_tensors(model.state_dict(), path, {"spec": json.dumps(spec)})
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """A network saved by `save_model`, in eval mode, with gradients switched off for its weights,
-    its convolutions in the faster channels-last layout."""
+def read_spec(path: str | Path) -> dict:
+    """The spec `save_model` stored in a weights file's metadata."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -357,7 +356,13 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> nn.Modul
         metadata = f.metadata() or {}
     if "spec" not in metadata:
         raise ValueError(f"{path} has no model spec in its metadata: was it written by medxgan?")
-    model = build_from_spec(json.loads(metadata["spec"]))
+    return json.loads(metadata["spec"])
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+    """A network saved by `save_model`, in eval mode, with gradients switched off for its weights,
+    its convolutions in the faster channels-last layout."""
+    model = build_from_spec(read_spec(path))
     model.load_state_dict(load_state_dict(path))
     channels_last(model)
     return model.to(device).eval().requires_grad_(False)

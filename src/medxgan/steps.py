@@ -369,6 +369,13 @@ def check_step(s: dict, manifest: Path, classifier: Path, generator: Path, inver
     write_json(out_dir / "provenance.json", {"settings": s, "provenance": provenance(s["seed"], device, s["precision"])})
 
 
+def bundle_step(s: dict, results_dir: Path, out: Path) -> None:
+    """The dataset's trained bundle (medxgan.bundle), for `explain-images` and `MedXGAN.from_bundle`."""
+    from medxgan.bundle import write_bundle
+
+    write_bundle(Path(results_dir).name, results_dir, s, out)
+
+
 def summarize_step(results: Path, datasets: list[str], families: dict[str, str], out: Path) -> None:
     """One table of every dataset's metrics (with its family, for the notebooks) and the Markdown summary."""
     frames = []

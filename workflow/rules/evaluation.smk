@@ -149,6 +149,7 @@ rule collect_benchmarks:
         # everything else the run builds, so this job runs last and finds every job's benchmark file
         summary=rules.summarize.output.markdown,
         notebooks=expand("results/notebooks/{notebook}.html", notebook=NOTEBOOKS),
+        bundles=expand("results/{dataset}/bundle", dataset=DATASETS),
     output:
         table="results/benchmarks.csv",
         figure=report("results/benchmarks.png", caption="../report/benchmarks.rst", category="run",
@@ -161,3 +162,25 @@ rule collect_benchmarks:
     shell:
         "medxgan collect-benchmarks --results results --datasets {params.datasets:q} --out {output.table:q}"
         " --figure {output.figure:q} 2> {log:q}"
+
+
+rule bundle:
+    input:
+        classifier=rules.train_classifier.output.model,
+        classifier_metrics=rules.train_classifier.output.metrics,
+        generator=rules.train_gan.output.generator,
+        gan_summary=rules.train_gan.output.summary,
+        encoder=encoder_of,
+        inversion=rules.invert.output.table,
+    output:
+        bundle=directory("results/{dataset}/bundle"),
+    params:
+        settings=settings("data", "encoder", "inversion", "explain", "precision"),
+    localrule: True
+    benchmark:
+        "results/{dataset}/benchmarks/bundle.tsv",
+    log:
+        "results/{dataset}/logs/bundle.log",
+    shell:
+        "medxgan bundle --settings {params.settings:q} --results-dir results/{wildcards.dataset}"
+        " --out {output.bundle:q} 2> {log:q}"

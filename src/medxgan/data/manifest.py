@@ -164,7 +164,7 @@ class ImageSet:
                         [self.ids[i] for i in index.tolist()], self.rows[index])
 
 
-def _load_image(file: Path, where: str, image_size: int, channels: int) -> np.ndarray:
+def load_image(file: Path, where: str, image_size: int, channels: int) -> np.ndarray:
     """(channels, image_size, image_size) float32 in [-1, 1]."""
     try:
         with Image.open(file) as image:
@@ -219,7 +219,7 @@ def load_split(manifest: str | Path, split: str, negative: str, positive: str, i
     for row in tqdm(chosen.itertuples(), total=len(chosen), desc=f"loading {split}", unit="image",
                     disable=len(chosen) < PROGRESS_MIN_IMAGES):
         where = f"{manifest}, line {row.line}"
-        images.append(_load_image(row.image_file, where, image_size, channels))
+        images.append(load_image(row.image_file, where, image_size, channels))
         masks.append(blank_mask if row.mask_file is None else _load_mask(row.mask_file, where, image_size))
     return ImageSet(
         images=torch.from_numpy(np.stack(images)),

@@ -1,0 +1,111 @@
+"""The Python API: medXGAN on a classifier and a generator in hand, in the spirit of captum.
+
+    from medxgan.api import MedXGAN
+    explainer = MedXGAN.from_bundle("results/synthetic-cxr/bundle")
+    codes = explainer.invert(images)                  # images: (N, C, H, W) in [-1, 1]
+    maps = explainer.explain(images, methods=["difference", "latent_ig", "gradcam", "ig"])
+    heatmaps = explainer.attribute(images, target=1)  # Latent IG, as captum's attribute
+
+A user's own network takes `preprocess`, the `classifier.input` settings of the config (range,
+size, channels, mean, std): `MedXGAN(my_net, generator, settings, preprocess={...})`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medxgan import metrics
+from medxgan.config import SECTIONS, dataset_settings, load_config
+from medxgan.explainers import GENERATIVE_METHODS, build_explainer
+from medxgan.inversion import invert
+from medxgan.models import load_model, positive_probability
+from medxgan.user_classifier import UserClassifier, input_settings
+from medxgan.utils import pick_device
+
+DEFAULT_METHODS = ("difference", "latent_ig", "gradcam", "ig")
+
+
+def default_settings(config: str | Path = "config/config.yaml", dataset: str | None = None) -> dict:
+    """The settings of a dataset of a config file, or its `defaults` (with its seed, device and
+    precision) when no dataset is named."""
+    loaded = load_config(config)
+    if dataset is not None:
+        return dataset_settings(loaded, dataset)
+    settings = {section: copy.deepcopy(loaded["defaults"][section]) for section in SECTIONS}
+    return {**settings, "seed": loaded["seed"], "device": loaded["device"], "precision": loaded["precision"]}
+
+
+class MedXGAN:
+    """A classifier C and its medXGAN generator G (and encoder E, where the inversion starts from one),
+    with the settings that say how to invert and explain."""
+
+    def __init__(self, classifier: nn.Module, generator: nn.Module, settings: dict, *, encoder: nn.Module | None = None,
+                 preprocess: dict | None = None, positive_index: int = 1, target_layer: str | None = None,
+                 device: str | torch.device | None = None):
+        self.settings = settings
+        self.device = torch.device(device) if device else pick_device(settings.get("device", "auto"))
+        if preprocess is not None:  # the user's own network: convert the project's images to its input
+            spec = input_settings({"input": preprocess}, settings["data"])
+            classifier = UserClassifier(classifier, spec, positive_index, target_layer)
+        self.classifier = classifier.to(self.device).eval().requires_grad_(False)
+        self.generator = generator.to(self.device).eval().requires_grad_(False)
+        self.encoder = None if encoder is None else encoder.to(self.device).eval().requires_grad_(False)
+        if self.encoder is None and settings["inversion"]["init"] == "encoder":
+            raise ValueError("the settings' inversion starts from an encoder (inversion.init: encoder): pass encoder=")
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, device: str | torch.device | None = None) -> "MedXGAN":
+        """The networks and settings of a trained bundle (`results/{dataset}/bundle`, see medxgan.bundle)."""
+        from medxgan.bundle import CLASSIFIER, ENCODER, GENERATOR, SETTINGS, verify
+
+        path = Path(path)
+        verify(path)
+        settings = json.loads((path / SETTINGS).read_text())
+        device = torch.device(device) if device else pick_device(settings.get("device", "auto"))
+        encoder = load_model(path / ENCODER, device) if (path / ENCODER).is_file() else None
+        return cls(load_model(path / CLASSIFIER, device), load_model(path / GENERATOR, device), settings,
+                   encoder=encoder, device=device)
+
+    @property
+    def image_size(self) -> int:
+        return self.settings["data"]["image_size"]
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """C's positive-class probability per image, shape (N,)."""
+        with torch.no_grad():
+            return positive_probability(self.classifier, images.to(self.device)).cpu()
+
+    def invert(self, images: torch.Tensor, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Codes z1, z2 with G(z1, z2) close to each image; the reconstruction G(z1, z2), the negative
+        realisation G(z1, 0), C's probabilities for all three, and the reconstruction's MSE and SSIM.
+        `rows` seed each image's random starts (default 0..N-1)."""
+        rows = torch.arange(len(images)) if rows is None else rows
+        s, G, C = self.settings, self.generator, self.classifier
+        codes = invert(G, C, images, rows, s["inversion"], s["seed"], s.get("precision", "fp32"), self.encoder)
+        with torch.no_grad():
+            z1, z2 = codes.z1.to(self.device), codes.z2.to(self.device)
+            reconstruction, negative = G(z1, z2).cpu(), G(z1, torch.zeros_like(z2)).cpu()
+        return {"z1": codes.z1, "z2": codes.z2, "loss": codes.loss, "p_image": codes.p_image,
+                "reconstruction": reconstruction, "negative": negative,
+                "p_reconstruction": self.probabilities(reconstruction), "p_negative": self.probabilities(negative),
+                "mse": metrics.reconstruction_mse(reconstruction, images), "ssim": metrics.reconstruction_ssim(
+                    reconstruction, images)}
+
+    def explain(self, images: torch.Tensor, methods=DEFAULT_METHODS, target: int = 1,
+                codes: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Heatmaps (N, H, W) of each method; the generative ones reuse `codes` from `invert` when
+        given, and invert the images once otherwise."""
+        if codes is None and any(method in GENERATIVE_METHODS for method in methods):
+            codes = self.invert(images)
+        latents = None if codes is None else (codes["z1"], codes["z2"])  # pixel-space methods ignore them
+        return {method: build_explainer(method, self.classifier, self.generator, self.settings["explain"])
+                .attribute(images, target=target, latents=latents) for method in methods}
+
+    def attribute(self, images: torch.Tensor, target: int = 1) -> torch.Tensor:
+        """Latent IG heatmaps (N, H, W) for `target`: C's gradient integrated along G(z1, a z2)."""
+        return self.explain(images, methods=("latent_ig",), target=target)["latent_ig"]

@@ -1,0 +1,96 @@
+"""`medxgan explain-images`: explain new image files with a trained bundle, no manifest needed.
+
+Every readable image is resized as the bundle's data settings say and explained; per image the
+pipeline figure, one `.npy` heatmap per method, and one row of `explanations.csv` (C's
+probabilities, the reconstruction's error, whether C agrees on x and G(z1, z2)). An unreadable
+file is reported and skipped; the others are still explained, and the step then fails naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medxgan import figures
+from medxgan.api import DEFAULT_METHODS, MedXGAN
+from medxgan.data.manifest import ImageSet, ManifestError, load_image
+from medxgan.data.sources.layout import IMAGE_SUFFIXES
+from medxgan.utils import atomic_path, progress
+
+log = logging.getLogger(__name__)
+
+
+class UnreadableImages(ManifestError):
+    """Some of the given files could not be read (the others were explained)."""
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """The files given, and the image files under each folder given (recursively, sorted)."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            files.append(path)
+    return files
+
+
+def read_images(files: list[Path], size: int, channels: int) -> tuple[list[Path], torch.Tensor, list[str]]:
+    """The readable files, their images (N, C, size, size) in [-1, 1], and the unreadable files' errors."""
+    readable, images, errors = [], [], []
+    for file in progress(files, desc="reading images"):
+        try:
+            images.append(torch.from_numpy(load_image(file, str(file), size, channels)))
+            readable.append(file)
+        except ManifestError as error:
+            log.error("%s", error)
+            errors.append(str(error))
+    return readable, torch.stack(images) if images else torch.empty(0, channels, size, size), errors
+
+
+def _as_image_set(images: torch.Tensor, files: list[Path]) -> ImageSet:
+    n, size = len(images), images.shape[-1]
+    return ImageSet(images=images, labels=torch.full((n,), -1), masks=torch.zeros(n, size, size, dtype=torch.bool),
+                    has_mask=torch.zeros(n, dtype=torch.bool), ids=[str(f) for f in files], rows=torch.arange(n))
+
+
+def explain_images(paths: list[Path], bundle: Path, out_dir: Path, methods=DEFAULT_METHODS) -> pd.DataFrame:
+    """Explain every image file under `paths` with the bundle's networks into `out_dir`."""
+    explainer = MedXGAN.from_bundle(bundle)
+    data_cfg = explainer.settings["data"]
+    files, images, errors = read_images(image_files(paths), data_cfg["image_size"], data_cfg["channels"])
+    out_dir = Path(out_dir)
+    table = pd.DataFrame()
+    if len(images):
+        codes = explainer.invert(images)
+        heatmaps = explainer.explain(images, methods, codes=codes)
+        table = _write_explanations(explainer, _as_image_set(images, files), codes, heatmaps, out_dir)
+    if errors:
+        raise UnreadableImages(f"{len(errors)} of {len(errors) + len(files)} files could not be read "
+                               f"(the others are explained in {out_dir}): " + "; ".join(errors))
+    return table
+
+
+def _write_explanations(explainer: MedXGAN, data: ImageSet, codes: dict, heatmaps: dict, out_dir: Path) -> pd.DataFrame:
+    rows = []
+    for i, file in enumerate(progress(data.ids, desc="writing explanations")):
+        name = f"{i:04d}_{Path(file).stem}"  # the position keeps two files of one name apart
+        for method, maps in heatmaps.items():
+            with atomic_path(out_dir / "heatmaps" / f"{name}_{method}.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, maps[i].numpy())
+        figures.save(figures.pipeline_rows(explainer.classifier, data, codes, heatmaps, [i]),
+                     out_dir / "figures" / f"{name}.png")
+        p_image, p_reconstruction = float(codes["p_image"][i]), float(codes["p_reconstruction"][i])
+        rows.append({"file": file, "name": name, "p_negative": 1 - p_image, "p_positive": p_image,
+                     "called_positive": p_image >= 0.5, "p_reconstruction": p_reconstruction,
+                     "p_negative_realisation": float(codes["p_negative"][i]),
+                     "reconstruction_mse": float(codes["mse"][i]), "reconstruction_ssim": float(codes["ssim"][i]),
+                     "classifier_agrees_on_reconstruction": (p_image >= 0.5) == (p_reconstruction >= 0.5)})
+    table = pd.DataFrame(rows)
+    with atomic_path(out_dir / "explanations.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    return table
