@@ -16,10 +16,10 @@
 # %% [markdown]
 # # medXGAN, step by step, with the library
 #
-# The workflow's steps are thin wrappers around `medxgan`'s library. This notebook uses the
-# library directly on the models the workflow trained (run `make run` first): it inverts one
-# positive test image, builds its negative realisation, and explains it with every method through
-# the one call they share, `attribute(images, target)`.
+# The workflow's steps are thin wrappers around `medxgan`'s library. This notebook uses its Python
+# API, `medxgan.api.MedXGAN`, on the trained bundle the workflow wrote (run `make run` first): it
+# inverts one positive test image, builds its negative realisation, and explains it with every
+# method through the one call they share, `attribute(images, target)`.
 
 # %%
 import json
@@ -29,51 +29,40 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
+from medxgan.api import MedXGAN
 from medxgan.data.manifest import load_split
-from medxgan.explainers import EXPLAINERS, GENERATIVE_METHODS
-from medxgan.inversion import invert
-from medxgan.models import load_model, positive_probability
+from medxgan.explainers import EXPLAINERS
 
 ROOT = Path(".") if Path("results").is_dir() else Path("..")
 DATASET = pd.read_csv(ROOT / "results" / "summary.csv").dataset.iloc[-1]  # the last dataset the workflow ran
-results = ROOT / "results" / DATASET
-C = load_model(results / "classifier" / "model.safetensors")
-G = load_model(results / "gan" / "generator.safetensors")
-inversion_run = json.loads((results / "inversion" / "provenance.json").read_text())
-run, data = inversion_run["settings"], inversion_run["settings"]["data"]
-test = load_split(inversion_run["manifest"], "test", data["negative"], data["positive"],
-                  data["image_size"], data["channels"], label="positive")
+explainer = MedXGAN.from_bundle(ROOT / "results" / DATASET / "bundle")
+C, G, data = explainer.classifier, explainer.generator, explainer.settings["data"]
+manifest = json.loads((ROOT / "results" / DATASET / "inversion" / "provenance.json").read_text())["manifest"]
+test = load_split(manifest, "test", data["negative"], data["positive"], data["image_size"], data["channels"],
+                  label="positive")
 image = test.subset(test.has_mask.nonzero().flatten()[:1] if test.has_mask.any() else torch.tensor([0]))
 print(f"dataset {DATASET}, test image {image.ids[0]}")
-print(f"C's positive probability for the image: {positive_probability(C, image.images).item():.3f}")
+print(f"C's positive probability for the image: {explainer.probabilities(image.images).item():.3f}")
 
 # %% [markdown]
 # ## Inversion
-# Find (z1, z2) with G(z1, z2) ≈ x and C(G(z1, z2)) ≈ C(x): several random restarts optimised
-# together, the best kept, with the settings and seed the workflow used.
+# Find (z1, z2) with G(z1, z2) ≈ x and C(G(z1, z2)) ≈ C(x), with the settings and seed the
+# workflow used (random restarts, or the encoder's guess refined, as `inversion.init` says).
 
 # %%
-codes = invert(G, C, image.images, image.rows, run["inversion"], seed=run["seed"])
-with torch.no_grad():
-    reconstruction = G(codes.z1, codes.z2)
-    negative = G(codes.z1, torch.zeros_like(codes.z2))
-for title, x in [("reconstruction G(z1, z2)", reconstruction), ("negative realisation G(z1, 0)", negative)]:
-    print(f"{title}: C's positive probability {positive_probability(C, x).item():.3f}")
+codes = explainer.invert(image.images, image.rows)
+for title, key in [("reconstruction G(z1, z2)", "p_reconstruction"), ("negative realisation G(z1, 0)", "p_negative")]:
+    print(f"{title}: C's positive probability {codes[key].item():.3f}")
+print(f"reconstruction SSIM {codes['ssim'].item():.3f}")
 
 # %% [markdown]
 # ## Every explanation through one call
-# The generative methods take the inversion's codes; Grad-CAM and IG look at the image alone.
+# The generative methods read the inversion's codes; Grad-CAM and IG look at the image alone.
 
 # %%
-heatmaps = {}
-for name, explainer_class in EXPLAINERS.items():
-    if name in GENERATIVE_METHODS:
-        heatmaps[name] = explainer_class(C, G).attribute(image.images, target=1, latents=(codes.z1, codes.z2))
-    else:
-        heatmaps[name] = explainer_class(C).attribute(image.images, target=1)
-
-panels = [("original", image.images[0, 0]), ("reconstruction", reconstruction[0, 0]),
-          ("negative realisation", negative[0, 0])] + [(n, h[0]) for n, h in heatmaps.items()]
+heatmaps = explainer.explain(image.images, methods=list(EXPLAINERS), codes=codes)
+panels = [("original", image.images[0, 0]), ("reconstruction", codes["reconstruction"][0, 0]),
+          ("negative realisation", codes["negative"][0, 0])] + [(n, h[0]) for n, h in heatmaps.items()]
 fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6))
 for ax, (title, picture) in zip(axes, panels):
     ax.imshow(picture, cmap="gray" if title in ("original", "reconstruction", "negative realisation") else "inferno")
@@ -88,7 +77,6 @@ plt.show()
 
 # %%
 latent_ig = EXPLAINERS["latent_ig"](C, G, n_steps=64)
-total = latent_ig.attributions(codes.z1, codes.z2).sum().item()
-with torch.no_grad():
-    gap = (positive_probability(C, reconstruction) - positive_probability(C, negative)).item()
+total = latent_ig.attributions(codes["z1"], codes["z2"]).sum().item()
+gap = (codes["p_reconstruction"] - codes["p_negative"]).item()
 print(f"sum of attributions {total:.4f}; probability gap {gap:.4f}")

@@ -134,6 +134,7 @@ rule notebook:
         source="notebooks/{notebook}.py",
         summary=rules.summarize.output.table,
         figures=expand("results/{dataset}/{figure}.png", dataset=DATASETS, figure=FIGURES),
+        bundles=expand("results/{dataset}/bundle", dataset=DATASETS),  # the walkthrough explains with one
     output:
         html="results/notebooks/{notebook}.html",
     benchmark:
