@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import medxgan.inversion as inversion
-from medxgan.inversion import Inversion, invert, invert_batch, inversion_loss, starting_codes
+from medxgan.inversion import (Inversion, invert, invert_batch, inversion_loss, positive_realisation,
+                               starting_codes)
 from medxgan.models import Generator, SimpleCNN, positive_probability
 from helpers import calibrate_gan_pair
 
@@ -164,3 +165,25 @@ def test_invert_batch_is_what_invert_runs_per_batch(models, targets, inverted):
     classifier.eval().requires_grad_(False)
     direct = invert_batch(generator, classifier, targets, ROWS, CFG, seed=1)
     assert_same(direct, inverted)
+
+
+def test_negative_inversion_holds_z2_at_zero(models, targets):
+    generator, classifier = models
+    codes = invert(generator, classifier, targets, ROWS, CFG, seed=1, negative=True)
+    assert torch.equal(codes.z2, torch.zeros_like(codes.z2))
+    free = invert(generator, classifier, targets, ROWS, CFG, seed=1)
+    assert not torch.equal(free.z2, torch.zeros_like(free.z2))
+
+
+def test_positive_realisation_keeps_the_first_z2_that_c_calls_positive(models):
+    generator, classifier = models
+    torch.manual_seed(3)
+    z1 = torch.randn(6, generator.nz1)
+    cfg = {"positive_steps": 40, "positive_lr": 0.1}
+    z2, found = positive_realisation(generator, classifier, z1, cfg, seed=0)
+    with torch.no_grad():
+        p = positive_probability(classifier, generator(z1, z2))
+    assert found.any() and torch.equal(found, p >= 0.5)  # what was found is called positive, the rest not
+    # a longer search changes nothing for the images already found: each keeps its first z2
+    longer, _ = positive_realisation(generator, classifier, z1, {**cfg, "positive_steps": 80}, seed=0)
+    torch.testing.assert_close(longer[found], z2[found])

@@ -209,9 +209,12 @@ def explain_new_images_with_the_bundle(workdir: Path, bundle: Path) -> None:
     table = pd.read_csv(out / "explanations.csv")
     assert sorted(Path(f).name for f in table.file) == ["grey.jpg", "grey.png", "rgb.jpg"]
     assert table.p_positive.between(0, 1).all() and (table.reconstruction_mse > 0).all()
-    for name in table.name:
-        assert (out / "figures" / f"{name}.png").stat().st_size > 0
-        assert np.load(out / "heatmaps" / f"{name}_latent_ig.npy").shape == (64, 64)
+    for row in table.itertuples():
+        assert (out / "figures" / f"{row.name}.png").stat().st_size > 0
+        assert np.load(out / "heatmaps" / f"{row.name}_latent_ig.npy").shape == (64, 64)
+        # an image C calls negative gets its positive realisation too
+        assert (out / "figures" / f"{row.name}_positive_realisation.png").exists() == (not row.called_positive)
+        assert pd.isna(row.p_positive_realisation) == row.called_positive
     explainer = MedXGAN.from_bundle(bundle)
     x = torch.rand(2, 1, 64, 64) * 2 - 1
     assert explainer.attribute(x, target=1).shape == (2, 64, 64)

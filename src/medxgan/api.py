@@ -22,7 +22,7 @@ from torch import nn
 from medxgan import metrics
 from medxgan.config import SECTIONS, dataset_settings, load_config
 from medxgan.explainers import GENERATIVE_METHODS, build_explainer
-from medxgan.inversion import invert
+from medxgan.inversion import invert, negative_counterfactuals
 from medxgan.models import load_model, positive_probability
 from medxgan.user_classifier import UserClassifier, input_settings
 from medxgan.utils import pick_device
@@ -95,6 +95,12 @@ class MedXGAN:
                 "p_reconstruction": self.probabilities(reconstruction), "p_negative": self.probabilities(negative),
                 "mse": metrics.reconstruction_mse(reconstruction, images), "ssim": metrics.reconstruction_ssim(
                     reconstruction, images)}
+
+    def positive_realisations(self, images: torch.Tensor, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """For images C calls negative: the anatomy's reconstruction G(z1, 0), the smallest change
+        G(z1, z2*) that C calls positive, and their difference map (medxgan.inversion.negative_counterfactuals)."""
+        rows = torch.arange(len(images)) if rows is None else rows
+        return negative_counterfactuals(self.generator, self.classifier, images, rows, self.settings, self.encoder)
 
     def explain(self, images: torch.Tensor, methods=DEFAULT_METHODS, target: int = 1,
                 codes: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:

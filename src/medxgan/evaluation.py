@@ -20,7 +20,8 @@ from medxgan import checks, metrics, robustness
 from medxgan.config import ConfigError
 from medxgan.data.manifest import ImageSet
 from medxgan.explainers import GENERATIVE_METHODS, build_explainer, module_device
-from medxgan.inversion import invert
+from medxgan.inversion import invert, negative_counterfactuals
+from medxgan.models import positive_probability
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +253,22 @@ def feature_spaces(C, s: dict) -> dict[str, Callable[[torch.Tensor], torch.Tenso
         inception = checks.load_inception(weights).to(module_device(C))
         spaces["inception"] = lambda images: checks.inception_features(inception, images)
     return spaces
+
+
+def negative_counterfactual_rows(C, G, negatives: ImageSet, s: dict, encoder=None) -> list[dict]:
+    """Rows of the counterfactual table for the first checks.images negative test images C calls
+    negative: how often the positive-realisation search makes C call G(z1, z2*) positive, and how
+    large that change is (mean |G(z1, z2*) - G(z1, 0)|, and |z2*|)."""
+    with torch.no_grad():
+        p = positive_probability(C, negatives.images.to(module_device(C))).cpu()
+    called_negative = negatives.subset((p < 0.5).nonzero().flatten()[:s["checks"]["images"]])
+    if not len(called_negative):
+        return []
+    result = negative_counterfactuals(G, C, called_negative.images, called_negative.rows, s, encoder)
+    per_image = {"negatives_made_positive": result["flipped"].float(), "negatives_change_l1": result["change_l1"],
+                 "negatives_z2_norm": result["z2_norm"]}
+    return [{"metric": name, "mean": v.mean().item(),
+             **dict(zip(("ci_low", "ci_high"), metrics.bootstrap_ci(v, seed=s["seed"])))} for name, v in per_image.items()]
 
 
 def counterfactual_table(C, positives: ImageSet, negatives: ImageSet, latents: dict[str, torch.Tensor],

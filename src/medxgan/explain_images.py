@@ -2,8 +2,10 @@
 
 Every readable image is resized as the bundle's data settings say and explained; per image the
 pipeline figure, one `.npy` heatmap per method, and one row of `explanations.csv` (C's
-probabilities, the reconstruction's error, whether C agrees on x and G(z1, z2)). An unreadable
-file is reported and skipped; the others are still explained, and the step then fails naming it.
+probabilities, the reconstruction's error, whether C agrees on x and G(z1, z2)). An image C calls
+negative also gets its positive realisation (the smallest change C calls positive, see
+`medxgan.inversion.negative_counterfactuals`), as a figure and a heatmap. An unreadable file is
+reported and skipped; the others are still explained, and the step then fails naming it.
 """
 
 from __future__ import annotations
@@ -68,10 +70,37 @@ def explain_images(paths: list[Path], bundle: Path, out_dir: Path, methods=DEFAU
     if len(images):
         codes = explainer.invert(images)
         heatmaps = explainer.explain(images, methods, codes=codes)
+        negatives = (codes["p_image"] < 0.5).nonzero().flatten()
+        realisations = explainer.positive_realisations(images[negatives], negatives) if len(negatives) else None
         table = _write_explanations(explainer, _as_image_set(images, files), codes, heatmaps, out_dir)
+        table = _write_positive_realisations(table, images, negatives, realisations, out_dir)
     if errors:
         raise UnreadableImages(f"{len(errors)} of {len(errors) + len(files)} files could not be read "
                                f"(the others are explained in {out_dir}): " + "; ".join(errors))
+    return table
+
+
+def _save_npy(array: np.ndarray, path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
+def _write_positive_realisations(table: pd.DataFrame, images: torch.Tensor, negatives: torch.Tensor,
+                                 realisations: dict | None, out_dir: Path) -> pd.DataFrame:
+    """The figure and map of each image C calls negative, and their columns in explanations.csv."""
+    columns = {"made_positive": [pd.NA] * len(table), "p_positive_realisation": [np.nan] * len(table),
+               "positive_change_l1": [np.nan] * len(table)}
+    for j, i in enumerate(negatives.tolist()):
+        name = table.name[i]
+        _save_npy(realisations["difference"][j].numpy(), out_dir / "heatmaps" / f"{name}_positive_realisation.npy")
+        figures.save(figures.positive_realisation_row(images[i], float(table.p_positive[i]), realisations, j),
+                     out_dir / "figures" / f"{name}_positive_realisation.png")
+        columns["made_positive"][i] = bool(realisations["flipped"][j])
+        columns["p_positive_realisation"][i] = float(realisations["p_positive"][j])
+        columns["positive_change_l1"][i] = float(realisations["change_l1"][j])
+    table = table.assign(**columns)
+    with atomic_path(out_dir / "explanations.csv") as tmp:
+        table.to_csv(tmp, index=False)
     return table
 
 
@@ -80,8 +109,7 @@ def _write_explanations(explainer: MedXGAN, data: ImageSet, codes: dict, heatmap
     for i, file in enumerate(progress(data.ids, desc="writing explanations")):
         name = f"{i:04d}_{Path(file).stem}"  # the position keeps two files of one name apart
         for method, maps in heatmaps.items():
-            with atomic_path(out_dir / "heatmaps" / f"{name}_{method}.npy") as tmp, open(tmp, "wb") as f:
-                np.save(f, maps[i].numpy())
+            _save_npy(maps[i].numpy(), out_dir / "heatmaps" / f"{name}_{method}.npy")
         figures.save(figures.pipeline_rows(explainer.classifier, data, codes, heatmaps, [i]),
                      out_dir / "figures" / f"{name}.png")
         p_image, p_reconstruction = float(codes["p_image"][i]), float(codes["p_reconstruction"][i])
@@ -90,7 +118,4 @@ def _write_explanations(explainer: MedXGAN, data: ImageSet, codes: dict, heatmap
                      "p_negative_realisation": float(codes["p_negative"][i]),
                      "reconstruction_mse": float(codes["mse"][i]), "reconstruction_ssim": float(codes["ssim"][i]),
                      "classifier_agrees_on_reconstruction": (p_image >= 0.5) == (p_reconstruction >= 0.5)})
-    table = pd.DataFrame(rows)
-    with atomic_path(out_dir / "explanations.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    return table
+    return pd.DataFrame(rows)

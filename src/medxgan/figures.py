@@ -195,6 +195,27 @@ def perturbation_rows(C, data: ImageSet, heatmaps: dict[str, torch.Tensor], exam
     return fig
 
 
+def positive_realisation_row(image: torch.Tensor, p_image: float, result: dict, i: int) -> plt.Figure:
+    """For an image C calls negative: the image, its anatomy G(z1, 0), the smallest change G(z1, z2*)
+    C calls positive, and their difference: what C would take as pathology here."""
+    cells = [("image", _grey(image), _probability_label(p_image), "gray"),
+             ("anatomy G(z1, 0)", _grey(result["negative"][i]), _probability_label(float(result["p_negative"][i])), "gray"),
+             ("positive realisation G(z1, z2*)", _grey(result["positive"][i]),
+              _probability_label(float(result["p_positive"][i])), "gray"),
+             ("difference", _normalised(result["difference"][i]), "", "inferno")]
+    fig, axes = plt.subplots(1, len(cells), figsize=(CELL_INCHES * len(cells), CELL_INCHES * 1.3))
+    for ax, (title, picture, label, cmap) in zip(axes, cells):
+        ax.imshow(picture, cmap=cmap, vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel(label, fontsize=7)
+    made = "C calls it positive" if result["flipped"][i] else "C never called it positive within the search"
+    fig.suptitle(f"An image C calls negative: what C would take as pathology in this anatomy ({made}); "
+                 "C's [negative, positive] probabilities", fontsize=9)
+    return fig
+
+
 def gan_losses(losses: pd.DataFrame) -> plt.Figure:
     smooth = losses.set_index("step").rolling(LOSS_SMOOTHING, min_periods=1).mean()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))

@@ -11,6 +11,7 @@ and the codes stay float32.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -21,6 +22,8 @@ from torch import nn
 from medxgan.hardware import autocast
 from medxgan.models import positive_probability
 from medxgan.utils import progress
+
+POSITIVE_SEARCH_START = 1e-2  # scale of the first z2 of the positive-realisation search
 
 
 @dataclass
@@ -64,7 +67,9 @@ def check_encoder(cfg: dict, encoder: nn.Module | None) -> None:
 
 
 def invert_batch(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, cfg: dict, seed: int,
-                 precision: str = "fp32", encoder: nn.Module | None = None) -> Inversion:
+                 precision: str = "fp32", encoder: nn.Module | None = None, negative: bool = False) -> Inversion:
+    """The best codes of each image over its restarts. `negative`: z2 is held at 0 and only z1 is
+    searched, the anatomy of an image C calls negative (see `positive_realisation`)."""
     check_encoder(cfg, encoder)
     device = next(G.parameters()).device
     restarts = cfg["restarts"]
@@ -77,8 +82,10 @@ def invert_batch(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.T
     if encoder is not None:  # the first restart of each image starts at E(x)
         with torch.no_grad():
             z1[::restarts], z2[::restarts] = (code.float().cpu() for code in encoder(images))
-    z1, z2 = (z.to(device).requires_grad_() for z in (z1, z2))
-    optimizer = torch.optim.Adam([z1, z2], lr=cfg["lr"])
+    if negative:
+        z2.zero_()
+    z1, z2 = z1.to(device).requires_grad_(), z2.to(device).requires_grad_(not negative)
+    optimizer = torch.optim.Adam([z1] if negative else [z1, z2], lr=cfg["lr"])
     best_loss = torch.full((len(z1),), float("inf"), device=device)
     best_z1, best_z2 = z1.detach().clone(), z2.detach().clone()
     for step in range(cfg["steps"] + 1):
@@ -99,7 +106,8 @@ def invert_batch(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.T
 
 
 def invert_batches(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, cfg: dict,
-                   seed: int, precision: str = "fp32", encoder: nn.Module | None = None) -> Iterator[tuple[slice, Inversion]]:
+                   seed: int, precision: str = "fp32", encoder: nn.Module | None = None,
+                   negative: bool = False) -> Iterator[tuple[slice, Inversion]]:
     """Invert `cfg['batch_size']` images at a time, with a progress bar; yield each batch's positions
     and result.
 
@@ -112,11 +120,60 @@ def invert_batches(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch
     size = cfg["batch_size"]
     for start in progress(range(0, len(images), size), desc="inversion batches"):
         batch = slice(start, start + size)
-        yield batch, invert_batch(G, C, images[batch], rows[batch], cfg, seed, precision, encoder)
+        yield batch, invert_batch(G, C, images[batch], rows[batch], cfg, seed, precision, encoder, negative)
 
 
 def invert(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, cfg: dict, seed: int,
-           precision: str = "fp32", encoder: nn.Module | None = None) -> Inversion:
+           precision: str = "fp32", encoder: nn.Module | None = None, negative: bool = False) -> Inversion:
     """Invert all images, `cfg['batch_size']` at a time, with a progress bar."""
-    parts = [result for _, result in invert_batches(G, C, images, rows, cfg, seed, precision, encoder)]
+    parts = [result for _, result in invert_batches(G, C, images, rows, cfg, seed, precision, encoder, negative)]
     return Inversion(*(torch.cat([getattr(p, name) for p in parts]) for name in ("z1", "z2", "loss", "p_image")))
+
+
+def positive_realisation(G: nn.Module, C: nn.Module, z1: torch.Tensor, cfg: dict, seed: int,
+                         precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """For anatomies z1 of images C calls negative: z2* with C calling G(z1, z2*) positive, and
+    whether it was found. Adam descends -log p_C(positive | G(z1, z2)) from z2 near 0, and each
+    image keeps the first z2 at which C says positive: the smallest change along that path, what
+    C would take as pathology in this anatomy. Without a flip within `cfg['positive_steps']`, z2*
+    is the last z2. The start is a tiny seeded draw, not exactly 0, where a masked G's gate has no
+    gradient."""
+    device = next(G.parameters()).device
+    start = torch.randn(len(z1), G.nz2, generator=torch.Generator().manual_seed(seed)) * POSITIVE_SEARCH_START
+    z1, z2 = z1.to(device), start.to(device).requires_grad_()
+    optimizer = torch.optim.Adam([z2], lr=cfg["positive_lr"])
+    found = torch.zeros(len(z1), dtype=torch.bool, device=device)
+    chosen = z2.detach().clone()
+    for step in range(cfg["positive_steps"] + 1):
+        with autocast(device, precision):
+            logits = C(G(z1, z2))
+        log_p = logits.float().log_softmax(dim=1)[:, 1]
+        with torch.no_grad():
+            flips = (log_p >= math.log(0.5)) & ~found
+            chosen = torch.where(flips[:, None], z2, chosen)
+            found |= flips
+        if step == cfg["positive_steps"]:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        (-log_p * ~found).sum().backward()  # images that flipped stop moving
+        optimizer.step()
+    return torch.where(found[:, None], chosen, z2.detach()).cpu(), found.cpu()
+
+
+def negative_counterfactuals(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, s: dict,
+                             encoder: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """What C would take as pathology in images it calls negative: each image inverted with z2 held
+    at 0 (its anatomy z1, reconstruction G(z1, 0)), then its positive realisation G(z1, z2*)
+    (`positive_realisation`); the map is |G(z1, z2*) - G(z1, 0)| averaged over channels."""
+    precision = s.get("precision", "fp32")
+    codes = invert(G, C, images, rows, s["inversion"], s["seed"], precision, encoder, negative=True)
+    z2, flipped = positive_realisation(G, C, codes.z1, s["inversion"], s["seed"], precision)
+    device = next(G.parameters()).device
+    with torch.no_grad():
+        z1 = codes.z1.to(device)
+        negative, positive = G(z1, torch.zeros_like(z2).to(device)), G(z1, z2.to(device))
+        p_negative, p_positive = positive_probability(C, negative), positive_probability(C, positive)
+    difference = (positive - negative).abs().mean(dim=1).cpu()
+    return {"z1": codes.z1, "z2": z2, "flipped": flipped, "p_image": codes.p_image, "negative": negative.cpu(),
+            "positive": positive.cpu(), "p_negative": p_negative.cpu(), "p_positive": p_positive.cpu(),
+            "difference": difference, "change_l1": difference.flatten(1).mean(1), "z2_norm": z2.norm(dim=1)}

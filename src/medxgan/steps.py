@@ -360,7 +360,8 @@ def check_step(s: dict, manifest: Path, classifier: Path, generator: Path, inver
     tables = {
         "sanity": evaluation.sanity_table(C, G, data.subset(sample), latents, s),
         "robustness": evaluation.robustness_table(C, G, data.subset(sample), s, E),
-        "counterfactual": evaluation.counterfactual_table(C, data, negatives, latents, s),
+        "counterfactual": pd.concat([evaluation.counterfactual_table(C, data, negatives, latents, s), pd.DataFrame(
+            evaluation.negative_counterfactual_rows(C, G, negatives, s, E))], ignore_index=True),
     }
     for name, table in tables.items():
         _write_csv(table, out_dir / f"{name}.csv")
