@@ -11,7 +11,8 @@ import torch
 
 from helpers import RegionClassifier
 from medxgan.data.manifest import ImageSet
-from medxgan.evaluation import INVERSION_METHOD, RANDOM_METHOD, compare_methods, evaluate_explanations, summarise
+from medxgan.evaluation import (INVERSION_METHOD, RANDOM_METHOD, adjusted_p_values, compare_methods,
+                                evaluate_explanations, summarise)
 
 SIZE, N = 16, 6
 ALL_METRICS = ["pointing_game", "mass_in_lesion", "mask_auroc", "relevance_rank_accuracy", "top_k_iou", "top_k_dice",
@@ -95,6 +96,16 @@ def test_comparisons_pair_images_by_id():
     assert len(comparison) == 1
     assert comparison.mean_difference.iloc[0] == pytest.approx(-1.0)
     assert comparison.p_value.iloc[0] < 0.05
+    assert comparison.p_value_bh.iloc[0] == pytest.approx(comparison.p_value.iloc[0])  # one test: nothing to adjust
+
+
+def test_adjusted_p_values_control_the_false_discovery_rate_and_skip_untested():
+    raw = pd.Series([0.01, 0.04, float("nan"), 0.03, 0.5])
+    adjusted = adjusted_p_values(raw)
+    # Benjamini-Hochberg over the 4 tests: p_(i) * m / i, made monotone from the top
+    assert adjusted.tolist()[:2] == pytest.approx([0.04, 0.04 * 4 / 3])
+    assert pd.isna(adjusted[2]) and adjusted[3] == pytest.approx(0.04 * 4 / 3) and adjusted[4] == pytest.approx(0.5)
+    assert (adjusted.dropna() >= raw.dropna()).all()
 
 
 def test_lesion_fidelity_separates_the_error_inside_the_lesion_from_the_rest():
