@@ -95,7 +95,7 @@ def progress(iterable=None, **kwargs):
     """A tqdm bar that stays readable in a log file: frequent redraws on a terminal, rare ones otherwise."""
     import sys
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the text bar: tqdm.auto's widget warns in a notebook without ipywidgets
 
     kwargs.setdefault("mininterval", 0.2 if sys.stderr.isatty() else 30.0)
     kwargs.setdefault("dynamic_ncols", True)
