@@ -31,6 +31,10 @@ LABEL_CHOICES = ("positive", "negative")
 FIRST_DATA_LINE = 2  # line 1 is the header
 IMAGE_MODES = {1: "L", 3: "RGB"}
 HALF_PIXEL_RANGE = 127.5  # maps 8-bit 0..255 onto -1..1
+PIXEL_MAX = 255.0  # deeper images are read onto the 8-bit scale (as floats), so one formula maps all onto -1..1
+SIXTEEN_BIT_MAX = 65535
+DEEP_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # PIL's modes for 16-bit, 32-bit and float grey
+MIN_IMAGE_SIDE = 16  # smaller files are icons or thumbnails, not scans: resizing them up would invent the image
 MAX_MASK_LEVELS = 2
 PROGRESS_MIN_IMAGES = 500  # below this, loading is quick enough to run silently
 READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -164,25 +168,96 @@ class ImageSet:
                         [self.ids[i] for i in index.tolist()], self.rows[index])
 
 
-def load_image(file: Path, where: str, image_size: int, channels: int) -> np.ndarray:
-    """(channels, image_size, image_size) float32 in [-1, 1]."""
+# --- reading image files -----------------------------------------------------------------
+
+def open_image(file: Path, where: str, what: str = "image") -> Image.Image:
+    """Read an image (or mask) file, the one way every step does: a PIL image in mode L or RGB
+    (8-bit files, exactly as stored) or F (deeper files, as floats on the 8-bit scale 0..255).
+
+    - 16-bit greyscale (PIL modes I;16, I;16B, I;16L, and I with values in 0..65535, as 16-bit
+      PNGs open) is scaled by its bit depth: 0..65535 onto 0..255, so 65535 is white and a 12-bit
+      image stored in 16 bits stays dark; it is not clipped as PIL's own conversion to L clips it.
+    - Mode I with negative values or values beyond 16 bits (int16 or int32 slices), and float (F)
+      images, are windowed to the image's own min..max; a constant one reads as black.
+    - RGBA and LA are composited onto black: a pixel's colour is scaled by its opacity.
+    - Palette (P, PA) images are converted through their palette (and transparency); other modes
+      (1, CMYK, ...) as PIL converts them to L or RGB.
+    - An image smaller than MIN_IMAGE_SIDE pixels on either side is refused.
+
+    Every problem is a ManifestError naming `where` and the file.
+    """
     try:
         with Image.open(file) as image:
-            pixels = image.convert(IMAGE_MODES[channels]).resize((image_size, image_size),
-                                                                 Image.Resampling.BILINEAR)
+            image.load()
+            pixels = _standard_mode(image)
     except READ_ERRORS as err:
-        raise ManifestError(f"{where}: cannot read image {file}: {err}") from err
+        raise ManifestError(f"{where}: cannot read {what} {file}: {err}") from err
+    if min(pixels.size) < MIN_IMAGE_SIDE:
+        raise ManifestError(f"{where}: {what} {file} is {pixels.width}x{pixels.height} pixels; "
+                            f"at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} are needed")
+    return pixels
+
+
+def _standard_mode(image: Image.Image) -> Image.Image:
+    """`image` in mode L, RGB or F (see `open_image`)."""
+    if image.mode in ("P", "PA"):
+        has_alpha = image.mode == "PA" or "transparency" in image.info
+        image = image.convert("RGBA" if has_alpha else "RGB")
+    if image.mode in ("LA", "RGBA"):
+        return _onto_black(image)
+    if image.mode in DEEP_GREY_MODES:
+        return _deep_grey(image)
+    if image.mode in ("L", "RGB"):
+        return image
+    return image.convert("RGB" if len(image.getbands()) >= 3 else "L")
+
+
+def _onto_black(image: Image.Image) -> Image.Image:
+    """An LA or RGBA image composited onto black: what is transparent carries no anatomy."""
+    colour = image.mode[:-1]
+    black = Image.new(colour, image.size, 0)
+    black.paste(image.convert(colour), mask=image.getchannel("A"))
+    return black
+
+
+def _deep_grey(image: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float grey image as mode F on the 8-bit scale 0..255."""
+    values = np.asarray(image, dtype=np.float64)
+    low, high = values.min(), values.max()
+    if image.mode != "F" and low >= 0 and high <= SIXTEEN_BIT_MAX:
+        unit = values / SIXTEEN_BIT_MAX
+    elif high > low:
+        unit = (values - low) / (high - low)
+    else:
+        unit = np.zeros_like(values)
+    return Image.fromarray((unit * PIXEL_MAX).astype(np.float32))
+
+
+def as_grey(image: Image.Image) -> Image.Image:
+    """An image from `open_image` with one channel (F stays F, keeping its depth)."""
+    return image if image.mode == "F" else image.convert("L")
+
+
+def resize_pixels(image: Image.Image, size: int, channels: int) -> Image.Image:
+    """An image from `open_image` resized (bilinear) to size x size with `channels` channels; mode F
+    stays F (grey: resized as floats, so a deep image keeps its precision) for the caller to repeat."""
+    if image.mode != "F":
+        image = image.convert(IMAGE_MODES[channels])
+    return image.resize((size, size), Image.Resampling.BILINEAR)
+
+
+def load_image(file: Path, where: str, image_size: int, channels: int) -> np.ndarray:
+    """(channels, image_size, image_size) float32 in [-1, 1], read by `open_image`."""
+    pixels = resize_pixels(open_image(file, where), image_size, channels)
     array = np.asarray(pixels, dtype=np.float32) / HALF_PIXEL_RANGE - 1
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+    if array.ndim == 2:
+        return np.repeat(array[None], channels, axis=0)  # grey: one plane, or repeated for RGB
+    return array.transpose(2, 0, 1)
 
 
 def _load_mask(file: Path, where: str, image_size: int) -> np.ndarray:
     """(image_size, image_size) bool, True where the mask is non-zero."""
-    try:
-        with Image.open(file) as mask:
-            grey = mask.convert("L")
-    except READ_ERRORS as err:
-        raise ManifestError(f"{where}: cannot read mask {file}: {err}") from err
+    grey = as_grey(open_image(file, where, "mask"))
     levels = np.unique(np.asarray(grey))
     if len(levels) > MAX_MASK_LEVELS:
         raise ManifestError(f"{where}: mask {file} is not binary: it has {len(levels)} grey levels")

@@ -32,7 +32,8 @@ import pandas as pd
 from PIL import Image
 
 from medxgan.data.download import DataSourceError, file_hash
-from medxgan.data.manifest import IMAGE_MODES, READ_ERRORS, write_manifest
+from medxgan.data.manifest import (PIXEL_MAX, READ_ERRORS, SIXTEEN_BIT_MAX, as_grey, open_image, resize_pixels,
+                                   write_manifest)
 from medxgan.data.splits import TEST_STREAM, VAL_STREAM, pick_groups
 from medxgan.utils import progress, provenance, write_json
 
@@ -44,6 +45,7 @@ HASH_BITS = 64  # imagehash.phash's default 8x8 hash
 PREPARED_ITEMS = ("images", "masks", "dropped.csv", "origins.csv", "preparation.json")
 DROPPED_COLUMNS = ("source_file", "original_class", "source_split", "reason", "detail")
 UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+PREPARING = "preparing"  # where a read error happened, in dropped.csv's detail
 
 
 @dataclass(frozen=True)
@@ -104,24 +106,29 @@ def drop(record: Record, reason: str, detail: str = "") -> Drop:
 # --- reading -----------------------------------------------------------------------------
 
 def read_files(record: Record) -> tuple[Image.Image, Image.Image | None]:
-    with Image.open(record.source_file) as image:
-        image.load()
-    if record.mask_file is None:
-        return image, None
-    with Image.open(record.mask_file) as mask:
-        mask.load()
-    return image, mask
+    """The record's image and mask (None without one), read as every step reads files (`open_image`)."""
+    image = open_image(record.source_file, PREPARING)
+    return image, None if record.mask_file is None else open_image(record.mask_file, PREPARING, "mask")
 
 
 def resize_image(image: Image.Image, size: int, channels: int) -> Image.Image:
-    return image.convert(IMAGE_MODES[channels]).resize((size, size), Image.Resampling.BILINEAR)
+    """Resized as the steps read it, in a mode a PNG keeps: a deep grey image (mode F) is written as
+    16-bit greyscale so its precision survives, or as 8-bit RGB where three channels are wanted
+    (PIL writes no 16-bit RGB PNG)."""
+    small = resize_pixels(image, size, channels)
+    if small.mode != "F":
+        return small
+    unit = np.clip(np.asarray(small, dtype=np.float64) / PIXEL_MAX, 0, 1)
+    if channels == 1:
+        return Image.fromarray(np.round(unit * SIXTEEN_BIT_MAX).astype(np.uint16))
+    return Image.fromarray(np.round(unit * PIXEL_MAX).astype(np.uint8)).convert("RGB")
 
 
 def resize_mask(mask: Image.Image, size: int) -> Image.Image:
     """Binary (0/255) and resized with nearest neighbour, so it stays binary; any channel count.
 
     Split at half the mask's brightest value: 0/1 and 0/255 masks and soft or JPEG edges all work."""
-    grey = np.asarray(mask.convert("L"))
+    grey = np.asarray(as_grey(mask))
     binary = (grey > grey.max() / 2).astype(np.uint8) * MASK_ON
     return Image.fromarray(binary).resize((size, size), Image.Resampling.NEAREST)
 
