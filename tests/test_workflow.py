@@ -144,16 +144,19 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
 
 
 def test_own_manifest_runs_under_its_folder_name(workdir: Path, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("own") / "my-scans"
+    """Also from a working directory, and with a manifest folder, whose names have a space and a
+    non-ASCII letter: every path in the rules' commands is quoted."""
+    workdir = Path(shutil.copytree(workdir, workdir.parent / "wörk dir"))
+    folder = tmp_path_factory.mktemp("own") / "my scäns"
     manifest = write_phantom_dataset("synthetic-mri", folder, 64, {"train": 48, "val": 16, "test": 16}, 0.5, seed=5)
     run = snakemake(workdir, "--cores", "2", "--config", f"manifest={manifest}", "negative=no_tumor", "positive=tumor",
                     "family=brain_mri")
     assert run.returncode == 0, run.stderr[-3000:]
-    assert (workdir / "results" / "my-scans" / "metrics.csv").is_file()
-    gan = json.loads((workdir / "results" / "my-scans" / "gan" / "summary.json").read_text())
+    assert (workdir / "results" / "my scäns" / "metrics.csv").is_file()
+    gan = json.loads((workdir / "results" / "my scäns" / "gan" / "summary.json").read_text())
     assert gan["provenance"]["torch_threads"] == 2  # one dataset: its jobs get every core
     assert not (workdir / "results" / "synthetic-cxr").exists()
-    assert "my-scans" in (workdir / "results" / "notebooks" / "brain_mri.html").read_text()  # the family it was given
+    assert "my scäns" in (workdir / "results" / "notebooks" / "brain_mri.html").read_text()  # the family it was given
     assert not (workdir / "results" / "notebooks" / "chest_xray.html").exists()
 
 

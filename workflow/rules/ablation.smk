@@ -11,7 +11,7 @@ VARIANTS = list(config["ablation"]["variants"])
 ABLATION_SEEDS = config["ablation"]["seeds"]
 ABLATION_METHODS = config["ablation"]["methods"]
 VARIANT_DIR = "results/{dataset}/ablation/{variant}/seed{seed}"
-VARIANT_DIR_IN_SHELL = "results/{wildcards.dataset}/ablation/{wildcards.variant}/seed{wildcards.seed}"
+VARIANT_DIR_IN_SHELL = "results/{wildcards.dataset:q}/ablation/{wildcards.variant:q}/seed{wildcards.seed}"
 
 
 def variant_params(*sections):

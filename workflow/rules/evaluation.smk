@@ -27,7 +27,7 @@ rule evaluate:
     shell:
         "medxgan evaluate --settings {params.settings:q} --manifest {input.manifest:q}"
         " --classifier {input.classifier:q} --inversion {input.latents:q} --explanations {input.explanations:q}"
-        " --oracle {input.oracle:q} --out-dir results/{wildcards.dataset} --threads {threads} 2> {log:q}"
+        " --oracle {input.oracle:q} --out-dir results/{wildcards.dataset:q} --threads {threads} 2> {log:q}"
 
 
 rule figures:
@@ -70,7 +70,7 @@ rule figures:
         "medxgan figures --settings {params.settings:q} --manifest {input.manifest:q}"
         " --classifier {input.classifier:q} --generator {input.generator:q} --inversion {input.latents:q}"
         " --explanations {input.explanations:q} --metrics {input.metrics:q} --curves {input.curves:q}"
-        " --oracle {input.oracle:q} --out-dir results/{wildcards.dataset}/figures --threads {threads} 2> {log:q}"
+        " --oracle {input.oracle:q} --out-dir results/{wildcards.dataset:q}/figures --threads {threads} 2> {log:q}"
 
 
 rule check:
@@ -104,7 +104,7 @@ rule check:
     shell:
         "medxgan check --settings {params.settings:q} --manifest {input.manifest:q}"
         " --classifier {input.classifier:q} --generator {input.generator:q} --inversion {input.latents:q}"
-        " {params.encoder} --out-dir results/{wildcards.dataset}/checks --threads {threads} 2> {log:q}"
+        " {params.encoder} --out-dir results/{wildcards.dataset:q}/checks --threads {threads} 2> {log:q}"
 
 
 rule summarize:
@@ -183,5 +183,5 @@ rule bundle:
     log:
         "results/{dataset}/logs/bundle.log",
     shell:
-        "medxgan bundle --settings {params.settings:q} --results-dir results/{wildcards.dataset}"
+        "medxgan bundle --settings {params.settings:q} --results-dir results/{wildcards.dataset:q}"
         " --out {output.bundle:q} 2> {log:q}"

@@ -58,7 +58,7 @@ rule invert:
     shell:
         "medxgan invert --settings {params.settings:q} --manifest {input.manifest:q}"
         " --classifier {input.classifier:q} --generator {input.generator:q} {params.encoder}"
-        " --out-dir results/{wildcards.dataset}/inversion --threads {threads} 2> {log:q}"
+        " --out-dir results/{wildcards.dataset:q}/inversion --threads {threads} 2> {log:q}"
 
 
 rule explain:
@@ -138,7 +138,7 @@ rule invert_chunk:
         "medxgan invert --settings {params.settings:q} --manifest {input.manifest:q}"
         " --classifier {input.classifier:q} --generator {input.generator:q} {params.encoder}"
         " --chunk {wildcards.start}:{wildcards.stop}"
-        " --out-dir results/{wildcards.dataset}/inversion/chunks/{wildcards.start}-{wildcards.stop}"
+        " --out-dir results/{wildcards.dataset:q}/inversion/chunks/{wildcards.start}-{wildcards.stop}"
         " --threads {threads} 2> {log:q}"
 
 
@@ -162,7 +162,7 @@ rule gather_inversion:
     log:
         "results/{dataset}/logs/gather_inversion.log",
     shell:
-        "medxgan gather-inversion --chunks {params.chunks:q} --out-dir results/{wildcards.dataset}/inversion 2> {log:q}"
+        "medxgan gather-inversion --chunks {params.chunks:q} --out-dir results/{wildcards.dataset:q}/inversion 2> {log:q}"
 
 
 rule explain_chunk:

@@ -24,7 +24,7 @@ rule train_classifier:
         "results/{dataset}/logs/train_classifier.log",
     shell:
         "medxgan train-classifier --settings {params.settings:q} --manifest {input.manifest:q}"
-        " --out-dir results/{wildcards.dataset}/classifier --threads {threads} 2> {log:q}"
+        " --out-dir results/{wildcards.dataset:q}/classifier --threads {threads} 2> {log:q}"
 
 
 rule train_oracle:
@@ -46,7 +46,7 @@ rule train_oracle:
         "results/{dataset}/logs/train_oracle.log",
     shell:
         "medxgan train-oracle --settings {params.settings:q} --manifest {input.manifest:q}"
-        " --out-dir results/{wildcards.dataset}/oracle --threads {threads} 2> {log:q}"
+        " --out-dir results/{wildcards.dataset:q}/oracle --threads {threads} 2> {log:q}"
 
 
 rule train_gan:
@@ -74,7 +74,7 @@ rule train_gan:
     shell:
         # checkpoint.pt in the same folder is not an output, so a killed run keeps it and resumes.
         "medxgan train-gan --settings {params.settings:q} --manifest {input.manifest:q}"
-        " --classifier {input.classifier:q} --out-dir results/{wildcards.dataset}/gan --threads {threads} 2> {log:q}"
+        " --classifier {input.classifier:q} --out-dir results/{wildcards.dataset:q}/gan --threads {threads} 2> {log:q}"
 
 
 rule train_encoder:
@@ -97,4 +97,4 @@ rule train_encoder:
         "results/{dataset}/logs/train_encoder.log",
     shell:
         "medxgan train-encoder --settings {params.settings:q} --manifest {input.manifest:q}"
-        " --generator {input.generator:q} --out-dir results/{wildcards.dataset}/encoder --threads {threads} 2> {log:q}"
+        " --generator {input.generator:q} --out-dir results/{wildcards.dataset:q}/encoder --threads {threads} 2> {log:q}"
