@@ -241,3 +241,15 @@ def test_disentanglement_check_leaves_a_real_generator_in_eval_mode(frozen_class
     report = disentanglement_check(generator, frozen_classifier, 4, seed=1, device="cpu", draws=2)
     assert not generator.training
     assert set(report) == KEYS
+
+
+def test_a_truncated_checkpoint_is_moved_aside_and_training_starts_afresh(frozen_classifier, phantoms, uninterrupted,
+                                                                          tmp_path, caplog):
+    reference, full = uninterrupted
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(full.read_bytes()[:1000])  # a write cut short
+    with caplog.at_level(logging.WARNING, logger="medxgan.training"):
+        fresh = fit(frozen_classifier, phantoms["train"], checkpoint)
+    assert "cannot be read" in caplog.text and (tmp_path / "checkpoint.pt.unreadable").is_file()
+    assert fresh.losses == reference.losses
+    assert_same_state(fresh.G, reference.G)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import pickle
 from pathlib import Path
 
 import torch
@@ -258,7 +259,13 @@ class GANTrainer:
             torch.save(self._state(), tmp)
 
     def resume(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as error:  # a truncated or foreign file
+            aside = path.with_name(path.name + ".unreadable")
+            path.replace(aside)
+            log.warning("checkpoint %s cannot be read (%s): moved to %s, starting afresh", path, error, aside)
+            return
         if state["settings"] != self._resume_key():
             log.warning("checkpoint %s was written with other settings: starting afresh", path)
             return
