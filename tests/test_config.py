@@ -91,3 +91,16 @@ def test_later_config_files_override_earlier_ones_key_by_key(config_dir: Path):
     config = load_config(config_dir / "config.yaml", override)
     assert config["defaults"]["gan"]["steps"] == 7
     assert config["defaults"]["gan"]["nz1"] == load_config(config_dir / "config.yaml")["defaults"]["gan"]["nz1"]
+
+
+def test_hand_written_settings_go_through_the_configs_schema():
+    from medxgan.config import ConfigError, validate_settings
+
+    good = {"data": {"image_size": 64, "channels": 1}, "gan": {"batch_size": 32}, "seed": 0, "device": "cpu"}
+    validate_settings(good)
+    with pytest.raises(ConfigError, match=r"data.image_size: 100 is not one of \[64, 128\]"):
+        validate_settings({**good, "data": {"image_size": 100, "channels": 1}})
+    with pytest.raises(ConfigError, match="gan.batch_size: 0 is less than the minimum of 1"):
+        validate_settings({**good, "gan": {"batch_size": 0}})
+    with pytest.raises(ConfigError, match="device: 'tpu' is not one of"):
+        validate_settings({**good, "device": "tpu"})

@@ -15,7 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
-from medxgan.config import SOURCE_DEFAULTS, ConfigError, add_user_manifest, dataset_settings, load_config
+from medxgan.config import (PROJECT_SCHEMA, SOURCE_DEFAULTS, ConfigError, add_user_manifest, dataset_settings, load_config,
+                            validate_settings)
 from medxgan.shards import ShardError, parse_chunk
 
 WITHOUT_SETTINGS = ("summarize", "collect-benchmarks", "ablation-table", "notebook", "gather-inversion", "gather-explanations",
@@ -58,7 +59,10 @@ ENCODER_HELP = "encoder weights (.safetensors from train-encoder); needed when i
 def _settings(args) -> dict:
     if args.settings:
         text = args.settings if args.settings.lstrip().startswith("{") else Path(args.settings).read_text()
-        return json.loads(text)
+        settings = json.loads(text)
+        if PROJECT_SCHEMA.is_file():  # a clone of the project; an installed package carries no config/
+            validate_settings(settings)
+        return settings
     if not (args.config and args.dataset):
         raise ConfigError("give --settings JSON, or --config FILE together with --dataset NAME")
     config = load_config(*args.config)

@@ -40,6 +40,25 @@ def validate(config: dict, schema_path: str | Path) -> None:
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
 
 
+PROJECT_SCHEMA = Path(__file__).resolve().parents[2] / "config" / SCHEMA_RELATIVE  # in a clone of the project
+RUN_WIDE_KEYS = ("seed", "device", "precision")
+
+
+def validate_settings(settings: dict, schema_path: str | Path = PROJECT_SCHEMA) -> None:
+    """A step's `--settings` against the config's schema: each section by its definition, the
+    run-wide keys by theirs, so a hand-written settings file is checked as a config file is."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    if "data" in settings:  # the class names come from the dataset's entry, not from the data section
+        settings = {**settings, "data": {k: v for k, v in settings["data"].items() if k not in ("negative", "positive")}}
+    properties = {key: {"$ref": f"#/$defs/{key}"} for key in settings if key in schema["$defs"] and key in SECTIONS}
+    properties.update({key: schema["properties"][key] for key in RUN_WIDE_KEYS if key in settings})
+    errors = sorted(jsonschema.Draft202012Validator({"$defs": schema["$defs"], "properties": properties})
+                    .iter_errors(settings), key=lambda e: list(e.path))
+    if errors:
+        lines = [f"  {'.'.join(map(str, e.path)) or '(top level)'}: {e.message}" for e in errors]
+        raise ConfigError("invalid settings:\n" + "\n".join(lines))
+
+
 def merge(base: dict, override: dict) -> dict:
     """`override` laid over `base`, nested mappings merged key by key (as Snakemake's --configfile does)."""
     merged = dict(base)
