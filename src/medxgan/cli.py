@@ -28,6 +28,8 @@ STEP_HELP = {
     "prepare": "generate a built-in synthetic dataset, or prepare a downloaded public one (images, masks, manifest.csv)",
     "download": "fetch a public dataset through its first working route, check every file, write SOURCE.json",
     "import-folder": "prepare your own images in ImageFolder layout (ROOT/{train,test}/CLASS/...) into a manifest",
+    "check-manifest": "check a manifest before any training: images in two splits or with two labels, missing "
+                      "classes, no test positives, paths leaving its folder (errors); masks on negatives, empty masks",
     "train-classifier": "train the classifier C, or import the user's (classifier.pretrained); write its weights and "
                         "validation and test accuracy, AUROC, confusion matrix",
     "train-oracle": "train the oracle, a classifier independent of C that judges G's images (its own architecture and seed)",
@@ -122,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=SOURCE_DEFAULTS["val_fraction"],
                    help="share of train moved to validation, stratified (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation draw (default 0)")
+    p = step("check-manifest")
+    inputs(p, "manifest")
+    p.add_argument("--out", type=Path, required=True, help="JSON report: counts per split and label, warnings")
     p = step("train-classifier")
     inputs(p, "manifest")
     p.add_argument("--out-dir", type=Path, required=True, help="writes model.safetensors and metrics.json")
@@ -256,6 +261,8 @@ def run(args) -> None:
         steps.prepare(s, args.out_dir)
     elif args.step == "download":
         steps.download(s, args.out_dir)
+    elif args.step == "check-manifest":
+        steps.check_manifest_step(s, args.manifest, args.out)
     elif args.step == "train-classifier":
         steps.train_classifier_step(s, args.manifest, args.out_dir)
     elif args.step == "train-oracle":

@@ -70,6 +70,14 @@ def prepare(s: dict, out_dir: Path) -> None:
         raise ConfigError("prepare needs a dataset with 'phantom' or 'source' settings; a manifest is read where it is")
 
 
+def check_manifest_step(s: dict, manifest: Path, out: Path) -> None:
+    """The manifest check (medxgan.data.manifest_check): errors stop the run, warnings are logged and kept."""
+    from medxgan.data.manifest_check import check_manifest
+
+    write_json(out, check_manifest(manifest, s["data"]["negative"], s["data"]["positive"], s["data"]["image_size"],
+                                   s["seed"]))
+
+
 def download(s: dict, out_dir: Path) -> None:
     if s.get("source") is None:
         raise ConfigError("download needs a dataset with 'source' settings (a public dataset)")

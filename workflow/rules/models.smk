@@ -1,9 +1,27 @@
 # The classifier C, then medXGAN's generator and discriminator trained against the frozen C.
 
 
+rule check_manifest:
+    input:
+        manifest=manifest_of,
+    output:
+        report="results/{dataset}/manifest_check.json",
+    params:
+        settings=settings("data"),
+    localrule: True
+    benchmark:
+        "results/{dataset}/benchmarks/check_manifest.tsv",
+    log:
+        "results/{dataset}/logs/check_manifest.log",
+    shell:
+        "medxgan check-manifest --settings {params.settings:q} --manifest {input.manifest:q} --out {output.report:q}"
+        " 2> {log:q}"
+
+
 rule train_classifier:
     input:
         manifest=manifest_of,
+        manifest_check=rules.check_manifest.output.report,  # no training on a manifest that fails the check
         # ImageNet weights to start from (classifier.weights), e.g. rule vgg16_weights' file
         weights=lambda w: dataset_settings(config, w.dataset)["classifier"]["weights"] or [],
         # the user's own classifier (classifier.pretrained), imported instead of trained
@@ -30,6 +48,7 @@ rule train_classifier:
 rule train_oracle:
     input:
         manifest=manifest_of,
+        manifest_check=rules.check_manifest.output.report,
     output:
         model="results/{dataset}/oracle/model.safetensors",
         metrics="results/{dataset}/oracle/metrics.json",

@@ -132,7 +132,7 @@ def read_manifest(manifest: str | Path, negative: str, positive: str, seed: int 
     from 'train' (`draw_validation`); without one, the splits are read as written.
     """
     if negative == positive:
-        raise ValueError(f"negative and positive labels must differ, both are {negative!r}")
+        raise ManifestError(f"{manifest}: the negative and positive labels must differ, both are {negative!r}")
     manifest = Path(manifest)
     table = _read_table(manifest)
     files = [_check_row(row, manifest, negative, positive) for row in table.itertuples(index=False)]
@@ -255,7 +255,7 @@ def load_image(file: Path, where: str, image_size: int, channels: int) -> np.nda
     return array.transpose(2, 0, 1)
 
 
-def _load_mask(file: Path, where: str, image_size: int) -> np.ndarray:
+def load_mask(file: Path, where: str, image_size: int) -> np.ndarray:
     """(image_size, image_size) bool, True where the mask is non-zero."""
     grey = as_grey(open_image(file, where, "mask"))
     levels = np.unique(np.asarray(grey))
@@ -295,7 +295,7 @@ def load_split(manifest: str | Path, split: str, negative: str, positive: str, i
                     disable=len(chosen) < PROGRESS_MIN_IMAGES):
         where = f"{manifest}, line {row.line}"
         images.append(load_image(row.image_file, where, image_size, channels))
-        masks.append(blank_mask if row.mask_file is None else _load_mask(row.mask_file, where, image_size))
+        masks.append(blank_mask if row.mask_file is None else load_mask(row.mask_file, where, image_size))
     return ImageSet(
         images=torch.from_numpy(np.stack(images)),
         labels=torch.tensor(chosen["target"].to_numpy(), dtype=torch.int64),

@@ -1,0 +1,98 @@
+"""The manifest check, before any training: what makes a run wrong without making it fail.
+
+`medxgan check-manifest` (the workflow's first rule after the data exist) reads the manifest as
+every step will (with the validation split drawn where it has none) and looks for:
+
+errors (the run stops, naming the CSV lines):
+- an image listed in two splits, by path or by content (the same bytes under two names);
+- an image listed with both labels;
+- a class missing from train, or no positive test image (nothing to explain);
+- a path that leaves the manifest's folder;
+warnings (the run goes on):
+- a class missing from val, or no negative test image (the counterfactual checks need them);
+- a mask on a negative image; an all-zero mask on a positive (its localisation scores would be 0);
+- positive test images without masks (no localisation scores for them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medxgan.data.manifest import ManifestError, load_mask, read_manifest
+
+log = logging.getLogger(__name__)
+
+
+def _lines(rows: pd.DataFrame) -> str:
+    return ", ".join(map(str, rows["line"].tolist()))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _shared_between_splits(table: pd.DataFrame, key: str, what: str) -> list[str]:
+    found = []
+    for value, rows in table.groupby(key):
+        if rows["split"].nunique() > 1:
+            found.append(f"{what} {value} is in splits {', '.join(sorted(rows['split'].unique()))} (lines {_lines(rows)})")
+    return found
+
+
+def _errors(table: pd.DataFrame, manifest: Path, negative: str, positive: str) -> list[str]:
+    table = table.assign(image_key=table["image_file"].astype(str), content=[_sha256(f) for f in table["image_file"]])
+    errors = _shared_between_splits(table, "image_key", "image")
+    errors += [message.replace("image", "the same image content as", 1)
+               for message in _shared_between_splits(table.drop_duplicates("image_key"), "content", "image")]
+    for image, rows in table.groupby("image_key"):
+        if rows["label"].nunique() > 1:
+            errors.append(f"image {image} has both labels (lines {_lines(rows)})")
+    for label in (negative, positive):
+        if not ((table["split"] == "train") & (table["label"] == label)).any():
+            errors.append(f"split 'train' has no {label!r} image: C cannot learn the class")
+    if not ((table["split"] == "test") & (table["label"] == positive)).any():
+        errors.append(f"split 'test' has no {positive!r} image: there is nothing to explain")
+    folder = manifest.parent.resolve()
+    outside = table[[not Path(f).is_relative_to(folder) for f in table["image_file"]]]
+    if len(outside):
+        errors.append(f"paths leave the manifest's folder {folder} (lines {_lines(outside)})")
+    return errors
+
+
+def _warnings(table: pd.DataFrame, negative: str, positive: str, image_size: int) -> list[str]:
+    warnings = []
+    for split, label in (("val", negative), ("val", positive), ("test", negative)):
+        if not ((table["split"] == split) & (table["label"] == label)).any():
+            warnings.append(f"split {split!r} has no {label!r} image")
+    masked_negatives = table[(table["label"] == negative) & table["mask_file"].notna()]
+    if len(masked_negatives):
+        warnings.append(f"negative images with a lesion mask (lines {_lines(masked_negatives)})")
+    positives = table[table["label"] == positive]
+    empty = positives[[f is not None and not load_mask(f, str(f), image_size).any() for f in positives["mask_file"]]]
+    if len(empty):
+        warnings.append(f"positive images whose mask is empty: localisation scores 0 for them (lines {_lines(empty)})")
+    unmasked = positives[(positives["split"] == "test") & positives["mask_file"].isna()]
+    if len(unmasked):
+        warnings.append(f"{len(unmasked)} positive test images have no mask: no localisation scores for them")
+    return warnings
+
+
+def check_manifest(manifest: str | Path, negative: str, positive: str, image_size: int, seed: int) -> dict:
+    """The report (counts per split and label, warnings); a ManifestError listing every error."""
+    manifest = Path(manifest)
+    table = read_manifest(manifest, negative, positive, seed)
+    errors = _errors(table, manifest, negative, positive)
+    if errors:
+        raise ManifestError(f"{manifest} fails the manifest check:\n  " + "\n  ".join(errors))
+    warnings = _warnings(table, negative, positive, image_size)
+    for warning in warnings:
+        log.warning("%s: %s", manifest, warning)
+    counts = table.groupby(["split", "label"]).size()
+    return {"manifest": str(manifest.resolve()), "rows": len(table), "warnings": warnings,
+            "counts": {f"{split}/{label}": int(n) for (split, label), n in counts.items()},
+            "masks": int(table["mask_file"].notna().sum()), "images": int(np.unique(table["image_file"].astype(str)).size)}

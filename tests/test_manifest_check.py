@@ -1,0 +1,103 @@
+"""The manifest check: the structural faults that would make a run wrong without making it fail."""
+
+import logging
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medxgan.data.manifest import ManifestError
+from medxgan.data.manifest_check import check_manifest
+from medxgan.data.phantoms import write_phantom_dataset
+
+NEG, POS = "no_tumor", "tumor"
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    return write_phantom_dataset("synthetic-mri", tmp_path_factory.mktemp("clean") / "mri", 64,
+                                 {"train": 12, "val": 4, "test": 6}, 0.5, seed=0)
+
+
+@pytest.fixture
+def edit(clean, tmp_path):
+    """A copy of the clean dataset whose manifest `change(table, folder)` edits (or returns anew)."""
+    def edited(change):
+        folder = tmp_path / "data"
+        shutil.copytree(clean.parent, folder)
+        table = pd.read_csv(folder / "manifest.csv", dtype=str, keep_default_na=False)
+        table = change(table, folder)
+        table.to_csv(folder / "manifest.csv", index=False)
+        return folder / "manifest.csv"
+    return edited
+
+
+def check(manifest):
+    return check_manifest(manifest, NEG, POS, 64, seed=0)
+
+
+def first(table, split, label):
+    return table.index[(table.split == split) & (table.label == label)][0]
+
+
+def test_a_clean_manifest_passes_with_its_counts(clean):
+    report = check(clean)
+    assert report["warnings"] == [] and report["rows"] == 22
+    assert report["counts"]["train/tumor"] + report["counts"]["train/no_tumor"] == 12
+
+
+def test_the_same_file_in_train_and_test_is_an_error_naming_the_lines(edit):
+    def leak(table, folder):
+        table.loc[first(table, "test", POS), "path"] = table.loc[first(table, "train", POS), "path"]
+        return table
+    with pytest.raises(ManifestError, match=r"is in splits test, train \(lines \d+, \d+\)"):
+        check(edit(leak))
+
+
+def test_the_same_content_under_two_names_is_an_error(edit):
+    def copy(table, folder):
+        row = first(table, "test", NEG)
+        shutil.copyfile(folder / table.loc[first(table, "train", NEG), "path"], folder / "images" / "copy.png")
+        table.loc[row, "path"] = "images/copy.png"
+        return table
+    with pytest.raises(ManifestError, match="the same image content as"):
+        check(edit(copy))
+
+
+def test_conflicting_labels_missing_classes_and_escaping_paths_are_errors(edit, tmp_path):
+    def two_labels(table, folder):
+        twin = table.loc[first(table, "train", NEG)].copy()
+        twin["label"], twin["mask_path"] = POS, ""
+        table.loc[len(table)] = twin
+        return table
+    with pytest.raises(ManifestError, match="has both labels"):
+        check(edit(two_labels))
+    shutil.rmtree(tmp_path / "data")
+
+    def no_test_positives(table, folder):
+        return table[~((table.split == "test") & (table.label == POS))]
+    with pytest.raises(ManifestError, match="split 'test' has no 'tumor' image"):
+        check(edit(no_test_positives))
+    shutil.rmtree(tmp_path / "data")
+
+    def outside(table, folder):
+        shutil.copyfile(folder / table.loc[0, "path"], tmp_path / "outside.png")
+        table.loc[0, "path"] = "../outside.png"
+        return table
+    with pytest.raises(ManifestError, match="leave the manifest's folder"):
+        check(edit(outside))
+
+
+def test_masks_on_negatives_and_empty_masks_are_warnings(edit, caplog):
+    def faults(table, folder):
+        positive = first(table, "test", POS)
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / table.loc[positive, "mask_path"])
+        table.loc[first(table, "test", NEG), "mask_path"] = table.loc[first(table, "train", POS), "mask_path"]
+        return table
+    with caplog.at_level(logging.WARNING, logger="medxgan.data.manifest_check"):
+        report = check(edit(faults))
+    assert any("negative images with a lesion mask" in w for w in report["warnings"])
+    assert any("mask is empty" in w for w in report["warnings"])
+    assert "mask is empty" in caplog.text
