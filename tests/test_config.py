@@ -104,3 +104,19 @@ def test_hand_written_settings_go_through_the_configs_schema():
         validate_settings({**good, "gan": {"batch_size": 0}})
     with pytest.raises(ConfigError, match="device: 'tpu' is not one of"):
         validate_settings({**good, "device": "tpu"})
+
+
+def test_ablation_variants_lay_base_then_their_own_overrides_over_the_dataset():
+    from medxgan.config import variant_settings
+
+    config = load_config(REPO / "config" / "config.yaml")
+    config["ablation"] = {"seeds": [3], "methods": ["difference"],
+                          "base": {"gan": {"upsampling": "transposed", "steps": 7}},
+                          "variants": {"base-only": {}, "resized": {"gan": {"upsampling": "resize"}}}}
+    base_only = json.loads(variant_settings(config, "synthetic-cxr", "base-only", 3, "gan"))
+    resized = json.loads(variant_settings(config, "synthetic-cxr", "resized", 3, "gan"))
+    assert base_only["gan"]["upsampling"] == "transposed" and resized["gan"]["upsampling"] == "resize"
+    assert base_only["gan"]["steps"] == resized["gan"]["steps"] == 7 and resized["seed"] == 3
+    assert base_only["gan"]["nz1"] == dataset_settings(config, "synthetic-cxr")["gan"]["nz1"]
+    with pytest.raises(ConfigError, match="unknown ablation variant 'nope'"):
+        variant_settings(config, "synthetic-cxr", "nope", 3, "gan")

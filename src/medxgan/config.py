@@ -121,13 +121,15 @@ def step_settings(config: dict, dataset: str, *sections: str) -> str:
 
 
 def variant_settings(config: dict, dataset: str, variant: str, seed: int, *sections: str) -> str:
-    """Like `step_settings`, for one ablation variant trained with `seed`: the variant's overrides
-    (config `ablation.variants`) laid over the dataset's sections, and the run's seed replaced."""
+    """Like `step_settings`, for one ablation variant trained with `seed`: `ablation.base`, then the
+    variant's overrides (config `ablation.variants`), laid over the dataset's sections, and the
+    run's seed replaced."""
     if variant not in config["ablation"]["variants"]:
         raise ConfigError(f"unknown ablation variant {variant!r}; configured: {', '.join(config['ablation']['variants'])}")
     full = dataset_settings(config, dataset)
-    for section, values in config["ablation"]["variants"][variant].items():
-        full[section] = merge(full[section], values)
+    for overrides in (config["ablation"].get("base", {}), config["ablation"]["variants"][variant]):
+        for section, values in overrides.items():
+            full[section] = merge(full[section], values)
     return _settings_json({**full, "seed": seed}, sections)
 
 
