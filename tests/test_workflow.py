@@ -91,7 +91,8 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
         assert "<html" in html[:2000].lower() and dataset in html
 
     jobs = pd.read_csv(workdir / "results" / "benchmarks.csv")  # every job's Snakemake benchmark file
-    expected = {"prepare", "check_manifest", "train_classifier", "train_oracle", "train_gan", "invert", "evaluate", "figures", "check",
+    expected = {"prepare", "check_manifest", "train_classifier", "train_oracle", "train_gan", "train_encoder", "invert",
+                "evaluate", "figures", "check",
                 "bundle", *(f"explain_{m}" for m in ("difference", "interpolation", "latent_ig", "gradcam", "ig"))}
     for dataset in ("synthetic-cxr", "synthetic-mri"):
         assert set(jobs[jobs.dataset == dataset].job) == expected
