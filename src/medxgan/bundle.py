@@ -8,25 +8,17 @@ folder to share it; `verify` refuses a bundle whose files changed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
 from pathlib import Path
 
 from medxgan.models import read_spec
+from medxgan.utils import file_sha256
 
 
 CLASSIFIER, GENERATOR, ENCODER = "classifier.safetensors", "generator.safetensors", "encoder.safetensors"
 SETTINGS, CARD, CHECKSUMS = "settings.json", "MODEL_CARD.md", "SHA256SUMS"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_card(dataset: str, settings: dict, spec: dict, classifier: dict, gan: dict,
@@ -73,7 +65,7 @@ def write_bundle(dataset: str, results: Path, settings: dict, out: Path) -> None
             shutil.copyfile(source, tmp / name)
         (tmp / SETTINGS).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
         (tmp / CARD).write_text(model_card(dataset, settings, read_spec(files[CLASSIFIER]), classifier, gan, ssim))
-        sums = [f"{_sha256(tmp / name)}  {name}" for name in sorted(p.name for p in tmp.iterdir())]
+        sums = [f"{file_sha256(tmp / name)}  {name}" for name in sorted(p.name for p in tmp.iterdir())]
         (tmp / CHECKSUMS).write_text("\n".join(sums) + "\n")
         _replace_folder(tmp, out)
     finally:
@@ -107,5 +99,5 @@ def verify(path: Path) -> None:
     for line in sums.read_text().splitlines():
         digest, name = line.split(maxsplit=1)
         file = path / name
-        if not file.is_file() or _sha256(file) != digest:
+        if not file.is_file() or file_sha256(file) != digest:
             raise ValueError(f"bundle {path}: {name} is missing or has changed since the bundle was written")

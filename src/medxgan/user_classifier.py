@@ -12,7 +12,6 @@ from the network's outputs at `classifier.positive_index`.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import warnings
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medxgan.config import ConfigError
+from medxgan.utils import file_sha256
 
 TORCHSCRIPT = "torchscript"
 STATE_DICT = "state_dict"
@@ -103,14 +103,6 @@ class UserClassifier(nn.Module):
         return out[:, [1 - self.positive_index, self.positive_index]]
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_format(path: Path) -> str:
     """TorchScript (a zip archive with code/ and constants.pkl) or a state dict."""
     import zipfile
@@ -153,7 +145,7 @@ def user_spec(cfg: dict, data_cfg: dict) -> dict:
     path = Path(cfg["pretrained"]).resolve()
     if not path.is_file():
         raise ConfigError(f"classifier.pretrained: {path} is not a file")
-    spec = {"kind": "user_classifier", "source": str(path), "sha256": sha256_of(path), "format": file_format(path),
+    spec = {"kind": "user_classifier", "source": str(path), "sha256": file_sha256(path), "format": file_format(path),
             "input": input_settings(cfg, data_cfg), "positive_index": cfg["positive_index"],
             "target_layer": cfg["target_layer"], "arch": cfg["arch"]}
     if spec["format"] == STATE_DICT:
@@ -166,7 +158,7 @@ def build(spec: dict) -> UserClassifier:
     and the user's own TorchScript file, checked against its recorded checksum, otherwise."""
     if spec["format"] == TORCHSCRIPT:
         path = Path(spec["source"])
-        if not path.is_file() or sha256_of(path) != spec["sha256"]:
+        if not path.is_file() or file_sha256(path) != spec["sha256"]:
             raise ConfigError(f"the TorchScript classifier {path} is missing or has changed since it was imported "
                               "(its SHA-256 differs): rerun the workflow's train_classifier step")
         with warnings.catch_warnings():  # torch deprecates TorchScript; users still export their models with it

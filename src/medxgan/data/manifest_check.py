@@ -16,7 +16,6 @@ warnings (the run goes on):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -24,16 +23,13 @@ import numpy as np
 import pandas as pd
 
 from medxgan.data.manifest import ManifestError, load_mask, read_manifest
+from medxgan.utils import file_sha256
 
 log = logging.getLogger(__name__)
 
 
 def _lines(rows: pd.DataFrame) -> str:
     return ", ".join(map(str, rows["line"].tolist()))
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _shared_between_splits(table: pd.DataFrame, key: str, what: str) -> list[str]:
@@ -45,7 +41,7 @@ def _shared_between_splits(table: pd.DataFrame, key: str, what: str) -> list[str
 
 
 def _errors(table: pd.DataFrame, manifest: Path, negative: str, positive: str) -> list[str]:
-    table = table.assign(image_key=table["image_file"].astype(str), content=[_sha256(f) for f in table["image_file"]])
+    table = table.assign(image_key=table["image_file"].astype(str), content=[file_sha256(f) for f in table["image_file"]])
     errors = _shared_between_splits(table, "image_key", "image")
     errors += [message.replace("image", "the same image content as", 1)
                for message in _shared_between_splits(table.drop_duplicates("image_key"), "content", "image")]
