@@ -15,7 +15,7 @@ PREPROCESS = {"range": [0, 1], "size": 48, "channels": 3, "mean": [0.485, 0.456,
 def parts():
     torch.manual_seed(0)
     settings = default_settings("config/config.yaml", "synthetic-cxr")
-    settings["inversion"].update(restarts=1, steps=3)
+    settings["inversion"].update(init="random", restarts=1, steps=3)
     settings["explain"].update(latent_ig_steps=4, ig_steps=4)
     net = torchvision.models.resnet18(num_classes=2).eval()
     generator = Generator(settings["gan"]["nz1"], settings["gan"]["nz2"], 64, 1, width=0.0625).eval()

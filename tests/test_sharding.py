@@ -27,7 +27,7 @@ NZ1, NZ2, SIZE = 8, 4, 64
 # last chunk is a part-chunk, so both ways a chunk's batches could go wrong are exercised.
 BATCH, CHUNK = 4, 8
 SMALL = {
-    "inversion": {"restarts": 2, "steps": 5, "batch_size": BATCH},
+    "inversion": {"init": "random", "restarts": 2, "steps": 5, "batch_size": BATCH},
     "explain": {"latent_ig_steps": 4, "ig_steps": 4, "interpolation_points": 3, "batch_size": BATCH},
 }
 
@@ -155,7 +155,7 @@ def test_gather_names_a_missing_or_misplaced_chunk(study, inversions, tmp_path):
 # --- The real workflow, sharded ---
 
 TARGETS = ["results/synthetic-mri/explanations/latent_ig.safetensors", "results/synthetic-mri/inversion/inversion.csv"]
-SHARDED = merge(TINY, {"defaults": {"inversion": {"batch_size": BATCH, "chunk_size": BATCH},
+SHARDED = merge(TINY, {"defaults": {"inversion": {"init": "random", "batch_size": BATCH, "chunk_size": BATCH},
                                     "explain": {"methods": ["latent_ig"], "batch_size": BATCH, "chunk_size": BATCH}}})
 
 
