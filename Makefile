@@ -7,7 +7,7 @@ CORES ?= 2
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test clean pull dvc.yaml readme
+.PHONY: setup run test mutants clean pull dvc.yaml readme
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ run: setup  ## the default DAG on the built-in synthetic datasets
 
 test: setup  ## the test suite (includes a tiny end-to-end workflow run)
 	pytest
+
+mutants: setup  ## mutation testing of the core modules (mutmut), then the kill rate per module and the survivors
+	mutmut run --max-children $(CORES)
+	python tests/mutation_report.py
 
 pull: setup  ## data, weights and results from the DVC remote, marked up to date for Snakemake
 	workflow/dvc_pull.sh

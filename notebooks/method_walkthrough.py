@@ -26,15 +26,15 @@ import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import pandas as pd
 import torch
 
+from medxgan import reporting
 from medxgan.api import MedXGAN
 from medxgan.data.manifest import load_split
 from medxgan.explainers import EXPLAINERS
 
 ROOT = Path(".") if Path("results").is_dir() else Path("..")
-DATASET = pd.read_csv(ROOT / "results" / "summary.csv").dataset.iloc[-1]  # the last dataset the workflow ran
+DATASET = reporting.summary_table(ROOT / "results").dataset.iloc[-1]  # the last dataset the run summarised
 explainer = MedXGAN.from_bundle(ROOT / "results" / DATASET / "bundle")
 C, G, data = explainer.classifier, explainer.generator, explainer.settings["data"]
 manifest = json.loads((ROOT / "results" / DATASET / "inversion" / "provenance.json").read_text())["manifest"]

@@ -1,5 +1,7 @@
 """A real HTTP server on the loopback interface, for the download tests: it serves byte strings by
-path, answers Range requests, and can cut a response short once to imitate a dropped connection."""
+path, answers Range requests (416 for a range starting at or past the end), can ignore them as some
+hosts do (`ignore_range`: 200 and the whole body), and can cut a response short once to imitate a
+dropped connection."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(self.server.missing_status)
             return
         start, status = 0, 200
-        requested = RANGE.match(self.headers.get("Range") or "")
+        requested = None if self.server.ignore_range else RANGE.match(self.headers.get("Range") or "")
         if requested:
             start, status = int(requested.group(1)), 206
             if start >= len(body):
@@ -58,6 +60,7 @@ class LoopbackServer(ThreadingHTTPServer):
         self.requests: list[tuple[str, str | None]] = []
         self.cut_once: dict[str, int] = {}  # path -> bytes sent before the connection drops, once
         self.missing_status = 404
+        self.ignore_range = False  # True: answer a Range request with 200 and the whole body
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property

@@ -81,8 +81,45 @@ def test_user_manifest_needs_both_labels(tmp_path: Path):
     with pytest.raises(ConfigError, match="positive=LABEL"):
         add_user_manifest(config)
     config.update(positive=1)
-    assert add_user_manifest(config) == "scans"
-    assert dataset_settings(config, "scans")["data"]["positive"] == "1"
+    name = add_user_manifest(config, results=tmp_path / "results")
+    assert name.startswith("scans-") and dataset_settings(config, name)["data"]["positive"] == "1"
+
+
+def user_manifest(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    manifest = folder / "manifest.csv"
+    manifest.write_text("path,label,split,mask_path,patient_id\n")
+    return manifest
+
+
+def user_config(manifest: Path, **extra) -> dict:
+    config = load_config(REPO / "config" / "config.yaml")
+    config.update(manifest=str(manifest), negative="healthy", positive="sick", **extra)
+    return config
+
+
+def test_two_manifest_folders_of_one_name_get_two_datasets(tmp_path: Path):
+    first, second = user_manifest(tmp_path / "a" / "scans"), user_manifest(tmp_path / "b" / "scans")
+    names = [add_user_manifest(user_config(m), results=tmp_path / "results") for m in (first, second)]
+    assert names[0] != names[1] and all(n.startswith("scans-") for n in names)
+    assert add_user_manifest(user_config(first), results=tmp_path / "results") == names[0]  # stable
+
+
+def test_a_manifest_folder_named_like_a_built_in_dataset_does_not_shadow_it(tmp_path: Path):
+    name = add_user_manifest(user_config(user_manifest(tmp_path / "synthetic-mri")), results=tmp_path / "results")
+    assert name != "synthetic-mri" and name.startswith("synthetic-mri-")
+    with pytest.raises(ConfigError, match="name=synthetic-mri is a configured dataset"):
+        add_user_manifest(user_config(user_manifest(tmp_path / "x"), name="synthetic-mri"), results=tmp_path / "results")
+
+
+def test_a_name_whose_results_came_from_another_manifest_is_refused(tmp_path: Path):
+    results = tmp_path / "results"
+    (results / "study").mkdir(parents=True)
+    other = user_manifest(tmp_path / "old")
+    (results / "study" / "manifest_check.json").write_text(json.dumps({"manifest": str(other.resolve())}))
+    assert add_user_manifest(user_config(other, name="study"), results=results) == "study"  # its own results
+    with pytest.raises(ConfigError, match=r"results/study holds the results of manifest .*old/manifest\.csv"):
+        add_user_manifest(user_config(user_manifest(tmp_path / "new"), name="study"), results=results)
 
 
 def test_later_config_files_override_earlier_ones_key_by_key(config_dir: Path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import stat
 import zipfile
 
@@ -41,6 +42,55 @@ def test_an_interrupted_download_resumes_with_a_range_request(server, tmp_path):
     fetch_file(f"{server.url}/data.bin", dest, tmp_path, Expected(len(PAYLOAD), "sha256", sha256(PAYLOAD)))
     assert dest.read_bytes() == PAYLOAD and not part.exists()
     assert server.requests[-1] == ("/data.bin", f"bytes={kept}-")
+
+
+def test_a_corrupted_cached_file_is_fetched_again_not_reused(server, tmp_path, caplog):
+    """A file already in place is not trusted by its name: the same size with other bytes fails the
+    hash, is reported and deleted, and the host's copy is fetched whole in its place."""
+    dest = tmp_path / "downloads" / "data.bin"
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(PAYLOAD[::-1])  # same name and size, other content
+    expected = Expected(len(PAYLOAD), "md5", md5(PAYLOAD), HOST_METADATA)
+    with caplog.at_level(logging.WARNING, logger="medxgan.data.download"):
+        item = fetch_file(f"{server.url}/data.bin", dest, tmp_path, expected)
+    assert f"checksum mismatch: md5 {md5(PAYLOAD[::-1])}" in caplog.text
+    assert dest.read_bytes() == PAYLOAD and item.hash == md5(PAYLOAD) and item.size == len(PAYLOAD)
+    assert server.requests == [("/data.bin", None)]  # fetched whole, not resumed from the corrupt copy
+
+
+def test_a_host_ignoring_the_range_gives_the_whole_file_once(server, tmp_path):
+    """Resuming from a host that answers 200 with the whole body: the part is started again, not
+    appended to (which would repeat its first bytes). Nothing pinned, so only the bytes can tell."""
+    server.ignore_range = True
+    dest, part = tmp_path / "data.bin", tmp_path / "data.bin.part"
+    part.write_bytes(PAYLOAD[:100_000])
+    item = fetch_file(f"{server.url}/data.bin", dest, tmp_path)
+    assert server.requests == [("/data.bin", "bytes=100000-")]  # it did ask to resume
+    assert dest.read_bytes() == PAYLOAD and not part.exists()
+    assert (item.size, item.algorithm, item.hash) == (len(PAYLOAD), "sha256", sha256(PAYLOAD))
+
+
+def test_a_complete_part_answered_416_is_checked_and_kept(server, tmp_path):
+    """A run stopped after the last byte but before the rename: the resume asks for bytes past the end,
+    the host answers 416, and the part (checked: right size and hash) becomes the file, not fetched again."""
+    dest, part = tmp_path / "data.bin", tmp_path / "data.bin.part"
+    part.write_bytes(PAYLOAD)
+    item = fetch_file(f"{server.url}/data.bin", dest, tmp_path, Expected(len(PAYLOAD), "sha256", sha256(PAYLOAD)))
+    assert server.requests == [("/data.bin", f"bytes={len(PAYLOAD)}-")]
+    assert dest.read_bytes() == PAYLOAD and not part.exists()
+    assert (item.size, item.hash) == (len(PAYLOAD), sha256(PAYLOAD))
+
+
+@pytest.mark.parametrize("content, reason", [(PAYLOAD[::-1], "checksum mismatch"),
+                                             (PAYLOAD + b"extra", f"too long: {len(PAYLOAD) + 5} bytes")])
+def test_a_bad_part_answered_416_is_reported_and_deleted(server, tmp_path, content, reason):
+    """416 says only that nothing follows the bytes we have; the size and hash checks still decide."""
+    dest, part = tmp_path / "data.bin", tmp_path / "data.bin.part"
+    part.write_bytes(content)
+    with pytest.raises(DataSourceError, match=reason):
+        fetch_file(f"{server.url}/data.bin", dest, tmp_path, Expected(len(PAYLOAD), "sha256", sha256(PAYLOAD)))
+    assert server.requests == [("/data.bin", f"bytes={len(content)}-")]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_wrong_checksum_is_reported_and_the_file_deleted(server, tmp_path):

@@ -76,6 +76,31 @@ def test_without_masks_localisation_is_skipped_not_zero(caplog):
     assert "deletion_auc" in set(table.metric)
 
 
+def test_localisation_pairs_each_heatmap_with_its_own_mask_by_id():
+    """Only images 0 and 2 of 3 have masks: their scores must come from their own heatmaps, not from
+    the first two heatmaps in the batch. Each heatmap is built so its scores are known."""
+    masks = torch.zeros(3, SIZE, SIZE, dtype=torch.bool)
+    masks[0, 0:4, 0:4] = True  # image 0's lesion: top left
+    masks[2, 8:12, 8:12] = True  # image 2's lesion: elsewhere; image 1 has none
+    has_mask = torch.tensor([True, False, True])
+    images = torch.rand(3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    data = ImageSet(images, torch.ones(3, dtype=torch.long), masks, has_mask, ["a", "b", "c"], torch.arange(3))
+    maps = torch.zeros(3, SIZE, SIZE)
+    maps[0, 0:4, 0:4] = 1.0  # all of it on image 0's lesion: pointing 1, mass 1
+    maps[1, 12:16, 0:4] = 1.0  # image 1: away from both lesions (scored against image 2's, it would give 0, 0)
+    maps[2, 8:12, 8:12] = 2.0  # image 2: the peak on its lesion (16 px x 2) and as much mass outside it
+    maps[2, 0:2, 0:16] = 1.0  # (32 px x 1): pointing 1, mass 1/2
+    codes = {"mse": torch.zeros(3), "ssim": torch.ones(3), "p_image": torch.ones(3), "p_reconstruction": torch.ones(3),
+             "p_negative": torch.zeros(3), "reconstruction": images.clone()}
+    cfg = {**CFG, "metrics": ["pointing_game", "mass_in_lesion"]}
+    table, _ = evaluate_explanations(RegionClassifier(4, 10), data, {"built": maps}, codes, cfg, seed=0, device="cpu")
+    scores = table[table.method == "built"].set_index(["metric", "id"]).value
+    assert scores["pointing_game"].to_dict() == {"a": 1.0, "c": 1.0}
+    assert scores["mass_in_lesion"].to_dict() == pytest.approx({"a": 1.0, "c": 0.5})
+    fidelity = table[table.method == INVERSION_METHOD].set_index(["metric", "id"]).value
+    assert fidelity["lesion_area_share"].to_dict() == pytest.approx({"a": 16 / SIZE**2, "c": 16 / SIZE**2})
+
+
 def test_summary_interval_brackets_the_mean():
     data = image_set(with_masks=True)
     table, _ = evaluate_explanations(RegionClassifier(4, 10), data, heatmaps(data), latents(data), CFG, 0, "cpu")

@@ -103,6 +103,47 @@ def test_latent_ig_path_form_is_complete_and_endpoint_form_is_not(models):
     assert errors["endpoint"].mean() > 3 * errors["path"].mean()
 
 
+class LinearPathGenerator(nn.Module):
+    """G(z1, z2) = z2[:, 0] * pattern: the path G(z1, a z2) is a straight line through 0."""
+
+    def __init__(self, pattern: torch.Tensor):
+        super().__init__()
+        self.nz1, self.nz2 = 2, 2
+        self.register_buffer("pattern", pattern)
+
+    def forward(self, z1, z2):
+        return z2[:, :1, None, None] * self.pattern
+
+
+class LogisticClassifier(nn.Module):
+    """Logits (0, w . x): C's positive probability is sigmoid(w . x)."""
+
+    def __init__(self, weights: torch.Tensor):
+        super().__init__()
+        self.weights = nn.Parameter(weights)
+
+    def forward(self, x):
+        logit = (x * self.weights).flatten(1).sum(dim=1)
+        return torch.stack([torch.zeros_like(logit), logit], dim=1)
+
+
+def test_latent_ig_is_complete_relative_to_a_large_probability_change():
+    # p(G(z1, a z2)) = sigmoid(SLOPE * s * a): steepest at a = 0, so a path that skips its first
+    # step loses about SLOPE * s / 4 / n_steps, a few per cent of the change; the trapezoid rule's
+    # own error here is about (1 / n_steps)^2 / 12 * |f'(1) - f'(0)|, under 1e-4 of it.
+    slope, n_steps = 8.0, COMPLETENESS_STEPS
+    pattern = torch.zeros(1, 1, 8, 8)
+    pattern[..., 2:5, 3:6] = 1.0
+    classifier = LogisticClassifier(pattern[0] * slope / pattern.sum())
+    generator = LinearPathGenerator(pattern)
+    scales = torch.tensor([1.0, 0.6, 1.3])
+    z1, z2 = torch.zeros(3, 2), torch.stack([scales, torch.zeros(3)], dim=1)
+    delta = torch.sigmoid(slope * scales) - 0.5
+    attributions = LatentIG(classifier, generator, n_steps=n_steps).attributions(z1, z2)
+    relative_error = (attributions.sum(dim=(1, 2, 3)) - delta).abs() / delta
+    assert relative_error.max() < 5e-3
+
+
 def test_latent_ig_keeps_the_given_target(models):
     # Two-class softmax: p0 = 1 - p1, so a fixed target 0 gives exactly the negated attributions.
     # Re-picking the argmax class at each step (the released bug) would break this.

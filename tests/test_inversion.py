@@ -187,3 +187,39 @@ def test_positive_realisation_keeps_the_first_z2_that_c_calls_positive(models):
     # a longer search changes nothing for the images already found: each keeps its first z2
     longer, _ = positive_realisation(generator, classifier, z1, {**cfg, "positive_steps": 80}, seed=0)
     torch.testing.assert_close(longer[found], z2[found])
+
+
+def test_inversion_recovers_images_generated_from_known_codes(models, targets, inverted):
+    # The targets are G(z) at known codes, so an inversion that works brings G(z_found) close to them.
+    generator, _ = models
+    z1, z2 = starting_codes(ROWS, CFG["restarts"], NZ1, NZ2, seed=1)
+    with torch.no_grad():
+        start_error = (generator(z1[::CFG["restarts"]], z2[::CFG["restarts"]]) - targets).pow(2).mean()
+        found_error = (generator(inverted.z1, inverted.z2) - targets).pow(2).mean()
+    assert found_error < 0.2 * start_error
+
+
+def test_inversion_returns_the_lowest_loss_of_its_whole_path(models, targets):
+    # The runs with fewer steps follow the same path (same seed and starts), so a run of s steps
+    # returns the minimum over the path's first s + 1 points: it can never rise with s. A large
+    # step size makes Adam overshoot, so a run returning its last codes instead would rise.
+    generator, classifier = models
+    cfg = {**CFG, "restarts": 1, "lr": 1.0}
+    losses = torch.stack([invert(generator, classifier, targets, ROWS, {**cfg, "steps": s}, seed=1).loss
+                          for s in range(13)])
+    assert (losses.diff(dim=0) <= 0).all()
+    assert (losses[-1] < losses[0]).all()
+
+
+@pytest.mark.parametrize("p_target", [0.2, 0.9])
+def test_inversion_loss_pulls_c_towards_its_call_on_the_image(models, targets, p_target):
+    # BCE against C(x), not against "positive": with MSE switched off, the loss is
+    # -(t log p + (1 - t) log(1 - p)) for p = C(G(z)) and t = C(x).
+    generator, classifier = models
+    z1, z2 = latents(len(ROWS), seed=5)
+    target = torch.full((len(ROWS),), p_target)
+    with torch.no_grad():
+        loss = inversion_loss(generator, classifier, z1, z2, targets, target, {**CFG, "mse_weight": 0.0})
+        p = positive_probability(classifier, generator(z1, z2)).clamp(1e-6, 1 - 1e-6)
+    expected = CFG["bce_weight"] * -(target * p.log() + (1 - target) * (1 - p).log())
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)

@@ -259,3 +259,16 @@ def test_val_that_cannot_be_drawn_names_file_and_label(folder):
     only_test = [row[:2] + ("test",) + row[3:] for row in ROWS]
     with pytest.raises(ManifestError, match=r"manifest\.csv.*'val'.*'train' has no rows"):
         load_split(write_rows(folder, only_test), "test", NEG, POS, SIZE, 1, seed=0)
+
+
+def test_a_mask_stored_as_zero_and_one_is_read_as_a_mask(folder):
+    # Masks exported by segmentation tools often hold 0/1, not 0/255: any non-zero pixel is lesion.
+    mask = np.zeros((MASK_SIDE, MASK_SIDE), dtype=np.uint8)
+    mask[SQUARE] = 1
+    Image.fromarray(mask).save(folder / "img" / "mask01.png")
+    rows = [("img/colour.jpg", POS, "train", "img/mask01.png", "p2"), ("img/grey.png", NEG, "train", "", "p1")]
+    images = load_split(write_rows(folder, rows), "train", NEG, POS, SIZE, 1)
+    expected = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    rows_, columns = SQUARE
+    expected[rows_.start // SCALE:rows_.stop // SCALE, columns.start // SCALE:columns.stop // SCALE] = True
+    assert torch.equal(images.masks[0], expected)

@@ -237,3 +237,14 @@ def test_paired_wilcoxon():
     assert paired_wilcoxon(a + 1.0 + 0.1 * noise, a) < 1e-4  # every difference is positive
     assert math.isnan(paired_wilcoxon(a, a))  # all differences zero
     assert math.isnan(paired_wilcoxon([1.0, float("nan")], [0.0, 2.0]))  # one pair left
+
+
+def test_pointing_game_misses_when_the_lesion_holds_only_a_lower_peak():
+    # The lesion's own maximum (0.9) is high, but the global peak (1.0) lies outside it: a miss.
+    masks = square_masks(n=1)
+    heatmaps = torch.zeros(1, SIZE, SIZE)
+    heatmaps[0, 5, 5] = 0.9   # inside the mask
+    heatmaps[0, 13, 13] = 1.0  # outside
+    assert pointing_game(heatmaps, masks).tolist() == [0.0]
+    heatmaps[0, 5, 5] = 1.0    # the lesion now ties with the global peak: a hit
+    assert pointing_game(heatmaps, masks).tolist() == [1.0]

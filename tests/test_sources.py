@@ -333,6 +333,44 @@ def test_import_folder_makes_a_manifest_in_one_command(tmp_path):
     assert len(pd.read_csv(out / "dropped.csv")) == 14  # the "other" class
 
 
+def test_import_folder_reads_class_subfolders_and_lists_what_it_leaves_out(tmp_path):
+    # Images grouped per patient inside a class folder belong to the class (torchvision's ImageFolder
+    # reads them too); a file that is not an image is listed in dropped.csv, not skipped silently.
+    root = tmp_path / "scans"
+    for split in ("train", "test"):
+        for c, cls in enumerate(("normal", "covid")):
+            (root / split / cls / "patient7").mkdir(parents=True)
+            for i in range(6):
+                picture(500 * c + 50 * (split == "test") + i, (40, 40)).save(root / split / cls / f"{cls}{i}.png")
+            picture(900 + 10 * c + (split == "test"), (40, 40)).save(root / split / cls / "patient7" / "slice.png")
+    (root / "train" / "covid" / "patient7" / "notes.txt").write_text("not an image")
+    (root / "masks" / "test" / "covid" / "patient7").mkdir(parents=True)
+    Image.new("L", (40, 40), 255).save(root / "masks" / "test" / "covid" / "patient7" / "slice.png")
+    out = tmp_path / "out"
+    code = cli.main(["import-folder", str(root), "--negative", "normal", "--positive", "covid", "--out-dir", str(out)])
+    assert code == 0
+    table = read_manifest(out / "manifest.csv", "normal", "covid")
+    assert len(table) == 2 * 2 * 7  # 6 images and 1 in the patient's subfolder, per class and split
+    masked = table[table.mask_path != ""]
+    assert len(masked) == 1 and masked.label.item() == "covid" and masked.split.item() == "test"
+    dropped = pd.read_csv(out / "dropped.csv")
+    assert len(dropped) == 1 and dropped.source_file.item().endswith("notes.txt")
+    assert dropped.reason.item() == "not an image file"
+
+
+def test_import_folder_refuses_an_empty_class_folder(tmp_path, caplog):
+    root = tmp_path / "scans"
+    for split in ("train", "test"):
+        for cls in ("normal", "covid"):
+            (root / split / cls).mkdir(parents=True)
+            if (split, cls) != ("train", "covid"):
+                picture(7, (40, 40)).save(root / split / cls / "a.png")
+    code = cli.main(["import-folder", str(root), "--negative", "normal", "--positive", "covid",
+                     "--out-dir", str(tmp_path / "out")])
+    assert code == 1 and "class folder 'covid' holds no image" in caplog.text
+    assert not (tmp_path / "out" / "manifest.csv").exists()
+
+
 def test_import_folder_with_a_missing_class_exits_with_one_line(tmp_path, caplog):
     (tmp_path / "scans" / "train" / "normal").mkdir(parents=True)
     (tmp_path / "scans" / "test" / "normal").mkdir(parents=True)

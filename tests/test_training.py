@@ -5,10 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from medxgan.data.manifest import load_split
+from medxgan.data.manifest import ImageSet, load_split
 from medxgan.data.phantoms import PHANTOMS, write_phantom_dataset
 from medxgan.models import Generator, SimpleCNN
-from medxgan.training import GANTrainer, batch_indices, disentanglement_check, sample_codes, train_classifier
+from medxgan.training import (GANTrainer, batch_indices, disentanglement_check, evaluate_classifier, sample_codes,
+                              train_classifier)
 
 SIZE = 64
 DATA_CFG = {"image_size": SIZE, "channels": 1}
@@ -98,6 +99,36 @@ def test_train_classifier_lowers_its_loss(phantoms, seed):
     assert model(phantoms["val"].images[:2]).shape == (2, 2)
 
 
+def brightness_set(n: int, seed: int, flip_labels: bool = False) -> ImageSet:
+    """Positives bright, negatives dark, plus noise; with flip_labels, each image carries the other label."""
+    labels = torch.arange(n) % 2
+    noise = 0.2 * torch.randn(n, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+    images = (labels.float() * 1.2 - 0.6).view(-1, 1, 1, 1) + noise
+    return ImageSet(images.clamp(-1, 1), 1 - labels if flip_labels else labels,
+                    torch.zeros(n, SIZE, SIZE, dtype=torch.bool), torch.zeros(n, dtype=torch.bool),
+                    [f"i{k}" for k in range(n)], torch.arange(n))
+
+
+def test_the_best_validation_epoch_is_restored_not_the_last():
+    """The validation labels are the opposite of what training teaches, so the more C learns, the worse
+    its validation accuracy: the curve peaks early, and C must come back with that epoch's weights."""
+    cfg = {**CLASSIFIER_CFG, "width": 0.25, "epochs": 3, "lr": 1e-4, "flips": False}
+    train, val = brightness_set(32, seed=0), brightness_set(16, seed=1, flip_labels=True)
+    model, report = train_classifier(train, val, cfg, DATA_CFG, seed=0, device="cpu")
+    curve = [h["val_accuracy"] for h in report["history"]]
+    best = max(curve)
+    # The first epoch with the best accuracy: a later one that only ties it has trained longer on
+    # what hurts validation (here the first two epochs tie at chance, before C has learnt anything).
+    assert report["selected_epoch"] == curve.index(best) + 1
+    assert report["selected_epoch"] < cfg["epochs"] and curve[-1] < best  # the set-up does what it is for
+    assert evaluate_classifier(model, val, "cpu")["accuracy"] == best
+    # The same run stopped at the selected epoch ends on exactly those weights (batches, flips and
+    # dropout are all seeded): the returned C is that epoch's, batch-norm statistics included.
+    early, _ = train_classifier(train, val, {**cfg, "epochs": report["selected_epoch"]}, DATA_CFG, seed=0,
+                                device="cpu")
+    assert_same_state(model, early)
+
+
 # ---------------------------------------------------------------------------------- GAN and resume
 
 def fit(classifier, train, checkpoint, **overrides) -> GANTrainer:
@@ -150,6 +181,29 @@ def test_a_killed_gan_run_resumes_exactly(frozen_classifier, phantoms, uninterru
     assert f"at step {KILL_AFTER}" in caplog.text
     assert len(resumed.losses) == GAN_CFG["steps"]
     assert resumed.losses == reference.losses  # the first 8 rows come from the checkpoint, the rest are re-run
+    assert_same_state(resumed.G, reference.G)
+    assert_same_state(resumed.D, reference.D)
+
+
+def test_a_killed_gan_run_with_dropout_resumes_exactly(frozen_classifier, phantoms, tmp_path, monkeypatch):
+    # D's dropout draws from torch's global RNG: a resumed run matches only if the checkpoint
+    # restores that state too (the paper's setting is d_dropout 0.5).
+    reference = fit(frozen_classifier, phantoms["train"], tmp_path / "a" / "checkpoint.pt", d_dropout=0.5)
+    checkpoint = tmp_path / "b" / "checkpoint.pt"
+    original = GANTrainer.save_checkpoint
+
+    def save_then_die(self, path):
+        original(self, path)
+        if self.step == KILL_AFTER:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(GANTrainer, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        fit(frozen_classifier, phantoms["train"], checkpoint, d_dropout=0.5)
+    monkeypatch.undo()
+    torch.manual_seed(12345)  # whatever the process did in between must not matter
+    resumed = fit(frozen_classifier, phantoms["train"], checkpoint, d_dropout=0.5)
+    assert resumed.losses == reference.losses
     assert_same_state(resumed.G, reference.G)
     assert_same_state(resumed.D, reference.D)
 

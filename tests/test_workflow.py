@@ -13,8 +13,9 @@ import pandas as pd
 import torch
 import pytest
 import yaml
+from PIL import Image
 
-from medxgan.config import merge
+from medxgan.config import merge, user_dataset_name
 from medxgan.data.phantoms import write_phantom_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,13 +42,15 @@ TINY = {
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    """A working directory with the project's config, shrunk so the whole DAG runs in about a minute."""
-    shutil.copytree(REPO / "config", tmp_path / "config")
-    shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
-    config = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
+    """A working directory with the project's config, shrunk so the whole DAG runs in about a minute.
+    Its name has a space and a non-ASCII letter: every path in the rules' commands must be quoted."""
+    workdir = tmp_path / "wörk dir"
+    shutil.copytree(REPO / "config", workdir / "config")
+    shutil.copytree(REPO / "notebooks", workdir / "notebooks")
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
     tiny = {**merge(config, TINY), "ablation": TINY["ablation"]}  # the tiny variants replace, not join, the default ones
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(tiny))
-    return tmp_path
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(tiny))
+    return workdir
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -57,7 +60,7 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
-def test_default_dag_on_both_synthetic_datasets(workdir: Path):
+def test_default_dag_on_both_synthetic_datasets(workdir: Path, tmp_path_factory):
     run = snakemake(workdir, "--cores", "2")
     assert run.returncode == 0, run.stderr[-3000:]
     for dataset in ("synthetic-cxr", "synthetic-mri"):
@@ -103,6 +106,8 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
     again = snakemake(workdir, "--cores", "2", "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
+    own_manifest_beside_the_built_in_run(workdir, tmp_path_factory.mktemp("own") / "my scäns")
+
     for dataset in ("synthetic-cxr", "synthetic-mri"):
         root = workdir / "results" / dataset / "checks"
         sanity = pd.read_csv(root / "sanity.csv")
@@ -145,21 +150,37 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path):
     assert "synthetic-cxr" in html and "synthetic-mri" in html
 
 
-def test_own_manifest_runs_under_its_folder_name(workdir: Path, tmp_path_factory):
-    """Also from a working directory, and with a manifest folder, whose names have a space and a
-    non-ASCII letter: every path in the rules' commands is quoted."""
-    workdir = Path(shutil.copytree(workdir, workdir.parent / "wörk dir"))
-    folder = tmp_path_factory.mktemp("own") / "my scäns"
+def own_manifest_beside_the_built_in_run(workdir: Path, folder: Path) -> None:
+    """A run on a user's manifest, in a folder whose name has a space and a non-ASCII letter, after
+    the built-in run: its results, summary and notebooks go under its own name, the built-in run's
+    stay as they were (that run is still a no-op), and a replaced image reruns the user's steps."""
     manifest = write_phantom_dataset("synthetic-mri", folder, 64, {"train": 48, "val": 16, "test": 16}, 0.5, seed=5)
-    run = snakemake(workdir, "--cores", "2", "--config", f"manifest={manifest}", "negative=no_tumor", "positive=tumor",
-                    "family=brain_mri")
+    shared = [workdir / "results" / name for name in ("summary.md", "summary.csv", "benchmarks.csv")]
+    shared += sorted((workdir / "results" / "notebooks").glob("*.html"))
+    before = {path: path.stat().st_mtime_ns for path in shared}
+    user = ["--config", f"manifest={manifest}", "negative=no_tumor", "positive=tumor", "family=brain_mri"]
+    run = snakemake(workdir, "--cores", "2", *user)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert (workdir / "results" / "my scäns" / "metrics.csv").is_file()
-    gan = json.loads((workdir / "results" / "my scäns" / "gan" / "summary.json").read_text())
+    name = user_dataset_name(manifest)
+    assert name.startswith("my scäns-")
+    results = workdir / "results" / name
+    assert (results / "metrics.csv").is_file()
+    gan = json.loads((results / "gan" / "summary.json").read_text())
     assert gan["provenance"]["torch_threads"] == 2  # one dataset: its jobs get every core
-    assert not (workdir / "results" / "synthetic-cxr").exists()
-    assert "my scäns" in (workdir / "results" / "notebooks" / "brain_mri.html").read_text()  # the family it was given
-    assert not (workdir / "results" / "notebooks" / "chest_xray.html").exists()
+    assert name in (results / "notebooks" / "brain_mri.html").read_text()  # the family it was given
+    assert not (results / "notebooks" / "chest_xray.html").exists()
+    assert list(pd.read_csv(results / "summary.csv").dataset.unique()) == [name]
+    assert {path: path.stat().st_mtime_ns for path in shared} == before
+    built_in = snakemake(workdir, "--cores", "2", "-n")
+    assert built_in.returncode == 0 and "Nothing to be done" in built_in.stdout + built_in.stderr
+
+    image = sorted((folder / "images").glob("*.png"))[0]
+    pixels = np.asarray(Image.open(image))
+    Image.fromarray(255 - pixels).save(image)  # the same file name, other content
+    replanned = snakemake(workdir, "--cores", "2", "-n", *user)
+    assert replanned.returncode == 0, replanned.stderr[-3000:]
+    for rule in ("check_manifest", "train_classifier", "train_gan", "invert", "summarize"):
+        assert f"rule {rule}:" in replanned.stdout, rule
 
 
 def test_paper_configuration_plans_every_source_without_downloading(workdir: Path):
@@ -189,9 +210,10 @@ def test_own_manifest_with_unknown_label_names_the_row(workdir: Path, tmp_path_f
     run = snakemake(workdir, "--cores", "1", "--config", f"manifest={manifest}", "negative=no_tumor", "positive=tumor")
     assert run.returncode != 0
     # the first job to read the manifest fails: the manifest check, before any training
-    log = (workdir / "results" / "scans" / "logs" / "check_manifest.log").read_text()
+    logs = workdir / "results" / user_dataset_name(manifest) / "logs"
+    log = (logs / "check_manifest.log").read_text()
     assert "line 4" in log and "glioma" in log
-    assert not list((workdir / "results" / "scans" / "logs").glob("train_*.log"))
+    assert not list(logs.glob("train_*.log"))
 
 
 def explain_new_images_with_the_bundle(workdir: Path, bundle: Path) -> None:

@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", type=Path, help="a notebook in jupytext percent format, e.g. notebooks/chest_xray.py")
     p.add_argument("--out", type=Path, required=True, help="the HTML file to write")
     p.add_argument("--workdir", type=Path, default=Path("."), help="working directory of the notebook (default .)")
+    p.add_argument("--summary", type=Path, help="the run's summary.csv the notebook shows (default results/summary.csv)")
     return parser
 
 
@@ -250,7 +251,7 @@ def run(args) -> None:
     if args.step == "notebook":
         from medxgan.notebooks import render_notebook  # Jupyter is loaded only for this step
 
-        render_notebook(args.source, args.out, args.workdir)
+        render_notebook(args.source, args.out, args.workdir, args.summary)
         return
     if args.threads:
         import torch
@@ -296,8 +297,9 @@ def _bad_input_errors() -> tuple[type[Exception], ...]:
     once a step failed (their modules load torch)."""
     from medxgan.data.download import DataSourceError
     from medxgan.data.manifest import ManifestError
+    from medxgan.models import InputFileError
 
-    return ConfigError, ManifestError, ShardError, DataSourceError, FileNotFoundError
+    return ConfigError, ManifestError, ShardError, DataSourceError, InputFileError, FileNotFoundError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ command line, so a step run by hand sees exactly the settings a workflow run wou
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 
@@ -21,6 +22,7 @@ SOURCE_DEFAULTS = {
     "near_duplicate_distance": 4,  # perceptual-hash bits (of 64) within which two images count as copies
 }
 SCHEMA_RELATIVE = Path("schema") / "config.schema.yaml"
+MANIFEST_REPORT = "manifest_check.json"  # results/{dataset}/: the manifest check's report names its manifest
 
 
 class ConfigError(ValueError):
@@ -79,10 +81,20 @@ def load_config(*paths: str | Path) -> dict:
     return config
 
 
-def add_user_manifest(config: dict) -> str | None:
-    """Register `manifest=... negative=... positive=...` as a dataset named after the manifest's folder.
+def user_dataset_name(manifest: Path) -> str:
+    """The manifest's folder name and 8 hex digits of its absolute path: two manifests (two folders
+    called `scans`, or one called `synthetic-mri`) never share a results folder."""
+    digest = hashlib.sha256(str(manifest.resolve()).encode()).hexdigest()[:8]
+    return f"{manifest.resolve().parent.name}-{digest}"
 
-    Returns that dataset's name, or None when no manifest was given.
+
+def add_user_manifest(config: dict, results: Path = Path("results")) -> str | None:
+    """Register `manifest=... negative=... positive=...` as a dataset named `name=...` or, without
+    one, `user_dataset_name(manifest)`.
+
+    Returns that dataset's name, or None when no manifest was given. Refuses a name that is already
+    a configured dataset, or whose results folder holds the results of another manifest (its
+    manifest check's report says which).
     """
     manifest = config.get("manifest")
     if not manifest:
@@ -93,11 +105,30 @@ def add_user_manifest(config: dict) -> str | None:
     path = Path(manifest).resolve()
     if not path.is_file():
         raise ConfigError(f"manifest file not found: {manifest}")
-    name = path.parent.name
+    name = str(config["name"]) if config.get("name") else user_dataset_name(path)
+    if name in config["datasets"]:
+        raise ConfigError(f"name={name} is a configured dataset (config `datasets`); give your manifest another name")
+    if Path(name).name != name or name in (".", ".."):
+        raise ConfigError(f"name={name!r} must be a plain folder name, without '/'")
+    _check_results_owner(results / name, path)
     config["datasets"][name] = {"manifest": str(path), "negative": str(config["negative"]), "positive": str(config["positive"])}
     if config.get("family"):
         config["datasets"][name]["family"] = config["family"]
     return name
+
+
+def _check_results_owner(folder: Path, manifest: Path) -> None:
+    """Stop before a run would replace results that another manifest produced."""
+    report = folder / MANIFEST_REPORT
+    if not report.is_file():
+        return
+    try:
+        owner = json.loads(report.read_text())["manifest"]
+    except (ValueError, KeyError) as error:
+        raise ConfigError(f"{report} cannot be read ({error}): move {folder} aside or choose another name=") from None
+    if Path(owner) != manifest:
+        raise ConfigError(f"{folder} holds the results of manifest {owner}, not {manifest}: "
+                          f"choose another name=... or move {folder} aside")
 
 
 def dataset_settings(config: dict, dataset: str) -> dict:

@@ -347,22 +347,55 @@ def save_model(model: nn.Module, path: str | Path, spec: dict) -> None:
 
 def read_spec(path: str | Path) -> dict:
     """The spec `save_model` stored in a weights file's metadata."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    with safe_open(str(path), "pt") as f:
-        metadata = f.metadata() or {}
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError) as error:  # truncated, or not a safetensors file at all
+        raise InputFileError(f"{path} is not a readable safetensors weights file ({error})") from None
     if "spec" not in metadata:
-        raise ValueError(f"{path} has no model spec in its metadata: was it written by medxgan?")
+        raise InputFileError(f"{path} has no model spec in its metadata: was it written by medxgan?")
     return json.loads(metadata["spec"])
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+class InputFileError(ValueError):
+    """A file given to a step (weights, inversion results) is not what it needs; the message names the file."""
+
+
+# The kinds of network a step may be given for each role (a user's classifier stands in for C).
+ROLE_KINDS = {"classifier": ("classifier", "user_classifier"), "generator": ("generator",), "encoder": ("encoder",)}
+
+
+def check_spec(path: Path, spec: dict, role: str, data: dict) -> None:
+    """The network in `path` can play `role` on this run's images (data: image_size, channels and,
+    where the file records them, the dataset's two labels); else one line saying what it is."""
+    if spec.get("kind") not in ROLE_KINDS[role]:
+        raise InputFileError(f"{path} holds a {spec.get('kind')}, not a {role}")
+    for key, unit in (("image_size", "px images"), ("channels", "channel images")):
+        if key in spec and spec[key] != data[key]:
+            raise InputFileError(f"{path}: a {role} for {spec[key]}-{unit}, this run's data.{key} is {data[key]}")
+    labels = [str(data["negative"]), str(data["positive"])] if "negative" in data else None
+    if "labels" in spec and labels and spec["labels"] != labels:
+        raise InputFileError(f"{path}: a {role} trained on {spec['labels'][0]!r} vs {spec['labels'][1]!r}, "
+                             f"this run's dataset is {labels[0]!r} vs {labels[1]!r}")
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu", role: str | None = None,
+               data: dict | None = None) -> nn.Module:
     """A network saved by `save_model`, in eval mode, with gradients switched off for its weights,
-    its convolutions in the faster channels-last layout."""
-    model = build_from_spec(read_spec(path))
-    model.load_state_dict(load_state_dict(path))
+    its convolutions in the faster channels-last layout. With a `role` and the run's `data`
+    settings, the file is checked first (`check_spec`)."""
+    spec = read_spec(path)
+    if role is not None:
+        check_spec(Path(path), spec, role, data)
+    model = build_from_spec(spec)
+    try:
+        model.load_state_dict(load_state_dict(path))
+    except RuntimeError as error:  # weights of other shapes than the spec says
+        raise InputFileError(f"{path}: its weights do not fit the network its spec describes ({error})") from None
     channels_last(model)
     return model.to(device).eval().requires_grad_(False)

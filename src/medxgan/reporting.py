@@ -7,6 +7,7 @@ Every function reads what the workflow wrote under `results/{dataset}/` and retu
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,7 @@ from medxgan.evaluation import INVERSION_METHOD
 
 SUMMARY_DIGITS = 3
 NOT_APPLICABLE = "n/a"
+SUMMARY_VARIABLE = "MEDXGAN_SUMMARY"  # set by `medxgan notebook --summary`: the run's own summary table
 
 
 def _json(path: Path) -> dict:
@@ -32,9 +34,15 @@ def with_interval(table: pd.DataFrame) -> pd.Series:
     return table.apply(cell, axis=1)
 
 
+def summary_table(results: Path) -> pd.DataFrame:
+    """The run's summary (`medxgan summarize`): the file MEDXGAN_SUMMARY names, else results/summary.csv
+    (a run on a user's manifest writes its own, under results/NAME/)."""
+    return pd.read_csv(os.environ.get(SUMMARY_VARIABLE) or Path(results) / "summary.csv", keep_default_na=False)
+
+
 def datasets_of_family(results: Path, family: str) -> list[str]:
     """The datasets of one family in the run's summary, in the order they were run."""
-    summary = pd.read_csv(Path(results) / "summary.csv", keep_default_na=False)
+    summary = summary_table(results)
     return list(dict.fromkeys(summary.loc[summary.family == family, "dataset"]))
 
 

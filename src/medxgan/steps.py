@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from medxgan import ablation, evaluation, figures, hardware, metrics, reporting, runtimes
@@ -24,7 +24,7 @@ from medxgan.data.phantoms import write_phantom_dataset
 from medxgan.encoder import train_encoder
 from medxgan.explainers import build_explainer
 from medxgan.inversion import check_encoder, invert_batches
-from medxgan.models import load_model, positive_probability, save_model
+from medxgan.models import InputFileError, load_model, positive_probability, save_model
 from medxgan.oracle import oracle_probabilities, oracle_seed, train_oracle
 from medxgan.shards import ShardError, check_chunk
 from medxgan.user_classifier import import_classifier
@@ -93,10 +93,21 @@ def _train_and_report(s: dict, manifest: Path, out_dir: Path, train, name: str, 
     report = {split: evaluate_classifier(model, splits[split], device) for split in ("val", "test")}
     log.info("%s: test accuracy %.3f, AUROC %.3f", name, report["test"]["accuracy"], report["test"]["auroc"] or float("nan"))
     out_dir = Path(out_dir)
-    save_model(model, out_dir / "model.safetensors", info["spec"])
+    save_model(model, out_dir / "model.safetensors", _with_labels(info["spec"], s))
     write_json(out_dir / "metrics.json", {**report, "history": info["history"], "selected_epoch": info["selected_epoch"],
                                           "settings": s, **record,
                                           "provenance": provenance(s["seed"], device, "fp32")})
+
+
+def _with_labels(spec: dict, s: dict) -> dict:
+    """The spec with the dataset's two labels: a step given this file for another dataset says so."""
+    return {**spec, "labels": [str(s["data"]["negative"]), str(s["data"]["positive"])]}
+
+
+def _classifier_and_generator(classifier: Path, generator: Path, device: torch.device, s: dict):
+    """C and G for this run's data, each file checked first (`models.check_spec`)."""
+    return (load_model(classifier, device, "classifier", s["data"]),
+            load_model(generator, device, "generator", s["data"]))
 
 
 def train_classifier_step(s: dict, manifest: Path, out_dir: Path) -> None:
@@ -123,12 +134,13 @@ def train_gan_step(s: dict, manifest: Path, classifier: Path, out_dir: Path) -> 
     precision = _precision(s, device)
     out_dir = Path(out_dir)
     train = _load(manifest, "train", s)
-    trainer = GANTrainer(load_model(classifier, device), s["gan"], s["data"], s["seed"], device, precision)
+    C = load_model(classifier, device, "classifier", s["data"])
+    trainer = GANTrainer(C, s["gan"], s["data"], s["seed"], device, precision)
     trainer.fit(train, out_dir / "checkpoint.pt")
     losses = pd.DataFrame(trainer.losses, columns=GANTrainer.LOSS_COLUMNS)
     check = disentanglement_check(trainer.G.eval(), trainer.C, s["gan"]["disentanglement_samples"], s["seed"], device)
     log.info("disentanglement: %s", check)
-    save_model(trainer.G, out_dir / "generator.safetensors", trainer.g_spec)
+    save_model(trainer.G, out_dir / "generator.safetensors", _with_labels(trainer.g_spec, s))
     save_model(trainer.D, out_dir / "discriminator.safetensors", trainer.d_spec)
     _write_csv(losses, out_dir / "losses.csv")
     figures.save(figures.gan_losses(losses), out_dir / "losses.png")
@@ -139,17 +151,17 @@ def train_gan_step(s: dict, manifest: Path, classifier: Path, out_dir: Path) -> 
 def train_encoder_step(s: dict, manifest: Path, generator: Path, out_dir: Path) -> None:
     """E(x) -> (z1, z2) against the frozen G: the starting codes of inversion.init encoder."""
     device = _start(s)
-    encoder, report = train_encoder(load_model(generator, device), _load(manifest, "train", s),
+    encoder, report = train_encoder(load_model(generator, device, "generator", s["data"]), _load(manifest, "train", s),
                                     _load(manifest, "val", s), s["encoder"], s["data"], s["seed"], device)
     log.info("encoder: validation MSE(G(E(x)), x) %.4f", report["val_reconstruction_mse"])
     out_dir = Path(out_dir)
-    save_model(encoder, out_dir / "model.safetensors", report.pop("spec"))
+    save_model(encoder, out_dir / "model.safetensors", _with_labels(report.pop("spec"), s))
     write_json(out_dir / "metrics.json", {**report, "settings": s, "provenance": provenance(s["seed"], device, "fp32")})
 
 
 def _encoder_for(s: dict, encoder: Path | None, device: torch.device):
     """The encoder the inversion starts from, when inversion.init is encoder (None otherwise)."""
-    E = None if encoder is None else load_model(encoder, device)
+    E = None if encoder is None else load_model(encoder, device, "encoder", s["data"])
     check_encoder(s["inversion"], E)
     return E
 
@@ -207,7 +219,7 @@ def invert_step(s: dict, manifest: Path, classifier: Path, generator: Path, out_
                 chunk: tuple[int, int] | None = None, encoder: Path | None = None) -> None:
     device = _start(s)
     precision = _precision(s, device)
-    C, G = load_model(classifier, device), load_model(generator, device)
+    C, G = _classifier_and_generator(classifier, generator, device, s)
     E = _encoder_for(s, encoder, device)
     data, place = _images_of(manifest, s, "inversion", chunk)
     per_image = _invert_images(G, C, data, s, device, precision, E)
@@ -226,18 +238,23 @@ def invert_step(s: dict, manifest: Path, classifier: Path, generator: Path, out_
 def load_inversion(path: Path, data: ImageSet, positions: slice | None = None) -> dict[str, torch.Tensor]:
     """The inversion results (those at `positions`, for one chunk), checked to belong to the same
     test images (same manifest rows, same order)."""
-    result = load_file(str(path))
+    try:
+        result = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise InputFileError(f"{path} is not a readable inversion file ({error})") from None
+    if "rows" not in result:
+        raise InputFileError(f"{path} holds no inversion results (no 'rows'): give the invert step's latents.safetensors")
     if positions is not None:
         result = {name: tensor[positions] for name, tensor in result.items()}
     if not torch.equal(result["rows"], data.rows):
-        raise ValueError(f"{path} was computed on other images than the manifest's test positives: rerun inversion")
+        raise InputFileError(f"{path} was computed on other images than the manifest's test positives: rerun inversion")
     return result
 
 
 def explain_step(s: dict, manifest: Path, classifier: Path, generator: Path, inversion: Path, method: str, out: Path,
                  chunk: tuple[int, int] | None = None) -> None:
     device = _start(s)
-    C, G = load_model(classifier, device), load_model(generator, device)
+    C, G = _classifier_and_generator(classifier, generator, device, s)
     explainer = build_explainer(method, C, G, s["explain"])
     data, place = _images_of(manifest, s, "explain", chunk)
     latents = load_inversion(Path(inversion), data, slice(place["start"], place["stop"]) if place else None)
@@ -307,11 +324,11 @@ def gather_explanations_step(chunks: list[Path], out: Path) -> None:
 def evaluate_step(s: dict, manifest: Path, classifier: Path, inversion: Path, explanations: list[Path], out_dir: Path,
                   oracle: Path | None = None) -> None:
     device = _start(s)
-    C = load_model(classifier, device)
+    C = load_model(classifier, device, "classifier", s["data"])
     data = _test_positives(manifest, s)
     latents = load_inversion(Path(inversion), data)
     if oracle is not None:  # an independent judge of G's images beside C
-        latents |= oracle_probabilities(load_model(oracle, device), data.images, latents)
+        latents |= oracle_probabilities(load_model(oracle, device, "classifier", s["data"]), data.images, latents)
     heatmaps = load_heatmaps(explanations)
     per_image, curves = evaluation.evaluate_explanations(C, data, heatmaps, latents, s["evaluate"], s["seed"], device)
     summary = evaluation.summarise(per_image, s["evaluate"], s["seed"])
@@ -335,8 +352,8 @@ def load_heatmaps(paths: list[Path]) -> dict[str, torch.Tensor]:
 def figures_step(s: dict, manifest: Path, classifier: Path, generator: Path, inversion: Path,
                  explanations: list[Path], metrics_csv: Path, curves_csv: Path, oracle: Path, out_dir: Path) -> None:
     device = _start(s)
-    C, G = load_model(classifier, device), load_model(generator, device)
-    oracle_model = load_model(oracle, device)
+    C, G = _classifier_and_generator(classifier, generator, device, s)
+    oracle_model = load_model(oracle, device, "classifier", s["data"])
     data = _test_positives(manifest, s)
     latents = load_inversion(Path(inversion), data)
     heatmaps = load_heatmaps(explanations)
@@ -358,7 +375,7 @@ def check_step(s: dict, manifest: Path, classifier: Path, generator: Path, inver
                encoder: Path | None = None) -> None:
     device = _start(s)
     s = {**s, "precision": _precision(s, device)}  # the noisy copies' inversions run like the inversion step
-    C, G = load_model(classifier, device), load_model(generator, device)
+    C, G = _classifier_and_generator(classifier, generator, device, s)
     E = _encoder_for(s, encoder, device)
     data = _test_positives(manifest, s)
     latents = load_inversion(Path(inversion), data)

@@ -1,10 +1,27 @@
 # Helpers shared by the rules: where a dataset's manifest is, and each step's settings as JSON.
 
+import csv
 import shlex
+from pathlib import Path
 
 
 def manifest_of(wildcards):
     return manifest_path(config, wildcards.dataset)
+
+
+def files_of_user_manifest(wildcards):
+    """The images and masks a user's manifest lists (read where they are, so no rule makes them).
+    A built-in or downloaded dataset's files are made with its manifest by a rule, so they follow it."""
+    if "manifest" not in config["datasets"][wildcards.dataset]:
+        return []
+    manifest = Path(manifest_of(wildcards))
+    try:
+        with manifest.open(newline="") as rows:
+            named = [row.get(column) for row in csv.DictReader(rows) for column in ("path", "mask_path")]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []  # the manifest check names what is wrong with the manifest
+    # Paths are relative to the manifest's folder, as every step reads them; the check reports missing ones.
+    return sorted({str(manifest.parent / name) for name in named if name and (manifest.parent / name).is_file()})
 
 
 def settings(*sections):

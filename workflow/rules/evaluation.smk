@@ -115,15 +115,15 @@ rule summarize:
         checks=expand("results/{dataset}/checks/{table}.csv", dataset=DATASETS,
                       table=["sanity", "robustness", "counterfactual"]),
     output:
-        markdown="results/summary.md",
-        table="results/summary.csv",
+        markdown=f"{RUN_DIR}/summary.md",
+        table=f"{RUN_DIR}/summary.csv",
     params:
         datasets=DATASETS,
         families=[f"{name}={FAMILIES[name]}" for name in DATASETS if FAMILIES[name]],
     benchmark:
-        "results/benchmarks/summarize.tsv",
+        f"{RUN_DIR}/benchmarks/summarize.tsv",
     log:
-        "results/logs/summarize.log",
+        f"{RUN_DIR}/logs/summarize.log",
     shell:
         "medxgan summarize --results results --datasets {params.datasets:q} --families {params.families:q}"
         " --out {output.markdown:q} 2> {log:q}"
@@ -136,30 +136,30 @@ rule notebook:
         figures=expand("results/{dataset}/{figure}.png", dataset=DATASETS, figure=FIGURES),
         bundles=expand("results/{dataset}/bundle", dataset=DATASETS),  # the walkthrough explains with one
     output:
-        html="results/notebooks/{notebook}.html",
+        html=f"{RUN_DIR}/notebooks/{{notebook}}.html",
     benchmark:
-        "results/benchmarks/notebook_{notebook}.tsv",
+        f"{RUN_DIR}/benchmarks/notebook_{{notebook}}.tsv",
     log:
-        "results/logs/notebook_{notebook}.log",
+        f"{RUN_DIR}/logs/notebook_{{notebook}}.log",
     shell:
-        "medxgan notebook {input.source:q} --out {output.html:q} 2> {log:q}"
+        "medxgan notebook {input.source:q} --summary {input.summary:q} --out {output.html:q} 2> {log:q}"
 
 
 rule collect_benchmarks:
     input:
         # everything else the run builds, so this job runs last and finds every job's benchmark file
         summary=rules.summarize.output.markdown,
-        notebooks=expand("results/notebooks/{notebook}.html", notebook=NOTEBOOKS),
+        notebooks=expand(f"{RUN_DIR}/notebooks/{{notebook}}.html", notebook=NOTEBOOKS),
         bundles=expand("results/{dataset}/bundle", dataset=DATASETS),
     output:
-        table="results/benchmarks.csv",
-        figure=report("results/benchmarks.png", caption="../report/benchmarks.rst", category="run",
+        table=f"{RUN_DIR}/benchmarks.csv",
+        figure=report(f"{RUN_DIR}/benchmarks.png", caption="../report/benchmarks.rst", category="run",
                       labels={"figure": "job times"}),
     params:
         datasets=DATASETS,
     localrule: True
     log:
-        "results/logs/collect_benchmarks.log",
+        f"{RUN_DIR}/logs/collect_benchmarks.log",
     shell:
         "medxgan collect-benchmarks --results results --datasets {params.datasets:q} --out {output.table:q}"
         " --figure {output.figure:q} 2> {log:q}"

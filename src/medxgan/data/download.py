@@ -170,12 +170,17 @@ def _check(path: Path, url: str, expected: Expected) -> str:
 def fetch_file(url: str, dest: Path, dataset_dir: Path, expected: Expected = Expected()) -> FetchedFile:
     """Download `url` to `dest` (resuming a `.part` left by an earlier run) and check it.
 
-    A `dest` already there from an earlier run is checked again instead of fetched.
+    A `dest` already there from an earlier run is checked again instead of fetched; one that fails
+    the check (a disk error, a hand edit) is deleted and fetched afresh.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
+    digest = None
     if dest.is_file():
-        digest = _check(dest, url, expected)
-    else:
+        try:
+            digest = _check(dest, url, expected)
+        except DataSourceError as error:
+            log.warning("the copy already downloaded failed its check, fetching it again: %s", error)
+    if digest is None:
         part = dest.with_name(dest.name + ".part")
         _transfer(url, part)
         digest = _check(part, url, expected)

@@ -4,15 +4,18 @@
     ROOT/masks/train/<class>/<image stem>.<png|jpg|...>   (optional lesion masks, same names)
 
 Two class folders are the task's negative and positive classes; any other class folder is left
-out (listed in dropped.csv). The validation split is drawn from train with the seed, stratified.
+out (listed in dropped.csv). Images in a class folder's subfolders belong to the class, as in
+torchvision's ImageFolder; files that are not images are listed in dropped.csv; a class folder
+without images stops the import. The validation split is drawn from train with the seed, stratified.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from medxgan.data.download import DataSourceError
 from medxgan.data.preparation import Collected, PrepareOptions, Record, drop, prepare
-from medxgan.data.sources.layout import IMAGE_SUFFIXES, image_files, require_folders, subfolders
+from medxgan.data.sources.layout import IMAGE_SUFFIXES, is_junk, require_folders, subfolders
 
 SPLIT_FOLDERS = {"train": "train", "test": "test"}
 MASKS = "masks"
@@ -36,13 +39,25 @@ def collect_image_folder(root: Path, negative: str, positive: str) -> Collected:
         folder = root / folder_name
         require_folders(folder, (negative, positive))
         for name in subfolders(folder):
-            for file in image_files(folder / name):
+            files = class_files(folder / name)
+            if name in (negative, positive) and not any(file.suffix.lower() in IMAGE_SUFFIXES for file in files):
+                raise DataSourceError(f"{folder / name}: class folder {name!r} holds no image "
+                                      f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+            for file in files:
                 record = Record(file, name == positive, name, split, mask_file=_mask_for(root, file))
-                if name in (negative, positive):
+                if file.suffix.lower() not in IMAGE_SUFFIXES:
+                    dropped.append(drop(record, "not an image file", file.suffix or "no suffix"))
+                elif name in (negative, positive):
                     records.append(record)
                 else:
                     dropped.append(drop(record, "class not in the task", f"{positive} vs {negative}"))
     return Collected(root, records, dropped)
+
+
+def class_files(folder: Path) -> list[Path]:
+    """Every file under a class folder, in its subfolders too (as torchvision's ImageFolder reads
+    them), sorted, without macOS's resource forks."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not is_junk(p.relative_to(folder)))
 
 
 def import_folder(root: Path, negative: str, positive: str, out_dir: Path, image_size: int, channels: int,

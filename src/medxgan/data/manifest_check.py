@@ -16,6 +16,7 @@ warnings (the run goes on):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def _shared_between_splits(table: pd.DataFrame, key: str, what: str) -> list[str
 
 
 def _errors(table: pd.DataFrame, manifest: Path, negative: str, positive: str) -> list[str]:
-    table = table.assign(image_key=table["image_file"].astype(str), content=[file_sha256(f) for f in table["image_file"]])
+    table = table.assign(image_key=table["image_file"].astype(str))
     errors = _shared_between_splits(table, "image_key", "image")
     errors += [message.replace("image", "the same image content as", 1)
                for message in _shared_between_splits(table.drop_duplicates("image_key"), "content", "image")]
@@ -82,6 +83,7 @@ def check_manifest(manifest: str | Path, negative: str, positive: str, image_siz
     """The report (counts per split and label, warnings); a ManifestError listing every error."""
     manifest = Path(manifest)
     table = read_manifest(manifest, negative, positive, seed)
+    table["content"] = [file_sha256(f) for f in table["image_file"]]
     errors = _errors(table, manifest, negative, positive)
     if errors:
         raise ManifestError(f"{manifest} fails the manifest check:\n  " + "\n  ".join(errors))
@@ -91,4 +93,15 @@ def check_manifest(manifest: str | Path, negative: str, positive: str, image_siz
     counts = table.groupby(["split", "label"]).size()
     return {"manifest": str(manifest.resolve()), "rows": len(table), "warnings": warnings,
             "counts": {f"{split}/{label}": int(n) for (split, label), n in counts.items()},
-            "masks": int(table["mask_file"].notna().sum()), "images": int(np.unique(table["image_file"].astype(str)).size)}
+            "masks": int(table["mask_file"].notna().sum()), "images": int(np.unique(table["image_file"].astype(str)).size),
+            "content_sha256": _content_digest(table)}
+
+
+def _content_digest(table: pd.DataFrame) -> str:
+    """One SHA-256 over every row's path, label, split and image and mask content: it changes
+    exactly when what the run reads changes."""
+    digest = hashlib.sha256()
+    for row in table.itertuples(index=False):
+        mask = file_sha256(row.mask_file) if row.mask_file is not None else ""
+        digest.update(f"{row.path}\t{row.label}\t{row.split}\t{row.content}\t{mask}\n".encode())
+    return digest.hexdigest()

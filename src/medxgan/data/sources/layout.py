@@ -10,14 +10,14 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 JUNK_PREFIXES = ("__MACOSX", "._")  # resource forks that macOS zips add beside every file
 
 
-def _is_junk(path: Path) -> bool:
+def is_junk(path: Path) -> bool:
     return any(part.startswith(JUNK_PREFIXES) for part in path.parts)
 
 
 def find_folder(root: Path, name: str, marker: str | None = None) -> Path:
     """The folder called `name` at or under root: the shallowest one holding `marker` if any does,
     else the shallowest one (archives nest their folders to different depths)."""
-    candidates = [p for p in [root, *root.rglob(name)] if p.name == name and p.is_dir() and not _is_junk(p)]
+    candidates = [p for p in [root, *root.rglob(name)] if p.name == name and p.is_dir() and not is_junk(p)]
     if not candidates:
         raise DataSourceError(f"{root}: no folder named {name!r} in the downloaded files")
     candidates.sort(key=lambda p: (len(p.parts), str(p)))
@@ -36,8 +36,8 @@ def require_folders(folder: Path, names) -> None:
 def image_files(folder: Path) -> list[Path]:
     """Image files directly in `folder`, sorted by name."""
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not _is_junk(p.relative_to(folder)))
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not is_junk(p.relative_to(folder)))
 
 
 def subfolders(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not _is_junk(p.relative_to(folder)))
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not is_junk(p.relative_to(folder)))
