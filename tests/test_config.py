@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
@@ -157,3 +158,89 @@ def test_ablation_variants_lay_base_then_their_own_overrides_over_the_dataset():
     assert base_only["gan"]["nz1"] == dataset_settings(config, "synthetic-cxr")["gan"]["nz1"]
     with pytest.raises(ConfigError, match="unknown ablation variant 'nope'"):
         variant_settings(config, "synthetic-cxr", "nope", 3, "gan")
+
+
+SCHEMA_FILE = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def schema_nodes(node: dict, where: str = "#"):
+    """Every subschema below `node` with its JSON pointer, `node` first (values of `default` are data, not schemas)."""
+    yield where, node
+    for keyword in ("properties", "$defs"):
+        for key, sub in node.get(keyword, {}).items():
+            yield from schema_nodes(sub, f"{where}/{keyword}/{key}")
+    for keyword in ("items", "additionalProperties", "propertyNames"):
+        if isinstance(node.get(keyword), dict):
+            yield from schema_nodes(node[keyword], f"{where}/{keyword}")
+    for keyword in ("allOf", "anyOf", "oneOf"):
+        for index, sub in enumerate(node.get(keyword, [])):
+            yield from schema_nodes(sub, f"{where}/{keyword}/{index}")
+
+
+def schema_properties(schema: dict, node: dict) -> dict:
+    """The properties a mapping checked by `node` may have: its own, its $ref's and its allOf parts'."""
+    properties = dict(node.get("properties", {}))
+    if "$ref" in node:
+        properties.update(schema_properties(schema, schema["$defs"][node["$ref"].removeprefix("#/$defs/")]))
+    for part in node.get("allOf", []):
+        properties.update(schema_properties(schema, part))
+    return properties
+
+
+def defaults_unlike(schema: dict, node: dict, value, where: str) -> list[str]:
+    """Where the schema's `default`s differ from `value` (config/config.yaml's), walking both together: a key
+    whose schema has a `default` must equal it; a mapping without one needs a default for each of its keys."""
+    if "default" in node:
+        return [] if node["default"] == value else [f"{where}: default {node['default']!r}, config {value!r}"]
+    properties = schema_properties(schema, node)
+    if not (isinstance(value, dict) and properties):
+        return [f"{where}: no default (config: {value!r})"]
+    return [problem for key, sub in value.items()
+            for problem in (defaults_unlike(schema, properties[key], sub, f"{where}.{key}") if key in properties
+                            else [f"{where}.{key}: not in the schema"])]
+
+
+def test_every_schema_property_has_a_description():
+    schema = yaml.safe_load(SCHEMA_FILE.read_text())
+    undescribed = [f"{where}/{keyword}/{key}" for where, node in schema_nodes(schema)
+                   for keyword in ("properties", "$defs") for key, sub in node.get(keyword, {}).items()
+                   if not str(sub.get("description") or "").strip()]
+    assert not undescribed, undescribed
+    assert len([node for _, node in schema_nodes(schema) if "description" in node]) > 150  # the walk reached them all
+
+
+def test_schema_defaults_are_the_shipped_config_and_valid():
+    from medxgan.config import SOURCE_DEFAULTS
+
+    schema = yaml.safe_load(SCHEMA_FILE.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    unlike = defaults_unlike(schema, schema, config, "config")
+    assert not unlike, unlike
+    validator = jsonschema.Draft202012Validator(schema)
+    invalid = [f"{where}: {error.message}" for where, node in schema_nodes(schema) if "default" in node
+               for error in validator.evolve(schema=node).iter_errors(node["default"])]
+    assert not invalid, invalid
+    source = schema["properties"]["datasets"]["additionalProperties"]["properties"]["source"]["properties"]
+    assert {key: source[key]["default"] for key in SOURCE_DEFAULTS} == SOURCE_DEFAULTS
+
+
+def test_config_is_checked_against_the_workflows_schema_wherever_it_lies(config_dir: Path):
+    from medxgan.config import schema_for
+
+    assert schema_for(config_dir / "config.yaml") == schema_for(REPO / "config" / "config.yaml") == SCHEMA_FILE
+    assert not (REPO / "config" / "schema").exists()
+
+
+def test_a_package_installed_without_its_clone_finds_the_schema_beside_the_config(config_dir: Path, monkeypatch):
+    import medxgan.config
+    from medxgan.config import schema_for
+
+    monkeypatch.setattr(medxgan.config, "PROJECT_SCHEMA", config_dir.parent / "site-packages" / "config.schema.yaml")
+    with pytest.raises(ConfigError, match="configuration schema not found"):
+        load_config(config_dir / "config.yaml")
+    schema = config_dir.parent / "workflow" / "schemas" / "config.schema.yaml"
+    schema.parent.mkdir(parents=True)
+    shutil.copy(SCHEMA_FILE, schema)
+    assert schema_for(config_dir / "config.yaml") == schema
+    assert set(load_config(config_dir / "config.yaml")["datasets"]) == {"synthetic-cxr", "synthetic-mri"}

@@ -6,7 +6,7 @@ from torch import nn
 
 from medxgan.explainers import (
     EXPLAINERS, GENERATIVE_METHODS, DifferenceMap, GenerativeExplainer, GradCAM, IntegratedGradients,
-    Interpolation, LatentIG,
+    Interpolation, LatentIG, build_explainer,
 )
 from medxgan.models import Generator, SimpleCNN, positive_probability
 from helpers import RegionClassifier, calibrate_gan_pair
@@ -254,3 +254,27 @@ def test_latent_ig_chunks_along_the_path(form, models):
 def test_latent_ig_rejects_unknown_form(models):
     with pytest.raises(ValueError, match="form"):
         LatentIG(*models, form="midpoint")
+
+
+EXPLAIN_CFG = {"batch_size": 7, "interpolation_points": 5, "latent_ig_steps": 9, "latent_ig_form": "endpoint",
+               "ig_steps": 11, "ig_baseline": 0.5}
+
+
+@pytest.mark.parametrize("method, options", [
+    ("difference", {}), ("gradcam", {}),
+    ("interpolation", {"n_points": 5}),
+    ("latent_ig", {"n_steps": 9, "form": "endpoint"}),
+    ("ig", {"n_steps": 11, "baseline": 0.5}),
+])
+def test_build_explainer_passes_the_explain_settings(models, method, options):
+    classifier, generator = models
+    explainer = build_explainer(method, classifier, generator, EXPLAIN_CFG)
+    assert type(explainer) is EXPLAINERS[method] and explainer.batch_size == 7
+    assert explainer.classifier is classifier
+    assert getattr(explainer, "generator", generator) is generator
+    assert {name: getattr(explainer, name) for name in options} == options
+
+
+def test_build_explainer_names_an_unknown_method(models):
+    with pytest.raises(ValueError, match=r"unknown explanation method 'lime'; known: difference, interpolation"):
+        build_explainer("lime", *models, EXPLAIN_CFG)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import medxgan.inversion as inversion
-from medxgan.inversion import (Inversion, invert, invert_batch, inversion_loss, positive_realisation,
-                               starting_codes)
+from medxgan.inversion import (Inversion, invert, invert_batch, inversion_loss, negative_counterfactuals,
+                               positive_realisation, starting_codes)
 from medxgan.models import Generator, SimpleCNN, positive_probability
 from helpers import calibrate_gan_pair
 
@@ -223,3 +223,26 @@ def test_inversion_loss_pulls_c_towards_its_call_on_the_image(models, targets, p
         p = positive_probability(classifier, generator(z1, z2)).clamp(1e-6, 1 - 1e-6)
     expected = CFG["bce_weight"] * -(target * p.log() + (1 - target) * (1 - p).log())
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_negative_counterfactuals_are_the_negative_inversion_and_its_positive_realisation(models, targets):
+    # Each piece must be what its parts compute on their own: the anatomy from the z2 = 0 inversion,
+    # z2* from positive_realisation on that anatomy, the images G(z1, 0) and G(z1, z2*), and the
+    # map |G(z1, z2*) - G(z1, 0)| averaged over channels.
+    generator, classifier = models
+    s = {"inversion": {**CFG, "positive_steps": 20, "positive_lr": 0.1}, "seed": 3}
+    result = negative_counterfactuals(generator, classifier, targets, ROWS, s)
+    codes = invert(generator, classifier, targets, ROWS, s["inversion"], 3, negative=True)
+    z2, flipped = positive_realisation(generator, classifier, codes.z1, s["inversion"], 3)
+    with torch.no_grad():
+        negative, positive = generator(codes.z1, torch.zeros_like(z2)), generator(codes.z1, z2)
+    assert torch.equal(result["z1"], codes.z1) and torch.equal(result["z2"], z2)
+    assert torch.equal(result["flipped"], flipped) and torch.equal(result["p_image"], codes.p_image)
+    torch.testing.assert_close(result["negative"], negative)
+    torch.testing.assert_close(result["positive"], positive)
+    torch.testing.assert_close(result["p_negative"], positive_probability(classifier, negative))
+    torch.testing.assert_close(result["p_positive"], positive_probability(classifier, positive))
+    difference = (positive - negative).abs().mean(dim=1)
+    torch.testing.assert_close(result["difference"], difference)
+    torch.testing.assert_close(result["change_l1"], difference.flatten(1).mean(1))
+    torch.testing.assert_close(result["z2_norm"], z2.norm(dim=1))

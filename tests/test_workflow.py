@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -310,3 +313,53 @@ def test_dag_explains_the_users_own_classifier(workdir: Path, user_resnet: dict,
     assert metrics.query("method == 'medxgan inversion' and metric == 'reconstruction_ssim'")["mean"].notna().all()
     sanity = pd.read_csv(root / "checks" / "sanity.csv")
     assert sanity.empty == (kind == "torchscript")  # TorchScript layers cannot be re-initialised
+
+
+# A GAN long enough to be caught half way, and an inversion long enough to be caught inside its batch.
+INTERRUPTIBLE = {"defaults": {"gan": {"steps": 200, "checkpoint_every": 20}, "inversion": {"steps": 800}}}
+
+
+def run_until(workdir: Path, args: list[str], ready, timeout: float = 600) -> None:
+    """Start snakemake, wait until `ready()` holds, then SIGKILL its whole process group, as a
+    crash or a cluster's time limit would."""
+    bin_dir = str(Path(sys.executable).parent)
+    process = subprocess.Popen([*SNAKEMAKE, "--directory", str(workdir), *args], cwd=workdir,
+                               env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(workdir)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert process.poll() is None, "the run ended before the point where it was to be killed"
+            assert time.monotonic() < deadline, "the run never reached the point where it was to be killed"
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def test_a_run_killed_in_gan_training_and_in_inversion_finishes_as_an_uninterrupted_one(workdir: Path, tmp_path):
+    manifest = write_phantom_dataset("synthetic-mri", tmp_path / "scans", 64, {"train": 32, "val": 8, "test": 16}, 0.5,
+                                     seed=3)
+    (workdir / "config" / "interruptible.yaml").write_text(yaml.safe_dump(INTERRUPTIBLE))
+    options = ["--cores", "2", "--configfile", "config/config.yaml", "config/interruptible.yaml",
+               "--config", f"manifest={manifest}", "negative=no_tumor", "positive=tumor", "name=study"]
+    args = ["results/study/inversion/latents.safetensors", *options]
+    reference = Path(shutil.copytree(workdir, workdir.parent / "reference"))
+    run = snakemake(reference, *args)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    results = workdir / "results" / "study"
+    run_until(workdir, args, lambda: (results / "gan" / "checkpoint.pt").is_file())
+    assert not (results / "gan" / "generator.safetensors").exists()  # killed inside GAN training
+    assert snakemake(workdir, "--unlock", *options).returncode == 0
+    log = results / "logs" / "invert.log"
+    run_until(workdir, args, lambda: log.is_file() and "inversion batches" in log.read_text())
+    assert (results / "gan" / "generator.safetensors").is_file()
+    assert not (results / "inversion" / "latents.safetensors").exists()  # killed inside the inversion
+    assert snakemake(workdir, "--unlock", *options).returncode == 0
+    finished = snakemake(workdir, *args)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+
+    for output in ("gan/generator.safetensors", "gan/losses.csv", "inversion/latents.safetensors",
+                   "inversion/inversion.csv"):
+        assert (results / output).read_bytes() == (reference / "results" / "study" / output).read_bytes(), output

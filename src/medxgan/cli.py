@@ -62,7 +62,7 @@ def _settings(args) -> dict:
     if args.settings:
         text = args.settings if args.settings.lstrip().startswith("{") else Path(args.settings).read_text()
         settings = json.loads(text)
-        if PROJECT_SCHEMA.is_file():  # a clone of the project; an installed package carries no config/
+        if PROJECT_SCHEMA.is_file():  # a clone of the project; an installed package carries no workflow/
             validate_settings(settings)
         return settings
     if not (args.config and args.dataset):

@@ -21,7 +21,9 @@ SOURCE_DEFAULTS = {
     "test_fraction": 0.2,  # share held out for testing where the source has no test split
     "near_duplicate_distance": 4,  # perceptual-hash bits (of 64) within which two images count as copies
 }
-SCHEMA_RELATIVE = Path("schema") / "config.schema.yaml"
+# The workflow's schema, where Snakemake's workflow template and catalog look, from the repository root.
+SCHEMA_RELATIVE = Path("workflow") / "schemas" / "config.schema.yaml"
+PROJECT_SCHEMA = Path(__file__).resolve().parents[2] / SCHEMA_RELATIVE  # in a clone of the project
 MANIFEST_REPORT = "manifest_check.json"  # results/{dataset}/: the manifest check's report names its manifest
 
 
@@ -30,8 +32,16 @@ class ConfigError(ValueError):
 
 
 def schema_for(config_path: str | Path) -> Path:
-    """The schema lives in `schema/` beside the config files (config/schema/config.schema.yaml)."""
-    return Path(config_path).resolve().parent / SCHEMA_RELATIVE
+    """The schema a config file is checked against: this package's clone's (workflow/schemas/), wherever
+    the config file lies; for a package installed without its clone, that of the clone holding the
+    config file (its folder's or parent folder's workflow/schemas/, as config/ lies beside workflow/)."""
+    if PROJECT_SCHEMA.is_file():
+        return PROJECT_SCHEMA
+    folder = Path(config_path).resolve().parent
+    for root in (folder.parent, folder):
+        if (root / SCHEMA_RELATIVE).is_file():
+            return root / SCHEMA_RELATIVE
+    raise ConfigError(f"configuration schema not found: neither {PROJECT_SCHEMA} nor {folder.parent / SCHEMA_RELATIVE}")
 
 
 def validate(config: dict, schema_path: str | Path) -> None:
@@ -42,7 +52,6 @@ def validate(config: dict, schema_path: str | Path) -> None:
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
 
 
-PROJECT_SCHEMA = Path(__file__).resolve().parents[2] / "config" / SCHEMA_RELATIVE  # in a clone of the project
 RUN_WIDE_KEYS = ("seed", "device", "precision")
 
 

@@ -1,8 +1,13 @@
 # Helpers shared by the rules: where a dataset's manifest is, and each step's settings as JSON.
+# Every function the rules files call lives here, so those files hold only rules.
 
 import csv
+import json
 import shlex
 from pathlib import Path
+
+from medxgan.config import variant_settings
+from medxgan.shards import chunk_ranges, chunk_size
 
 
 def manifest_of(wildcards):
@@ -34,8 +39,11 @@ def methods_of(dataset):
 
 
 def explanations_of(wildcards):
-    return expand("results/{dataset}/explanations/{method}.safetensors",
-                  dataset=wildcards.dataset, method=methods_of(wildcards.dataset))
+    return expand(
+        "results/{dataset}/explanations/{method}.safetensors",
+        dataset=wildcards.dataset,
+        method=methods_of(wildcards.dataset),
+    )
 
 
 def encoder_of(wildcards):
@@ -65,3 +73,52 @@ def job_threads():
 
 
 JOB_THREADS = job_threads()
+
+
+# --- data.smk: the public datasets ---
+
+
+def borrowed_negatives(wildcards):
+    """brain-figshare has no negatives of its own: it borrows another prepared dataset's."""
+    other = config["datasets"][wildcards.source_dataset]["source"].get("negatives_from")
+    return [manifest_path(config, other)] if other else []
+
+
+# --- explanations.smk: inversion and explanations, in one job or in chunks ---
+
+SHARDED = {
+    section: [name for name in config["datasets"] if chunk_size(dataset_settings(config, name), section)]
+    for section in ("inversion", "explain")
+}
+
+
+def one_of(names):
+    """A wildcard pattern for exactly these dataset names (one that matches nothing for none)."""
+    return "|".join(map(re.escape, names)) or "(?!)"
+
+
+def unsharded(section):
+    return one_of([name for name in config["datasets"] if name not in SHARDED[section]])
+
+
+def chunks_of(dataset, section):
+    """'START-STOP' of each chunk of the dataset's positive test images, for `section`'s chunk size."""
+    count = checkpoints.count_test_positives.get(dataset=dataset).output.positives
+    total = json.loads(Path(count).read_text())["test_positives"]
+    size = chunk_size(dataset_settings(config, dataset), section)
+    return [f"{start}-{stop}" for start, stop in chunk_ranges(total, size)]
+
+
+# --- ablation.smk: the GAN variants (VARIANT_DIR is defined there) ---
+
+
+def variant_params(*sections):
+    return lambda w: variant_settings(config, w.dataset, w.variant, int(w.seed), *sections)
+
+
+def variant_encoder(w):
+    """The variant's encoder where its inversion starts from one (inversion.init: encoder)."""
+    inversion = json.loads(variant_settings(config, w.dataset, w.variant, int(w.seed), "inversion"))["inversion"]
+    if inversion["init"] != "encoder":
+        return []
+    return f"{VARIANT_DIR}/encoder/model.safetensors".format(dataset=w.dataset, variant=w.variant, seed=w.seed)

@@ -5,15 +5,17 @@
 rule prepare:
     output:
         manifest="data/{phantom}/manifest.csv",
+    log:
+        "results/{phantom}/logs/prepare.log",
+    benchmark:
+        "results/{phantom}/benchmarks/prepare.tsv"
     wildcard_constraints:
         phantom="|".join(map(re.escape, PHANTOMS)) or "^$",
+    conda:
+        "../envs/medxgan.yaml"
     params:
         settings=lambda w: step_settings(config, w.phantom, "data", "phantom"),
         out_dir=lambda w, output: os.path.dirname(output.manifest),
-    benchmark:
-        "results/{phantom}/benchmarks/prepare.tsv",
-    log:
-        "results/{phantom}/logs/prepare.log",
     shell:
         "medxgan prepare --settings {params.settings:q} --out-dir {params.out_dir:q} 2> {log:q}"
 
@@ -24,12 +26,6 @@ rule prepare:
 SOURCES = [name for name, entry in config["datasets"].items() if "source" in entry]
 
 
-def borrowed_negatives(wildcards):
-    """brain-figshare has no negatives of its own: it borrows another prepared dataset's."""
-    other = config["datasets"][wildcards.source_dataset]["source"].get("negatives_from")
-    return [manifest_path(config, other)] if other else []
-
-
 localrules:
     download,
     vgg16_weights,
@@ -38,19 +34,21 @@ localrules:
 rule download:
     output:
         record="data/{source_dataset}/SOURCE.json",
+    log:
+        "results/{source_dataset}/logs/download.log",
+    benchmark:
+        "results/{source_dataset}/benchmarks/download.tsv"
     wildcard_constraints:
         source_dataset="|".join(map(re.escape, SOURCES)) or "^$",
-    params:
-        settings=lambda w: step_settings(config, w.source_dataset, "source"),
-        out_dir=lambda w, output: os.path.dirname(output.record),
+    conda:
+        "../envs/medxgan.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=240,  # minutes: the largest set (figshare, ~0.9 GB) over a slow link
-    benchmark:
-        "results/{source_dataset}/benchmarks/download.tsv",
-    log:
-        "results/{source_dataset}/logs/download.log",
+    params:
+        settings=lambda w: step_settings(config, w.source_dataset, "source"),
+        out_dir=lambda w, output: os.path.dirname(output.record),
     shell:
         "medxgan download --settings {params.settings:q} --out-dir {params.out_dir:q} 2> {log:q}"
 
@@ -61,19 +59,21 @@ rule prepare_source:
         negatives=borrowed_negatives,
     output:
         manifest="data/{source_dataset}/manifest.csv",
+    log:
+        "results/{source_dataset}/logs/prepare.log",
+    benchmark:
+        "results/{source_dataset}/benchmarks/prepare.tsv"
     wildcard_constraints:
         source_dataset="|".join(map(re.escape, SOURCES)) or "^$",
-    params:
-        settings=lambda w: step_settings(config, w.source_dataset, "data", "source"),
-        out_dir=lambda w, output: os.path.dirname(output.manifest),
+    conda:
+        "../envs/medxgan.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,  # minutes: about 10 ms per image to read, resize and write
-    benchmark:
-        "results/{source_dataset}/benchmarks/prepare.tsv",
-    log:
-        "results/{source_dataset}/logs/prepare.log",
+    params:
+        settings=lambda w: step_settings(config, w.source_dataset, "data", "source"),
+        out_dir=lambda w, output: os.path.dirname(output.manifest),
     shell:
         "medxgan prepare --settings {params.settings:q} --out-dir {params.out_dir:q} 2> {log:q}"
 
@@ -87,13 +87,15 @@ VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 rule vgg16_weights:
     output:
         VGG16_WEIGHTS,
+    log:
+        "results/logs/vgg16_weights.log",
+    benchmark:
+        "results/benchmarks/vgg16_weights.tsv"
+    conda:
+        "../envs/medxgan.yaml"
     params:
         url=VGG16_URL,
         sha256_prefix="397923af",
-    benchmark:
-        "results/benchmarks/vgg16_weights.tsv",
-    log:
-        "results/logs/vgg16_weights.log",
     shell:
         "python -c 'import sys, torch; torch.hub.download_url_to_file(*sys.argv[1:3], hash_prefix=sys.argv[3])'"
         " {params.url:q} {output:q} {params.sha256_prefix} 2> {log:q}"

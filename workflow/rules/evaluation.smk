@@ -14,16 +14,18 @@ rule evaluate:
         comparisons="results/{dataset}/metrics_comparisons.csv",
         curves="results/{dataset}/metrics_curves.csv",
         provenance="results/{dataset}/metrics_provenance.json",
-    params:
-        settings=settings("data", "evaluate"),
+    log:
+        "results/{dataset}/logs/evaluate.log",
+    benchmark:
+        "results/{dataset}/benchmarks/evaluate.tsv"
+    conda:
+        "../envs/medxgan.yaml"
     threads: JOB_THREADS
     resources:
         mem_mb=8000,
         runtime=60,
-    benchmark:
-        "results/{dataset}/benchmarks/evaluate.tsv",
-    log:
-        "results/{dataset}/logs/evaluate.log",
+    params:
+        settings=settings("data", "evaluate"),
     shell:
         "medxgan evaluate --settings {params.settings:q} --manifest {input.manifest:q}"
         " --classifier {input.classifier:q} --inversion {input.latents:q} --explanations {input.explanations:q}"
@@ -41,31 +43,60 @@ rule figures:
         curves=rules.evaluate.output.curves,
         oracle=rules.train_oracle.output.model,
     output:
-        pipeline=report("results/{dataset}/figures/pipeline.png", caption="../report/pipeline.rst",
-                        category="{dataset}", labels={"figure": "pipeline rows"}),
-        interpolation=report("results/{dataset}/figures/interpolation.png", caption="../report/interpolation.rst",
-                             category="{dataset}", labels={"figure": "interpolation"}),
-        metrics=report("results/{dataset}/figures/metrics.png", caption="../report/metrics.rst",
-                       category="{dataset}", labels={"figure": "metrics"}),
-        inversion=report("results/{dataset}/figures/inversion.png", caption="../report/inversion.rst",
-                         category="{dataset}", labels={"figure": "inversion quality"}),
-        curves=report("results/{dataset}/figures/curves.png", caption="../report/curves.rst",
-                      category="{dataset}", labels={"figure": "deletion and insertion curves"}),
-        disentanglement=report("results/{dataset}/figures/disentanglement.png",
-                               caption="../report/disentanglement.rst", category="{dataset}",
-                               labels={"figure": "disentanglement"}),
-        perturbation=report("results/{dataset}/figures/perturbation.png", caption="../report/perturbation.rst",
-                            category="{dataset}", labels={"figure": "perturbation"}),
-    params:
-        settings=settings("data", "explain", "evaluate", "figures"),  # evaluate: the perturbed share of pixels
+        pipeline=report(
+            "results/{dataset}/figures/pipeline.png",
+            caption="../report/pipeline.rst",
+            category="{dataset}",
+            labels={"figure": "pipeline rows"},
+        ),
+        interpolation=report(
+            "results/{dataset}/figures/interpolation.png",
+            caption="../report/interpolation.rst",
+            category="{dataset}",
+            labels={"figure": "interpolation"},
+        ),
+        metrics=report(
+            "results/{dataset}/figures/metrics.png",
+            caption="../report/metrics.rst",
+            category="{dataset}",
+            labels={"figure": "metrics"},
+        ),
+        inversion=report(
+            "results/{dataset}/figures/inversion.png",
+            caption="../report/inversion.rst",
+            category="{dataset}",
+            labels={"figure": "inversion quality"},
+        ),
+        curves=report(
+            "results/{dataset}/figures/curves.png",
+            caption="../report/curves.rst",
+            category="{dataset}",
+            labels={"figure": "deletion and insertion curves"},
+        ),
+        disentanglement=report(
+            "results/{dataset}/figures/disentanglement.png",
+            caption="../report/disentanglement.rst",
+            category="{dataset}",
+            labels={"figure": "disentanglement"},
+        ),
+        perturbation=report(
+            "results/{dataset}/figures/perturbation.png",
+            caption="../report/perturbation.rst",
+            category="{dataset}",
+            labels={"figure": "perturbation"},
+        ),
+    log:
+        "results/{dataset}/logs/figures.log",
+    benchmark:
+        "results/{dataset}/benchmarks/figures.tsv"
+    conda:
+        "../envs/medxgan.yaml"
     threads: JOB_THREADS
     resources:
         mem_mb=8000,
         runtime=30,
-    benchmark:
-        "results/{dataset}/benchmarks/figures.tsv",
-    log:
-        "results/{dataset}/logs/figures.log",
+    params:
+        settings=settings("data", "explain", "evaluate", "figures"),  # evaluate: the perturbed share of pixels
     shell:
         "medxgan figures --settings {params.settings:q} --manifest {input.manifest:q}"
         " --classifier {input.classifier:q} --generator {input.generator:q} --inversion {input.latents:q}"
@@ -85,22 +116,32 @@ rule check:
         robustness="results/{dataset}/checks/robustness.csv",
         counterfactual="results/{dataset}/checks/counterfactual.csv",
         provenance="results/{dataset}/checks/provenance.json",
-        sanity_figure=report("results/{dataset}/checks/sanity.png", caption="../report/sanity.rst",
-                             category="{dataset}", labels={"figure": "sanity check"}),
-        robustness_figure=report("results/{dataset}/checks/robustness.png", caption="../report/robustness.rst",
-                                 category="{dataset}", labels={"figure": "noise robustness"}),
-    params:
-        settings=settings("data", "inversion", "explain", "checks", "precision"),
-        encoder=encoder_option,
+        sanity_figure=report(
+            "results/{dataset}/checks/sanity.png",
+            caption="../report/sanity.rst",
+            category="{dataset}",
+            labels={"figure": "sanity check"},
+        ),
+        robustness_figure=report(
+            "results/{dataset}/checks/robustness.png",
+            caption="../report/robustness.rst",
+            category="{dataset}",
+            labels={"figure": "noise robustness"},
+        ),
+    log:
+        "results/{dataset}/logs/check.log",
+    benchmark:
+        "results/{dataset}/benchmarks/check.tsv"
+    conda:
+        "../envs/medxgan.yaml"
     threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=120,  # minutes on one GPU, every noisy copy inverted anew
-    benchmark:
-        "results/{dataset}/benchmarks/check.tsv",
-    log:
-        "results/{dataset}/logs/check.log",
+    params:
+        settings=settings("data", "inversion", "explain", "checks", "precision"),
+        encoder=encoder_option,
     shell:
         "medxgan check --settings {params.settings:q} --manifest {input.manifest:q}"
         " --classifier {input.classifier:q} --generator {input.generator:q} --inversion {input.latents:q}"
@@ -112,18 +153,21 @@ rule summarize:
         metrics=expand("results/{dataset}/metrics.csv", dataset=DATASETS),
         classifiers=expand("results/{dataset}/classifier/metrics.json", dataset=DATASETS),
         gans=expand("results/{dataset}/gan/summary.json", dataset=DATASETS),
-        checks=expand("results/{dataset}/checks/{table}.csv", dataset=DATASETS,
-                      table=["sanity", "robustness", "counterfactual"]),
+        checks=expand(
+            "results/{dataset}/checks/{table}.csv", dataset=DATASETS, table=["sanity", "robustness", "counterfactual"]
+        ),
     output:
         markdown=f"{RUN_DIR}/summary.md",
         table=f"{RUN_DIR}/summary.csv",
+    log:
+        f"{RUN_DIR}/logs/summarize.log",
+    benchmark:
+        f"{RUN_DIR}/benchmarks/summarize.tsv"
+    conda:
+        "../envs/medxgan.yaml"
     params:
         datasets=DATASETS,
         families=[f"{name}={FAMILIES[name]}" for name in DATASETS if FAMILIES[name]],
-    benchmark:
-        f"{RUN_DIR}/benchmarks/summarize.tsv",
-    log:
-        f"{RUN_DIR}/logs/summarize.log",
     shell:
         "medxgan summarize --results results --datasets {params.datasets:q} --families {params.families:q}"
         " --out {output.markdown:q} 2> {log:q}"
@@ -137,10 +181,12 @@ rule notebook:
         bundles=expand("results/{dataset}/bundle", dataset=DATASETS),  # the walkthrough explains with one
     output:
         html=f"{RUN_DIR}/notebooks/{{notebook}}.html",
-    benchmark:
-        f"{RUN_DIR}/benchmarks/notebook_{{notebook}}.tsv",
     log:
         f"{RUN_DIR}/logs/notebook_{{notebook}}.log",
+    benchmark:
+        f"{RUN_DIR}/benchmarks/notebook_{{notebook}}.tsv"
+    conda:
+        "../envs/medxgan.yaml"
     shell:
         "medxgan notebook {input.source:q} --summary {input.summary:q} --out {output.html:q} 2> {log:q}"
 
@@ -153,13 +199,19 @@ rule collect_benchmarks:
         bundles=expand("results/{dataset}/bundle", dataset=DATASETS),
     output:
         table=f"{RUN_DIR}/benchmarks.csv",
-        figure=report(f"{RUN_DIR}/benchmarks.png", caption="../report/benchmarks.rst", category="run",
-                      labels={"figure": "job times"}),
-    params:
-        datasets=DATASETS,
-    localrule: True
+        figure=report(
+            f"{RUN_DIR}/benchmarks.png",
+            caption="../report/benchmarks.rst",
+            category="run",
+            labels={"figure": "job times"},
+        ),
     log:
         f"{RUN_DIR}/logs/collect_benchmarks.log",
+    localrule: True
+    conda:
+        "../envs/medxgan.yaml"
+    params:
+        datasets=DATASETS,
     shell:
         "medxgan collect-benchmarks --results results --datasets {params.datasets:q} --out {output.table:q}"
         " --figure {output.figure:q} 2> {log:q}"
@@ -175,13 +227,15 @@ rule bundle:
         inversion=rules.invert.output.table,
     output:
         bundle=directory("results/{dataset}/bundle"),
-    params:
-        settings=settings("data", "encoder", "inversion", "explain", "precision"),
-    localrule: True
-    benchmark:
-        "results/{dataset}/benchmarks/bundle.tsv",
     log:
         "results/{dataset}/logs/bundle.log",
+    benchmark:
+        "results/{dataset}/benchmarks/bundle.tsv"
+    localrule: True
+    conda:
+        "../envs/medxgan.yaml"
+    params:
+        settings=settings("data", "encoder", "inversion", "explain", "precision"),
     shell:
         "medxgan bundle --settings {params.settings:q} --results-dir results/{wildcards.dataset:q}"
         " --out {output.bundle:q} 2> {log:q}"

@@ -7,13 +7,15 @@ rule check_manifest:
         files=files_of_user_manifest,  # a replaced image or mask reruns the check and all that follows
     output:
         report="results/{dataset}/manifest_check.json",
-    params:
-        settings=settings("data"),
-    localrule: True
-    benchmark:
-        "results/{dataset}/benchmarks/check_manifest.tsv",
     log:
         "results/{dataset}/logs/check_manifest.log",
+    benchmark:
+        "results/{dataset}/benchmarks/check_manifest.tsv"
+    localrule: True
+    conda:
+        "../envs/medxgan.yaml"
+    params:
+        settings=settings("data"),
     shell:
         "medxgan check-manifest --settings {params.settings:q} --manifest {input.manifest:q} --out {output.report:q}"
         " 2> {log:q}"
@@ -30,17 +32,19 @@ rule train_classifier:
     output:
         model="results/{dataset}/classifier/model.safetensors",
         metrics="results/{dataset}/classifier/metrics.json",
-    params:
-        settings=settings("data", "classifier"),
+    log:
+        "results/{dataset}/logs/train_classifier.log",
+    benchmark:
+        "results/{dataset}/benchmarks/train_classifier.tsv"
+    conda:
+        "../envs/medxgan.yaml"
     threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=60,  # minutes, the paper's largest set on one GPU (README, "Reproducing the paper")
-    benchmark:
-        "results/{dataset}/benchmarks/train_classifier.tsv",
-    log:
-        "results/{dataset}/logs/train_classifier.log",
+    params:
+        settings=settings("data", "classifier"),
     shell:
         "medxgan train-classifier --settings {params.settings:q} --manifest {input.manifest:q}"
         " --out-dir results/{wildcards.dataset:q}/classifier --threads {threads} 2> {log:q}"
@@ -53,17 +57,19 @@ rule train_oracle:
     output:
         model="results/{dataset}/oracle/model.safetensors",
         metrics="results/{dataset}/oracle/metrics.json",
-    params:
-        settings=settings("data", "classifier", "oracle"),  # classifier: the oracle must differ from it
+    log:
+        "results/{dataset}/logs/train_oracle.log",
+    benchmark:
+        "results/{dataset}/benchmarks/train_oracle.tsv"
+    conda:
+        "../envs/medxgan.yaml"
     threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=60,
-    benchmark:
-        "results/{dataset}/benchmarks/train_oracle.tsv",
-    log:
-        "results/{dataset}/logs/train_oracle.log",
+    params:
+        settings=settings("data", "classifier", "oracle"),  # classifier: the oracle must differ from it
     shell:
         "medxgan train-oracle --settings {params.settings:q} --manifest {input.manifest:q}"
         " --out-dir results/{wildcards.dataset:q}/oracle --threads {threads} 2> {log:q}"
@@ -77,20 +83,26 @@ rule train_gan:
         generator="results/{dataset}/gan/generator.safetensors",
         discriminator="results/{dataset}/gan/discriminator.safetensors",
         losses="results/{dataset}/gan/losses.csv",
-        figure=report("results/{dataset}/gan/losses.png", caption="../report/losses.rst",
-                      category="{dataset}", labels={"figure": "GAN losses"}),
+        figure=report(
+            "results/{dataset}/gan/losses.png",
+            caption="../report/losses.rst",
+            category="{dataset}",
+            labels={"figure": "GAN losses"},
+        ),
         summary="results/{dataset}/gan/summary.json",
-    params:
-        settings=settings("data", "gan", "precision"),
+    log:
+        "results/{dataset}/logs/train_gan.log",
+    benchmark:
+        "results/{dataset}/benchmarks/train_gan.tsv"
+    conda:
+        "../envs/medxgan.yaml"
     threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=240,  # minutes; a job cut off by its time limit resumes from gan/checkpoint.pt
-    benchmark:
-        "results/{dataset}/benchmarks/train_gan.tsv",
-    log:
-        "results/{dataset}/logs/train_gan.log",
+    params:
+        settings=settings("data", "gan", "precision"),
     shell:
         # checkpoint.pt in the same folder is not an output, so a killed run keeps it and resumes.
         "medxgan train-gan --settings {params.settings:q} --manifest {input.manifest:q}"
@@ -104,17 +116,19 @@ rule train_encoder:
     output:
         model="results/{dataset}/encoder/model.safetensors",
         metrics="results/{dataset}/encoder/metrics.json",
-    params:
-        settings=settings("data", "encoder"),
+    log:
+        "results/{dataset}/logs/train_encoder.log",
+    benchmark:
+        "results/{dataset}/benchmarks/train_encoder.tsv"
+    conda:
+        "../envs/medxgan.yaml"
     threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=60,
-    benchmark:
-        "results/{dataset}/benchmarks/train_encoder.tsv",
-    log:
-        "results/{dataset}/logs/train_encoder.log",
+    params:
+        settings=settings("data", "encoder"),
     shell:
         "medxgan train-encoder --settings {params.settings:q} --manifest {input.manifest:q}"
         " --generator {input.generator:q} --out-dir results/{wildcards.dataset:q}/encoder --threads {threads} 2> {log:q}"
