@@ -229,6 +229,7 @@ def test_bootstrap_ci():
 
 def test_bootstrap_ci_drops_nans():
     assert bootstrap_ci([1.0, float("nan"), 1.0]) == (1.0, 1.0)
+    assert bootstrap_ci([2.0, float("nan")]) == (2.0, 2.0)  # one value left: its own interval
     assert all(math.isnan(bound) for bound in bootstrap_ci([float("nan")]))
 
 

@@ -7,7 +7,9 @@ counterfactuals close to the images they explain and realistic in the classifier
 - Counterfactual quality: proximity of the negative realisation G(z1, 0) to the reconstruction
   G(z1, z2), and the Fréchet distance between two image sets measured in the classifier's
   penultimate features (the only network that has seen these images) and, when its ImageNet
-  weights are on disk, in Inception v3's pool features (the FID convention).
+  weights are on disk, in Inception v3's 2048 pool features. That is FID's recipe, but with
+  torchvision's ImageNet Inception weights, not the TensorFlow weights FID scores are quoted with:
+  the numbers compare runs of this project, not published FIDs.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.stats import wilcoxon
+from scipy.stats import bootstrap, wilcoxon
 from torch import Tensor, nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 from torchmetrics.functional.regression import spearman_corrcoef
@@ -218,15 +218,17 @@ def curve_auc(curves: Tensor) -> Tensor:
 
 def bootstrap_ci(values, n_resamples: int = 1000, confidence: float = 0.95,
                  seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean; NaNs dropped, (NaN, NaN) when no value is left."""
+    """Percentile bootstrap interval of the mean (scipy.stats.bootstrap, seeded); NaNs dropped,
+    (NaN, NaN) when no value is left, the value itself when one is."""
     sample = np.asarray(values, dtype=np.float64).ravel()
     sample = sample[~np.isnan(sample)]
     if sample.size == 0:
         return float("nan"), float("nan")
-    means = np.random.default_rng(seed).choice(sample, size=(n_resamples, sample.size)).mean(axis=1)
-    tail = 50.0 * (1.0 - confidence)  # percent of resampled means cut off on each side
-    low, high = np.percentile(means, [tail, 100.0 - tail])
-    return float(low), float(high)
+    if sample.size == 1:  # scipy needs two observations; one value's mean does not vary
+        return float(sample[0]), float(sample[0])
+    interval = bootstrap((sample,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
+                         method="percentile", vectorized=True, rng=np.random.default_rng(seed)).confidence_interval
+    return float(interval.low), float(interval.high)
 
 
 def paired_wilcoxon(a, b) -> float:
