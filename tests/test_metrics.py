@@ -2,6 +2,10 @@ import math
 
 import pytest
 import torch
+from scipy.stats import wilcoxon
+from torch import nn
+from torchmetrics.functional.image import structural_similarity_index_measure
+from torchvision.transforms.functional import gaussian_blur
 
 from medxgan.metrics import (
     baseline_image, bootstrap_ci, curve_auc, deletion_curve, insertion_curve, mask_auroc, mass_in_lesion,
@@ -249,3 +253,88 @@ def test_pointing_game_misses_when_the_lesion_holds_only_a_lower_peak():
     assert pointing_game(heatmaps, masks).tolist() == [0.0]
     heatmaps[0, 5, 5] = 1.0    # the lesion now ties with the global peak: a hit
     assert pointing_game(heatmaps, masks).tolist() == [1.0]
+
+
+class MeanClassifier(nn.Module):
+    """Positive logit = GAIN x the image's mean: p_pos after k pixels swapped is known exactly."""
+
+    GAIN = 3.0
+
+    def forward(self, x):
+        score = self.GAIN * x.mean(dim=(1, 2, 3))
+        return torch.stack([torch.zeros_like(score), score], dim=1)
+
+
+def expected_swap_curve(start: float, end: float, pixels: int, steps: int) -> torch.Tensor:
+    """p_pos of a constant `start` image with k of its pixels set to `end`, k = round(i * pixels / steps)."""
+    taken = torch.tensor([round(i * pixels / steps) for i in range(steps + 1)], dtype=torch.float64)
+    mean = (start * (pixels - taken) + end * taken) / pixels
+    return torch.sigmoid(MeanClassifier.GAIN * mean).float()
+
+
+@pytest.mark.parametrize("steps, batch_size", [(7, 256), (7, 3), (20, 5)])
+def test_deletion_and_insertion_swap_round_i_over_steps_of_the_pixels(steps, batch_size):
+    # Constant images make the curve depend only on how many pixels were swapped at each step.
+    images, baseline = torch.ones(2, 1, SIZE, SIZE), torch.full((2, 1, SIZE, SIZE), -1.0)
+    heatmaps = torch.rand(2, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    pixels = SIZE * SIZE
+    deletion = deletion_curve(MeanClassifier(), images, heatmaps, baseline, steps, batch_size)
+    insertion = insertion_curve(MeanClassifier(), images, heatmaps, baseline, steps, batch_size)
+    torch.testing.assert_close(deletion, expected_swap_curve(1.0, -1.0, pixels, steps).expand(2, -1))
+    torch.testing.assert_close(insertion, expected_swap_curve(-1.0, 1.0, pixels, steps).expand(2, -1))
+
+
+def test_deletion_defaults_to_twenty_steps():
+    images, baseline = torch.ones(1, 1, SIZE, SIZE), torch.full((1, 1, SIZE, SIZE), -1.0)
+    for curve in (deletion_curve, insertion_curve):
+        assert curve(MeanClassifier(), images, torch.rand(1, SIZE, SIZE), baseline).shape == (1, 21)
+
+
+def test_deletion_takes_the_highest_ranked_pixels_first():
+    # Pixels of value +1 (left half) and -1 (right half); the heatmap ranks the right half first, so
+    # deleting to 0 raises p_pos first (the -1s go), then lowers it, ending at p(0) = 0.5.
+    images = torch.ones(1, 1, SIZE, SIZE)
+    images[..., SIZE // 2:] = -1.0
+    heatmaps = torch.zeros(1, SIZE, SIZE)
+    heatmaps[:, :, SIZE // 2:] = 1.0
+    curve = deletion_curve(MeanClassifier(), images, heatmaps, torch.zeros_like(images), steps=2)[0]
+    torch.testing.assert_close(curve, torch.sigmoid(torch.tensor([0.0, MeanClassifier.GAIN / 2, 0.0])))
+
+
+def test_probability_drop_is_the_change_when_the_top_pixels_go_to_the_mean():
+    # A constant image's mean is itself: nothing changes. Half +1, half -1 has mean 0; setting
+    # the top half (the -1s) to 0 moves p_pos from sigmoid(0) to sigmoid(GAIN / 2).
+    constant = torch.full((1, 1, SIZE, SIZE), 0.4)
+    assert probability_drop(MeanClassifier(), constant, torch.rand(1, SIZE, SIZE), 0.3).abs().max() < 1e-6
+    images = torch.ones(1, 1, SIZE, SIZE)
+    images[..., SIZE // 2:] = -1.0
+    heatmaps = torch.zeros(1, SIZE, SIZE)
+    heatmaps[:, :, SIZE // 2:] = 1.0
+    drop = probability_drop(MeanClassifier(), images, heatmaps, 0.5)
+    torch.testing.assert_close(drop, torch.tensor([0.5]) - torch.sigmoid(torch.tensor([MeanClassifier.GAIN / 2])))
+
+
+def test_blur_baseline_follows_rise():
+    images = torch.rand(2, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(baseline_image(images, "blur"), gaussian_blur(images, kernel_size=11, sigma=5.0))
+
+
+def test_reconstruction_ssim_treats_images_as_spanning_minus_one_to_one():
+    # SSIM is unchanged when images and data range scale together (its constants scale with the
+    # range): data range 2 on these images is data range 1 on the images halved.
+    generator = torch.Generator().manual_seed(4)
+    a = torch.rand(3, 1, SIZE, SIZE, generator=generator) * 2 - 1
+    b = (a + 0.3 * torch.randn(3, 1, SIZE, SIZE, generator=generator)).clamp(-1, 1)
+    expected = structural_similarity_index_measure(b / 2, a / 2, data_range=1.0, reduction="none")
+    torch.testing.assert_close(reconstruction_ssim(b, a), expected)
+    assert reconstruction_ssim(b, a).shape == (3,)
+
+
+def test_paired_wilcoxon_needs_two_non_zero_paired_differences():
+    assert math.isnan(paired_wilcoxon([1.0], [0.0]))  # one pair
+    assert math.isnan(paired_wilcoxon([1.0, 2.0], [1.0, 2.0]))  # no difference at all
+    assert math.isnan(paired_wilcoxon([1.0, float("nan")], [0.0, 0.0]))  # one pair once NaNs go
+    assert not math.isnan(paired_wilcoxon([1.0, 2.0], [0.0, 0.5]))  # two pairs are enough
+    a, b = [0.1, 0.5, float("nan"), 0.9, 0.3, 0.8], [0.2, 0.1, 0.4, 0.3, float("nan"), 0.1]
+    # NaN on either side drops the pair, and only that pair
+    assert paired_wilcoxon(a, b) == pytest.approx(wilcoxon([0.1 - 0.2, 0.5 - 0.1, 0.9 - 0.3, 0.8 - 0.1]).pvalue)
