@@ -7,7 +7,7 @@ CORES ?= 2
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test mutants clean pull dvc.yaml readme
+.PHONY: setup run test mutants lock clean pull dvc.yaml readme
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,11 @@ test: setup  ## the test suite (includes a tiny end-to-end workflow run)
 mutants: setup  ## mutation testing of the core modules (mutmut), then the kill rate per module and the survivors
 	mutmut run --max-children $(CORES)
 	python tests/mutation_report.py
+
+lock: setup  ## requirements.lock: the exact versions of this environment (the pip route's lock file)
+	{ echo "# The environment the test suite and the README's numbers ran in (Python 3.11, Linux x86-64, CPU torch):"; \
+	  echo "# pip install -r requirements.lock && pip install --no-deps -e .   (regenerate: make lock)"; \
+	  pip freeze --exclude-editable | grep -v '^medxgan'; } > requirements.lock
 
 pull: setup  ## data, weights and results from the DVC remote, marked up to date for Snakemake
 	workflow/dvc_pull.sh

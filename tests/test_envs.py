@@ -33,6 +33,9 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 PYTHON = "3.11"
 
 
+EXTRAS = re.compile(r"\[([^\]]+)\]$")  # pip's `path[extra,extra]`
+
+
 def snakemake(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=120, check=False)
@@ -66,9 +69,12 @@ def test_env_file_is_python_311_from_conda_forge_with_pip(env: dict):
 def test_env_file_installs_this_repository_with_pip(env: dict):
     # conda runs pip in the env file's folder, so a relative path is relative to workflow/envs/.
     installs = [entry.split()[-1] for entry in pip_entries(env) if not entry.startswith("-") or entry.startswith("-e ")]
-    repos = [path for path in installs if (ENV_FILE.parent / path).resolve() == REPO]
+    repos = [path for path in installs if (ENV_FILE.parent / path.split("[")[0]).resolve() == REPO]
     assert repos, f"no pip entry of {ENV_FILE.name} installs the repository at {REPO}: {pip_entries(env)}"
-    assert tomllib.loads((ENV_FILE.parent / repos[0] / "pyproject.toml").read_text())["project"]["name"] == "medxgan"
+    root = ENV_FILE.parent / repos[0].split("[")[0]
+    assert tomllib.loads((root / "pyproject.toml").read_text())["project"]["name"] == "medxgan"
+    # the jobs run Snakemake's notebooks and the public datasets' downloads: both extras come along
+    assert set(EXTRAS.findall(repos[0])[0].split(",")) == {"workflow", "data"}, repos[0]
     assert not any("--no-deps" in entry for entry in pip_entries(env)), "the package's dependencies must come with it"
 
 
@@ -76,8 +82,10 @@ def test_every_pyproject_dependency_is_satisfiable_in_the_env(env: dict):
     """pip installs the package with all of [project] dependencies; the env's Python must be one the
     package accepts, and a conda package that is also a dependency must not be pinned outside its range."""
     assert Version(PYTHON) in SpecifierSet(PYPROJECT["requires-python"])
-    wanted = {Requirement(spec).name.lower(): Requirement(spec) for spec in PYPROJECT["dependencies"]}
-    assert {"torch", "snakemake"} <= set(wanted)
+    specs = [*PYPROJECT["dependencies"], *PYPROJECT["optional-dependencies"]["workflow"],
+             *PYPROJECT["optional-dependencies"]["data"]]
+    wanted = {Requirement(spec).name.lower(): Requirement(spec) for spec in specs}
+    assert {"torch", "snakemake", "h5py"} <= set(wanted)
     for name, spec in conda_packages(env).items():
         if name.lower() in wanted and re.fullmatch(r"==?[0-9][0-9.]*", spec):
             assert Version(spec.lstrip("=")) in wanted[name.lower()].specifier, f"conda pins {name}{spec}"
@@ -127,7 +135,8 @@ def test_dockerfile_installs_the_package_on_python_311_with_an_accepted_torch():
         pin = re.search(rf"\b{package}==([0-9][0-9.]*)", dockerfile)
         assert pin and Version(pin.group(1)) in wanted[package], f"the Dockerfile's {package} is not in {wanted[package]}"
     assert "--index-url https://download.pytorch.org/whl/cpu" in dockerfile
-    assert re.search(r"^RUN pip install (\.|/\S+)( |$)", dockerfile, re.MULTILINE), "the package is not installed"
+    assert re.search(r'^RUN pip install "?(\.|/[^\s"\[]+)\[workflow,data\]"?( |$)', dockerfile, re.MULTILINE), \
+        "the package (with its workflow and data extras) is not installed"
     assert not re.search(r"^ENTRYPOINT", dockerfile, re.MULTILINE), "apptainer exec runs bash -c in the image"
 
 

@@ -13,7 +13,6 @@ keeping that dataset's splits.
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 from PIL import Image
 
@@ -47,9 +46,18 @@ def _matlab_text(dataset) -> str:
     return "".join(map(chr, np.asarray(dataset).flatten()))
 
 
+def _open_mat(file: Path):
+    """A MATLAB v7.3 file (HDF5) for reading; h5py comes with the `data` extra."""
+    try:
+        import h5py
+    except ImportError:
+        raise DataSourceError("reading figshare's .mat slices needs h5py: pip install 'medxgan[data]'") from None
+    return h5py.File(file, "r")
+
+
 def read_slice(record: Record) -> tuple[Image.Image, Image.Image]:
     # MATLAB writes arrays column-major: HDF5 holds the transpose of the image
-    with h5py.File(record.source_file, "r") as mat:
+    with _open_mat(record.source_file) as mat:
         image = np.asarray(mat["cjdata/image"]).T
         mask = np.asarray(mat["cjdata/tumorMask"]).T
     return Image.fromarray(window(image)), Image.fromarray((mask > 0).astype(np.uint8) * PIXEL_MAX)
@@ -69,7 +77,7 @@ def collect(root: Path) -> Collected:
     records, dropped = [], []
     for file in progress(slices, desc="reading labels", unit="slice"):
         try:
-            with h5py.File(file, "r") as mat:
+            with _open_mat(file) as mat:
                 label, patient = int(np.asarray(mat["cjdata/label"]).item()), _matlab_text(mat["cjdata/PID"])
         except (OSError, KeyError, ValueError) as err:
             dropped.append(drop(Record(file, True, "unknown"), "unreadable", str(err)))
