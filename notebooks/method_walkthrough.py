@@ -37,7 +37,8 @@ ROOT = Path(".") if Path("results").is_dir() else Path("..")
 DATASET = reporting.summary_table(ROOT / "results").dataset.iloc[-1]  # the last dataset the run summarised
 explainer = MedXGAN.from_bundle(ROOT / "results" / DATASET / "bundle")
 C, G, data = explainer.classifier, explainer.generator, explainer.settings["data"]
-manifest = json.loads((ROOT / "results" / DATASET / "inversion" / "provenance.json").read_text())["manifest"]
+# The inversion records its manifest relative to the repository root (absolute when it lies elsewhere).
+manifest = ROOT / json.loads((ROOT / "results" / DATASET / "inversion" / "provenance.json").read_text())["manifest"]
 test = load_split(manifest, "test", data["negative"], data["positive"], data["image_size"], data["channels"],
                   label="positive")
 image = test.subset(test.has_mask.nonzero().flatten()[:1] if test.has_mask.any() else torch.tensor([0]))

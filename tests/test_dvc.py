@@ -5,7 +5,10 @@
 - `dvc repro` runs the pipeline once and then has nothing to do; a changed inversion setting reruns
   only inversion and what depends on it;
 - `dvc push` to a local-folder remote, then `make pull`'s script in a fresh clone restores data,
-  weights and results, and Snakemake then has nothing to do.
+  weights and results, and Snakemake then has nothing to do;
+- `dvc metrics show` and `dvc metrics diff` compare each dataset's headline numbers (metrics.json,
+  kept in git), not provenance, and `dvc plots` draws the GAN's losses and the deletion/insertion
+  curves from their tables; recorded paths are relative to the repository.
 
 The runs use the tiny configuration of test_workflow.py on one dataset, with dvc.yaml written for
 that config by the same generator: DVC runs one stage at a time, each a Snakemake call that starts
@@ -36,6 +39,7 @@ BIN = Path(sys.executable).parent
 DATASET = "synthetic-mri"  # the only dataset of the tiny runs
 PROJECT_FILES = ("config", "workflow", "notebooks", "dvc.yaml", ".dvcignore", ".gitignore")
 WEIGHTS = (f"results/{DATASET}/classifier/model.safetensors", f"results/{DATASET}/gan/generator.safetensors")
+HEADLINE = f"results/{DATASET}/metrics.json"  # the evaluate step's headline numbers: DVC's only metrics, in git
 
 
 def run(cwd: Path, *command: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -184,7 +188,7 @@ def project(tmp_path_factory) -> SimpleNamespace:
     run(root, "git", "add", "--all")
     run(root, "git", "commit", "--quiet", "-m", "tiny project")
     first = run(root, "dvc", "repro")
-    run(root, "git", "add", "dvc.lock")
+    run(root, "git", "add", "dvc.lock", HEADLINE)  # metrics with cache: false live in git, as README says
     run(root, "git", "commit", "--quiet", "-m", "results")
     run(root, "dvc", "push")
     return SimpleNamespace(root=root, remote=remote, first=first,
@@ -234,12 +238,87 @@ def test_repro_runs_every_stage_then_nothing(project):
 
 
 def test_metrics_and_plots_show(project, tmp_path: Path):
+    """`dvc metrics show` lists the headline numbers alone (no provenance, settings or other reports);
+    `dvc plots show` draws the figures and, from their tables, the GAN's losses per step and the
+    deletion/insertion curves."""
     metrics = run(project.root, "dvc", "metrics", "show").stdout
-    assert f"results/{DATASET}/classifier/metrics.json" in metrics and "test.accuracy" in metrics
-    assert f"results/{DATASET}/gan/summary.json" in metrics
+    header = metrics.splitlines()[0].split()
+    assert header[0] == "Path" and HEADLINE in metrics
+    assert {"classifier.test.accuracy", "classifier.test.auroc", "inversion.reconstruction_ssim.mean",
+            "difference.pointing_game.mean", "latent_ig.mask_auroc.ci_low",
+            "random.deletion_auc.ci_high"} <= set(header)
+    assert all(column.split(".")[-1] in ("mean", "ci_low", "ci_high", "accuracy", "auroc") for column in header[1:])
+    for other in ("torch_threads", "cpu_count", "provenance", "settings", "classifier/metrics.json", "summary.json"):
+        assert other not in metrics, other
+    shown = json.loads(run(project.root, "dvc", "metrics", "show", "--json").stdout)
+    (workspace,) = shown.values()  # the one revision shown: the workspace
+    assert list(workspace["data"]) == [HEADLINE]
+
     run(project.root, "dvc", "plots", "show", "--out", str(tmp_path / "plots"))
     page = (tmp_path / "plots" / "index.html").read_text()
     assert f"results_{DATASET}_figures_pipeline.png" in page and f"results_{DATASET}_gan_losses.png" in page
+    plots = json.loads(run(project.root, "dvc", "plots", "show", "--json").stdout)["data"]
+    losses = plots[f"results/{DATASET}/gan/losses.csv"][0]["content"]
+    assert losses["encoding"]["x"]["field"] == "step"
+    assert {"d_loss", "g_classifier"} <= {point["field"] for point in losses["data"]["values"]}
+    curves = plots[f"results/{DATASET}/metrics_curves.csv"][0]["content"]
+    assert {point["method"] for point in curves["data"]["values"]} >= {"difference", "gradcam", "random"}
+    assert curves["facet"]["column"]["field"] == "curve"  # workflow/dvc_plots/curves.json: mean per method
+
+
+def flat(numbers: dict, prefix: str = "") -> dict:
+    """metrics.json's leaves under DVC's dotted names."""
+    leaves = {}
+    for key, value in numbers.items():
+        leaves |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return leaves
+
+
+def test_metrics_diff_shows_two_seeds_headline_numbers_side_by_side(project, tmp_path: Path):
+    """The committed run against a second one at another seed, with `dvc metrics diff`.
+
+    A second full run would take as long again, so the second run redoes only the evaluate stage
+    (`dvc repro --single-item`) with `seed` changed: the bootstrap intervals and the random reference
+    heatmaps are drawn from the seed, so the explanation scores move, while C's test scores (from the
+    committed run's training) stay. The diff then shows, per headline number, HEAD's value beside the
+    workspace's and the change, and nothing but headline numbers."""
+    copy = clone(project, tmp_path / "clone")
+    run(copy, "workflow/dvc_pull.sh")
+    config_path = copy / "config" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["seed"] += 1
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    old = flat(json.loads((copy / HEADLINE).read_text()))
+    rerun = run(copy, "dvc", "repro", "--single-item", f"evaluate@{DATASET}")
+    assert stages_run(rerun) == {f"evaluate@{DATASET}"}, output(rerun)
+    new = flat(json.loads((copy / HEADLINE).read_text()))
+    assert set(new) == set(old) and new != old
+
+    changed = json.loads(run(copy, "dvc", "metrics", "diff", "--json").stdout)[HEADLINE]
+    assert changed and all(new[name] != old[name] for name in changed)
+    assert any(name.startswith("random.") for name in changed)  # the random heatmaps follow the seed
+    for name, values in changed.items():
+        assert (values["old"], values["new"]) == (old[name], new[name])
+    every = json.loads(run(copy, "dvc", "metrics", "diff", "--all", "--json").stdout)[HEADLINE]
+    assert set(every) == set(old)
+    assert every["classifier.test.accuracy"]["diff"] == 0  # C was not retrained
+
+    table = run(copy, "dvc", "metrics", "diff", "--all").stdout
+    assert table.split("\n")[0].split() == ["Path", "Metric", "HEAD", "workspace", "Change"]
+    row = next(line.split() for line in table.splitlines() if " random.pointing_game.mean " in f" {line} ")
+    assert row[0] == HEADLINE and float(row[2]) == old["random.pointing_game.mean"]
+    assert float(row[3]) == new["random.pointing_game.mean"]
+    assert "torch_threads" not in table and "provenance" not in table
+
+
+def test_results_record_paths_relative_to_the_repository(project):
+    """A record read in another clone names that clone's files: the inversion's manifest is the
+    repository-relative path the workflow gave it (a manifest outside the repository stays absolute)."""
+    record = json.loads((project.root / f"results/{DATASET}/inversion/provenance.json").read_text())
+    assert record["manifest"] == f"data/{DATASET}/manifest.csv"
+    for path in (project.root / "results").rglob("*.json"):
+        if path.name != "manifest_check.json":  # the results folder's owner, compared as an absolute path
+            assert str(project.root) not in path.read_text(), path
 
 
 def test_pull_into_a_fresh_clone_restores_results_and_snakemake_has_nothing_to_do(project, tmp_path: Path):

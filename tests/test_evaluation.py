@@ -11,8 +11,8 @@ import torch
 
 from helpers import RegionClassifier
 from medxgan.data.manifest import ImageSet
-from medxgan.evaluation import (INVERSION_METHOD, RANDOM_METHOD, adjusted_p_values, compare_methods,
-                                evaluate_explanations, summarise)
+from medxgan.evaluation import (HEADLINE_METRICS, INVERSION_METHOD, RANDOM_METHOD, adjusted_p_values,
+                                compare_methods, evaluate_explanations, headline, summarise)
 
 SIZE, N = 16, 6
 ALL_METRICS = ["pointing_game", "mass_in_lesion", "mask_auroc", "relevance_rank_accuracy", "top_k_iou", "top_k_dice",
@@ -160,3 +160,29 @@ def test_oracle_verdicts_appear_only_with_an_oracle():
     # valid for both judges only where C also calls the reconstruction positive and the negative negative
     c_valid = (codes["p_reconstruction"] >= 0.5) & (codes["p_negative"] < 0.5)
     assert rows["oracle_and_classifier_validity"].tolist() == (c_valid & torch.tensor([1, 1, 1, 0, 1, 1]).bool()).float().tolist()
+
+
+def test_headline_numbers_are_the_summary_s_means_and_intervals_nested_for_dvc():
+    """metrics.json (DVC's metrics): C's test scores, the inversion's fidelity and each method's
+    localisation and faithfulness, as {mean, ci_low, ci_high} rounded to 4 decimals; nothing else."""
+    data = image_set(with_masks=True)
+    codes = latents(data) | {"p_oracle_image": torch.ones(N), "p_oracle_reconstruction": torch.ones(N),
+                             "p_oracle_negative": torch.zeros(N)}
+    per_image, _ = evaluate_explanations(RegionClassifier(4, 10), data, heatmaps(data), codes, CFG, 0, "cpu")
+    summary = summarise(per_image, CFG, seed=0)
+    numbers = headline(summary, {"test": {"accuracy": 0.912345, "auroc": None, "n": 16}, "provenance": {"cpu": "x"}})
+    assert list(numbers) == ["classifier", "inversion", "on_lesion", "elsewhere", RANDOM_METHOD]
+    assert numbers["classifier"] == {"test": {"accuracy": 0.9123, "auroc": None}}
+    assert set(numbers["inversion"]) == {"reconstruction_ssim", "reconstruction_mse", "oracle_and_classifier_validity",
+                                         "oracle_reconstruction_called_positive", "oracle_negative_called_negative"}
+    assert numbers["inversion"]["reconstruction_ssim"]["mean"] == pytest.approx(0.9)
+    row = summary.set_index(["method", "metric"]).loc[("on_lesion", "mass_in_lesion")]
+    assert numbers["on_lesion"]["mass_in_lesion"] == {key: round(float(row[key]), 4)
+                                                      for key in ("mean", "ci_low", "ci_high")}
+    assert set(numbers["on_lesion"]) == set(HEADLINE_METRICS)  # not top-k, probability drop or rank accuracy
+    assert numbers["on_lesion"]["pointing_game"]["mean"] == 1.0 and numbers["elsewhere"]["pointing_game"]["mean"] == 0.0
+
+    # a metric the summary lacks is left out, and without C's report there is no classifier entry
+    fewer = headline(summary[summary.metric != "mask_auroc"])
+    assert "classifier" not in fewer
+    assert "mask_auroc" not in fewer["on_lesion"] and "pointing_game" in fewer["on_lesion"]

@@ -13,14 +13,21 @@ workflow/rules/ and DVC decides what is out of date. What each stage records:
   steps in both tools), plus the dataset's whole entry `datasets.<name>`: an override there may
   touch any section, and DVC cannot name a key that is absent, so it reruns that dataset's stages.
   A rule over all datasets with other params (summarize: names and families) watches `datasets`;
-- outs: the jobs' output files, JSON ones as `metrics` and PNG ones as `plots`. A rule that writes
+- outs: the jobs' output files; a dataset's headline numbers (results/<dataset>/metrics.json, from
+  evaluate) as `metrics`, kept in git (`cache: false`) so `dvc metrics diff` compares commits, and PNG
+  figures as `plots`. Every other JSON file (provenance, reports) is a plain out. A rule that writes
   a folder beside its declared output (prepare: images and masks beside manifest.csv) has that
   folder tracked instead, so a restored dataset is complete.
+
+Beside the stages, a top-level `plots:` list names the tables `dvc plots show` and `dvc plots diff`
+draw with their x and y columns, per dataset: the GAN's losses per step and the deletion/insertion
+curves (mean over the test images per method, with workflow/dvc_plots/curves.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import json
 import sys
@@ -35,6 +42,18 @@ CONFIG = "config/config.yaml"
 # Rules whose command writes the whole folder of their declared output file.
 FOLDER_OUTPUTS = {"prepare"}
 ITEM = "${item}"
+METRICS = "results/{dataset}/metrics.json"  # evaluate's headline numbers, the only DVC metrics
+# Tables drawn as DVC plots, with the columns on each axis (the GAN's losses: GANTrainer.LOSS_COLUMNS
+# without D's outputs d_real and d_fake; the curves: evaluation.CURVE_COLUMNS, one row per image).
+PLOTS = {
+    "results/{dataset}/gan/losses.csv": {
+        "x": "step", "y": ["d_loss", "g_adversarial", "g_classifier", "g_proximity", "g_mask"],
+        "template": "linear", "title": "GAN losses ({dataset})", "x_label": "GAN step", "y_label": "loss"},
+    "results/{dataset}/metrics_curves.csv": {
+        "x": "fraction", "y": "p_positive", "template": "workflow/dvc_plots/curves.json",
+        "title": "Deletion and insertion curves ({dataset})", "x_label": "share of pixels deleted or inserted",
+        "y_label": "C's positive probability (mean over images)"},
+}
 HEADER = """\
 # Generated from the Snakemake DAG by `python workflow/make_dvc_yaml.py` (or `make dvc.yaml`);
 # do not edit by hand. Each stage runs one Snakemake rule on its targets, so the commands live only
@@ -113,10 +132,23 @@ def stage(jobs: list, config: dict, folder_of: dict[str, str], dataset: str | No
     entry = {"cmd": f"snakemake --cores all --allowed-rules {rule} -- {targets}", "deps": deps}
     if keys:
         entry["params"] = [{CONFIG: sorted(keys)}]
-    entry["outs"] = [f for f in outputs if not f.endswith((".json", ".png"))]
-    entry["metrics"] = [f for f in outputs if f.endswith(".json")]
+    headline = METRICS.format(dataset=label) if label else None
+    entry["outs"] = [f for f in outputs if f != headline and not f.endswith(".png")]
+    entry["metrics"] = [{f: {"cache": False}} for f in outputs if f == headline]
     entry["plots"] = [f for f in outputs if f.endswith(".png")]
     return {key: value for key, value in entry.items() if value}
+
+
+def plot_definitions(outputs: set[str], datasets: list[str]) -> list[dict]:
+    """The top-level `plots:` entries: each table of PLOTS that the DAG writes, per dataset."""
+    definitions = []
+    for dataset in datasets:
+        for pattern, props in PLOTS.items():
+            path = pattern.format(dataset=dataset)
+            if path in outputs:
+                filled = {key: value.format(dataset=dataset) if key == "title" else value for key, value in props.items()}
+                definitions.append({path: copy.deepcopy(filled)})  # a copy each: no YAML anchors in dvc.yaml
+    return definitions
 
 
 def dvc_stages(root: Path = ROOT) -> dict:
@@ -142,7 +174,10 @@ def dvc_stages(root: Path = ROOT) -> dict:
             stages[rule] = {"foreach": names, "do": templates[0]}
         else:  # datasets configured differently (e.g. other explanation methods): one stage each
             stages.update({f"{rule}-{d}": stage(per_dataset[d], config, folder_of, d) for d in names})
-    return {"stages": stages}
+    document = {"stages": stages}
+    if plots := plot_definitions({str(f) for job in jobs for f in job.output}, datasets):
+        document["plots"] = plots
+    return document
 
 
 def render(document: dict) -> str:

@@ -166,7 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explanations", type=Path, nargs="+", required=True, help="heatmap files from explain")
     p.add_argument("--oracle", type=Path,
                    help="oracle weights (.safetensors from train-oracle): adds the oracle's verdicts on G's images")
-    p.add_argument("--out-dir", type=Path, required=True, help="writes metrics.csv, metrics_per_image.csv, metrics_curves.csv and metrics_comparisons.csv")
+    p.add_argument("--classifier-metrics", type=Path,
+                   help="metrics.json from train-classifier: adds C's test accuracy and AUROC to the headline "
+                        "metrics.json")
+    p.add_argument("--out-dir", type=Path, required=True,
+                   help="writes metrics.csv, metrics_per_image.csv, metrics_curves.csv, metrics_comparisons.csv and "
+                        "metrics.json (the headline numbers, DVC's metrics)")
     p = step("figures")
     inputs(p, "manifest", "classifier", "generator", "inversion")
     p.add_argument("--explanations", type=Path, nargs="+", required=True, help="heatmap files from explain")
@@ -281,7 +286,7 @@ def run(args) -> None:
         steps.count_step(s, args.manifest, args.out)
     elif args.step == "evaluate":
         steps.evaluate_step(s, args.manifest, args.classifier, args.inversion, args.explanations, args.out_dir,
-                            args.oracle)
+                            args.oracle, args.classifier_metrics)
     elif args.step == "bundle":
         steps.bundle_step(s, args.results_dir, args.out)
     elif args.step == "check":

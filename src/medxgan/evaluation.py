@@ -160,6 +160,41 @@ def summarise(per_image: pd.DataFrame, cfg: dict, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# The numbers `dvc metrics show` and `dvc metrics diff` compare (metrics.json beside metrics.csv).
+HEADLINE_METRICS = ("pointing_game", "mass_in_lesion", "mask_auroc", "deletion_auc", "insertion_auc")
+HEADLINE_INVERSION = ("reconstruction_ssim", "reconstruction_mse", "oracle_reconstruction_called_positive",
+                      "oracle_negative_called_negative", "oracle_and_classifier_validity")
+HEADLINE_DIGITS = 4
+
+
+def _rounded(value) -> float | None:
+    """A number for JSON, rounded; NaN and None (no interval for one image, no AUROC) as null."""
+    return None if value is None or pd.isna(value) else round(float(value), HEADLINE_DIGITS)
+
+
+def headline(summary: pd.DataFrame, classifier: dict | None = None) -> dict:
+    """The headline numbers of a dataset's summary (metrics.csv), nested for DVC's metrics: C's test
+    accuracy and AUROC from its metrics.json (`classifier`, when given), the inversion's fidelity,
+    then per explanation method (in the summary's order) the localisation and faithfulness scores,
+    each as {mean, ci_low, ci_high}. Metrics the summary lacks are left out."""
+    def scores(rows: pd.DataFrame, names: tuple[str, ...]) -> dict:
+        by_metric = rows.drop_duplicates("metric").set_index("metric")
+        return {name: {key: _rounded(by_metric.loc[name, key]) for key in ("mean", "ci_low", "ci_high")}
+                for name in names if name in by_metric.index}
+
+    numbers = {}
+    if classifier is not None:
+        numbers["classifier"] = {"test": {key: _rounded(classifier["test"].get(key)) for key in ("accuracy", "auroc")}}
+    inversion = scores(summary[summary.method == INVERSION_METHOD], HEADLINE_INVERSION)
+    if inversion:
+        numbers["inversion"] = inversion
+    for method in summary.method.drop_duplicates():
+        method_scores = scores(summary[summary.method == method], HEADLINE_METRICS)
+        if method != INVERSION_METHOD and method_scores:
+            numbers[method] = method_scores
+    return numbers
+
+
 def adjusted_p_values(p_values: pd.Series) -> pd.Series:
     """Benjamini-Hochberg adjusted p-values (false discovery rate) over every test of the table;
     NaN (nothing to test) stays NaN and does not count as a test."""

@@ -29,7 +29,7 @@ from medxgan.oracle import oracle_probabilities, oracle_seed, train_oracle
 from medxgan.shards import ShardError, check_chunk
 from medxgan.user_classifier import import_classifier
 from medxgan.training import GANTrainer, disentanglement_check, evaluate_classifier, train_classifier
-from medxgan.utils import atomic_path, pick_device, provenance, save_tensors, seed_everything, write_json
+from medxgan.utils import atomic_path, pick_device, portable_path, provenance, save_tensors, seed_everything, write_json
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def count_test_positives(manifest: Path, s: dict) -> int:
 
 def count_step(s: dict, manifest: Path, out: Path) -> None:
     """Write the number of positive test images, from which the workflow plans its chunks."""
-    write_json(out, {"test_positives": count_test_positives(manifest, s), "manifest": str(Path(manifest).resolve())})
+    write_json(out, {"test_positives": count_test_positives(manifest, s), "manifest": portable_path(manifest)})
 
 
 def _images_of(manifest: Path, s: dict, section: str, chunk: tuple[int, int] | None) -> tuple[ImageSet, dict]:
@@ -231,7 +231,8 @@ def invert_step(s: dict, manifest: Path, classifier: Path, generator: Path, out_
     out_dir = Path(out_dir)
     save_tensors({**per_image, "rows": data.rows}, out_dir / "latents.safetensors", place)
     _write_csv(table, out_dir / "inversion.csv")
-    write_json(out_dir / "provenance.json", {"manifest": str(Path(manifest).resolve()), "settings": s,
+    # the manifest relative to the repository root when it lies in it (medxgan.utils.portable_path)
+    write_json(out_dir / "provenance.json", {"manifest": portable_path(manifest), "settings": s,
                                              "provenance": provenance(s["seed"], device, precision), **place})
 
 
@@ -322,7 +323,10 @@ def gather_explanations_step(chunks: list[Path], out: Path) -> None:
 
 
 def evaluate_step(s: dict, manifest: Path, classifier: Path, inversion: Path, explanations: list[Path], out_dir: Path,
-                  oracle: Path | None = None) -> None:
+                  oracle: Path | None = None, classifier_metrics: Path | None = None) -> None:
+    """The scores per image, their summary (metrics.csv), the curves, the pairwise comparisons, and
+    metrics.json: the headline numbers of the summary (`evaluation.headline`), with C's test
+    accuracy and AUROC from `classifier_metrics` (train-classifier's metrics.json) when given."""
     device = _start(s)
     C = load_model(classifier, device, "classifier", s["data"])
     data = _test_positives(manifest, s)
@@ -337,6 +341,8 @@ def evaluate_step(s: dict, manifest: Path, classifier: Path, inversion: Path, ex
     _write_csv(curves, out_dir / "metrics_curves.csv")
     _write_csv(summary, out_dir / "metrics.csv")
     _write_csv(evaluation.compare_methods(per_image), out_dir / "metrics_comparisons.csv")
+    classifier_report = json.loads(Path(classifier_metrics).read_text()) if classifier_metrics else None
+    write_json(out_dir / "metrics.json", evaluation.headline(summary, classifier_report), sort_keys=False)
     write_json(out_dir / "metrics_provenance.json", {"settings": s, "provenance": provenance(s["seed"], device)})
 
 

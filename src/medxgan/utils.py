@@ -62,9 +62,22 @@ def _umask() -> int:
     return mask
 
 
-def write_json(path: str | os.PathLike, data) -> None:
+def write_json(path: str | os.PathLike, data, sort_keys: bool = True) -> None:
+    """`data` as indented JSON, written atomically; keys sorted unless `sort_keys` is False."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys, default=str) + "\n")
+
+
+def portable_path(path: str | os.PathLike) -> str:
+    """`path` as a step records it: relative to the working directory (the repository root when
+    Snakemake or DVC runs the step) when it lies under it, so a record stays true in another clone;
+    absolute when it lies elsewhere (a user's own manifest). A reader joins it to its repository
+    root, `Path(root) / value`, which leaves an absolute value as it is."""
+    absolute = Path(path).resolve()
+    try:
+        return absolute.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(absolute)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -5,11 +5,13 @@ rule evaluate:
     input:
         manifest=manifest_of,
         classifier=rules.train_classifier.output.model,
+        classifier_metrics=rules.train_classifier.output.metrics,
         latents=rules.invert.output.latents,
         explanations=explanations_of,
         oracle=rules.train_oracle.output.model,
     output:
         summary="results/{dataset}/metrics.csv",
+        headline="results/{dataset}/metrics.json",  # the headline numbers: DVC's metrics
         per_image="results/{dataset}/metrics_per_image.csv",
         comparisons="results/{dataset}/metrics_comparisons.csv",
         curves="results/{dataset}/metrics_curves.csv",
@@ -29,7 +31,8 @@ rule evaluate:
     shell:
         "medxgan evaluate --settings {params.settings:q} --manifest {input.manifest:q}"
         " --classifier {input.classifier:q} --inversion {input.latents:q} --explanations {input.explanations:q}"
-        " --oracle {input.oracle:q} --out-dir results/{wildcards.dataset:q} --threads {threads} 2> {log:q}"
+        " --oracle {input.oracle:q} --classifier-metrics {input.classifier_metrics:q}"
+        " --out-dir results/{wildcards.dataset:q} --threads {threads} 2> {log:q}"
 
 
 rule figures:

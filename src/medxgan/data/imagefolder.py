@@ -16,6 +16,7 @@ from pathlib import Path
 from medxgan.data.download import DataSourceError
 from medxgan.data.preparation import Collected, PrepareOptions, Record, drop, prepare
 from medxgan.data.sources.layout import IMAGE_SUFFIXES, is_junk, require_folders, subfolders
+from medxgan.utils import portable_path
 
 SPLIT_FOLDERS = {"train": "train", "test": "test"}
 MASKS = "masks"
@@ -65,4 +66,4 @@ def import_folder(root: Path, negative: str, positive: str, out_dir: Path, image
     """Prepare ROOT (ImageFolder layout) into out_dir; return the manifest's path."""
     options = PrepareOptions(image_size, channels, negative, positive, seed, val_fraction, NO_TEST_CARVING)
     return prepare(collect_image_folder(root, negative, positive), options, out_dir,
-                   {"source": {"source": "image folder", "location": str(Path(root).resolve())}})
+                   {"source": {"source": "image folder", "location": portable_path(root)}})
