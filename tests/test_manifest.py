@@ -91,6 +91,8 @@ def test_label_filter_and_subset(folder):
     everything = load_split(manifest, "train", NEG, POS, SIZE, 1)
     picked = everything.subset(everything.labels == 1)
     assert picked.ids == positives.ids and torch.equal(picked.images, positives.images)
+    for field in ("labels", "masks", "has_mask", "rows"):
+        assert torch.equal(getattr(picked, field), getattr(positives, field)), field
     assert everything.subset(torch.tensor([2])).ids == ["img/colour.png"]
 
 
