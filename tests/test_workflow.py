@@ -23,24 +23,7 @@ from medxgan.data.phantoms import write_phantom_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile")]
-TINY = {
-    "datasets": {name: {"phantom": {"counts": {"train": 48, "val": 16, "test": 16}}}
-                 for name in ("synthetic-cxr", "synthetic-mri")},
-    "ablation": {"seeds": [0], "methods": ["difference"],
-                 "variants": {"main": {}, "plain-random": {"gan": {"composition": "plain"},
-                                                           "inversion": {"init": "random"}}}},
-    "defaults": {
-        "classifier": {"epochs": 1},
-        "oracle": {"epochs": 1, "width": 0.5},
-        "gan": {"steps": 6, "width": 0.0625, "d_width": 0.0625, "d_dropout": 0.0, "nz1": 8, "nz2": 4, "batch_size": 8, "checkpoint_every": 3,
-                "disentanglement_samples": 16},
-        "encoder": {"steps": 4, "batch_size": 8, "width": 0.125},
-        "inversion": {"restarts": 2, "steps": 5},
-        "explain": {"latent_ig_steps": 4, "ig_steps": 4, "interpolation_points": 3},
-        "figures": {"examples": 2},
-        "checks": {"images": 2, "noise_sigmas": [0.1], "sensitivity_samples": 1},
-    },
-}
+TINY = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())  # the catalog's test config
 
 
 @pytest.fixture
