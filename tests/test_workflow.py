@@ -321,12 +321,14 @@ def run_until(workdir: Path, args: list[str], ready, timeout: float = 600) -> No
 
 
 def test_a_run_killed_in_gan_training_and_in_inversion_finishes_as_an_uninterrupted_one(workdir: Path, tmp_path):
+    """Killed twice (SIGKILL, as a crash or a cluster's time limit would), unlocked and rerun, a run
+    ends with the bytes of an uninterrupted one: the GAN resumes from its checkpoint, the rest reruns."""
     manifest = write_phantom_dataset("synthetic-mri", tmp_path / "scans", 64, {"train": 32, "val": 8, "test": 16}, 0.5,
                                      seed=3)
     (workdir / "config" / "interruptible.yaml").write_text(yaml.safe_dump(INTERRUPTIBLE))
     options = ["--cores", "2", "--configfile", "config/config.yaml", "config/interruptible.yaml",
                "--config", f"manifest={manifest}", "negative=no_tumor", "positive=tumor", "name=study"]
-    args = ["results/study/inversion/latents.safetensors", *options]
+    args = ["results/study/metrics.csv", *options]  # through the explanations to their scores
     reference = Path(shutil.copytree(workdir, workdir.parent / "reference"))
     run = snakemake(reference, *args)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -343,6 +345,7 @@ def test_a_run_killed_in_gan_training_and_in_inversion_finishes_as_an_uninterrup
     finished = snakemake(workdir, *args)
     assert finished.returncode == 0, finished.stderr[-3000:]
 
+    # Also a second run on the same machine giving byte-identical scores (the first is the reference).
     for output in ("gan/generator.safetensors", "gan/losses.csv", "inversion/latents.safetensors",
-                   "inversion/inversion.csv"):
+                   "inversion/inversion.csv", "metrics.csv", "metrics_per_image.csv"):
         assert (results / output).read_bytes() == (reference / "results" / "study" / output).read_bytes(), output
