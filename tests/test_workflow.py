@@ -78,6 +78,7 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path, tmp_path_factory)
                               ("method_walkthrough", "synthetic-mri")):  # executed without error, rendered to HTML
         html = (workdir / "results" / "notebooks" / f"{notebook}.html").read_text()
         assert "<html" in html[:2000].lower() and dataset in html
+        assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html, f"{notebook}: a warning box"
 
     jobs = pd.read_csv(workdir / "results" / "benchmarks.csv")  # every job's Snakemake benchmark file
     expected = {"prepare", "check_manifest", "train_classifier", "train_oracle", "train_gan", "train_encoder", "invert",

@@ -10,13 +10,18 @@ from an earlier inversion or computed by an `inverter` callable.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Callable, Iterator
 
-import captum.attr
 import pytorch_grad_cam
 import torch
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
+from tqdm import TqdmWarning
+
+with warnings.catch_warnings():  # captum imports tqdm.auto, which warns inside Jupyter without ipywidgets
+    warnings.filterwarnings("ignore", category=TqdmWarning)
+    import captum.attr
 
 Latents = tuple[Tensor, Tensor]
 GREY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # RGB -> grey, as in the released difference map

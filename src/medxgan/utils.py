@@ -116,11 +116,13 @@ def provenance(seed: int | None = None, device: torch.device | None = None, prec
 
 
 def progress(iterable=None, **kwargs):
-    """A tqdm bar that stays readable in a log file: frequent redraws on a terminal, rare ones otherwise."""
+    """A tqdm bar that stays readable in a log file: frequent redraws on a terminal, rare ones
+    otherwise, and none inside a Jupyter kernel, where it would print as a red stderr box."""
     import sys
 
     from tqdm import tqdm  # the text bar: tqdm.auto's widget warns in a notebook without ipywidgets
 
     kwargs.setdefault("mininterval", 0.2 if sys.stderr.isatty() else 30.0)
     kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("disable", "ipykernel" in sys.modules)
     return tqdm(iterable, **kwargs)
