@@ -160,9 +160,8 @@ def test_gan_run_records_every_step_and_checkpoints_the_end(uninterrupted):
     assert state["losses"] == trainer.losses
 
 
-def test_a_killed_gan_run_resumes_exactly(frozen_classifier, phantoms, uninterrupted, tmp_path, monkeypatch, caplog):
-    reference, _ = uninterrupted
-    checkpoint = tmp_path / "b" / "checkpoint.pt"
+def fit_until_killed(classifier, train, checkpoint, monkeypatch, **overrides) -> None:
+    """A GAN run that dies right after saving its checkpoint at step KILL_AFTER."""
     original = GANTrainer.save_checkpoint
 
     def save_then_die(self, path):
@@ -172,9 +171,15 @@ def test_a_killed_gan_run_resumes_exactly(frozen_classifier, phantoms, uninterru
 
     monkeypatch.setattr(GANTrainer, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        fit(frozen_classifier, phantoms["train"], checkpoint)
+        fit(classifier, train, checkpoint, **overrides)
     monkeypatch.undo()
     assert torch.load(checkpoint, weights_only=True)["step"] == KILL_AFTER
+
+
+def test_a_killed_gan_run_resumes_exactly(frozen_classifier, phantoms, uninterrupted, tmp_path, monkeypatch, caplog):
+    reference, _ = uninterrupted
+    checkpoint = tmp_path / "b" / "checkpoint.pt"
+    fit_until_killed(frozen_classifier, phantoms["train"], checkpoint, monkeypatch)
 
     with caplog.at_level(logging.INFO, logger="medxgan.training"):
         resumed = fit(frozen_classifier, phantoms["train"], checkpoint)
@@ -190,17 +195,7 @@ def test_a_killed_gan_run_with_dropout_resumes_exactly(frozen_classifier, phanto
     # restores that state too (the paper's setting is d_dropout 0.5).
     reference = fit(frozen_classifier, phantoms["train"], tmp_path / "a" / "checkpoint.pt", d_dropout=0.5)
     checkpoint = tmp_path / "b" / "checkpoint.pt"
-    original = GANTrainer.save_checkpoint
-
-    def save_then_die(self, path):
-        original(self, path)
-        if self.step == KILL_AFTER:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(GANTrainer, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        fit(frozen_classifier, phantoms["train"], checkpoint, d_dropout=0.5)
-    monkeypatch.undo()
+    fit_until_killed(frozen_classifier, phantoms["train"], checkpoint, monkeypatch, d_dropout=0.5)
     torch.manual_seed(12345)  # whatever the process did in between must not matter
     resumed = fit(frozen_classifier, phantoms["train"], checkpoint, d_dropout=0.5)
     assert resumed.losses == reference.losses
