@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import stat
+import subprocess
 import zipfile
 
 import pytest
 
-from medxgan.data.download import (HOST_METADATA, DataSourceError, Expected, HuggingFaceRoute, KaggleRoute,
-                                   RouteUnavailable, extract_zip, fetch_file, fetch_first)
+from medxgan.data.download import (HOST_METADATA, PINNED, UNCHECKED, ArchiveRoute, DataSourceError, Expected,
+                                   FigshareArticleRoute, GitHubRoute, HuggingFaceRoute, KaggleRoute, RouteUnavailable, extract_zip,
+                                   fetch_file, fetch_first, tree_digest)
 from loopback import LoopbackServer, md5, sha256, zip_bytes
 
 PAYLOAD = bytes(range(256)) * 1600  # 400 KiB, several read chunks
@@ -157,6 +160,79 @@ def test_the_next_route_is_tried_when_one_is_unavailable(server, tmp_path):
     assert fetched.files[0].hash == sha256(archive) and fetched.files[0].checked_against == HOST_METADATA
     with pytest.raises(DataSourceError, match="no route could fetch the dataset: first: .*HTTP 404"):
         fetch_first(routes, ["first"], tmp_path, {"first": server.url})
+
+
+# The two routes whose hosts publish no hash: the zip's path on the host, where it is kept, and
+# the hash measured on arrival, recorded as unchecked.
+ZIP_ROUTES = [
+    (GitHubRoute("someone/Data-Set", "3ea9f4e"), "/someone/Data-Set/zip/3ea9f4e",
+     "downloads/github/Data-Set-3ea9f4e.zip", "github.com/someone/Data-Set", "3ea9f4e"),
+    (FigshareArticleRoute(1512427, 5), "/ndownloader/articles/1512427/versions/5",
+     "downloads/figshare-article/article-1512427-v5.zip", "figshare article 1512427", "5"),
+]
+
+
+@pytest.mark.parametrize("route, host_path, kept_as, location, version", ZIP_ROUTES, ids=["github", "figshare-article"])
+def test_a_zip_route_fetches_its_archive_records_the_measured_hash_and_unpacks_it(
+        server, tmp_path, route, host_path, kept_as, location, version):
+    archive = zip_bytes({"top/Training/a.txt": b"a"})
+    server.files[host_path] = archive
+    fetched = route.fetch(tmp_path, server.url)
+    assert (fetched.route, fetched.location, fetched.version) == (route.kind, location, version)
+    [item] = fetched.files
+    assert (item.url, item.path, item.size) == (server.url + host_path, kept_as, len(archive))
+    assert (item.algorithm, item.hash, item.checked_against) == ("sha256", sha256(archive), UNCHECKED)
+    assert (tmp_path / kept_as).read_bytes() == archive
+    unpacked = tmp_path / "raw" / route.kind / (tmp_path / kept_as).stem
+    assert fetched.root == tmp_path / "raw" / route.kind
+    assert (unpacked / "top" / "Training" / "a.txt").read_text() == "a"
+
+
+@pytest.mark.parametrize("route", [r[0] for r in ZIP_ROUTES], ids=["github", "figshare-article"])
+def test_a_zip_route_missing_on_its_host_is_unavailable(server, tmp_path, route):
+    with pytest.raises(RouteUnavailable, match="HTTP 404"):
+        route.fetch(tmp_path, server.url)
+    assert not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize("host_path, kept_as", [("/mirror/covidqu.zip", "downloads/archive/covidqu.zip"),
+                                                 ("/", "downloads/archive/archive.zip")], ids=["named", "unnamed"])
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "unpinned"])
+def test_the_archive_route_checks_a_pinned_hash_and_records_an_unpinned_one(server, tmp_path, host_path, kept_as,
+                                                                            pinned):
+    archive = zip_bytes({"COVID-QU-Ex/a.txt": b"a"})
+    server.files[host_path] = archive
+    url = server.url + host_path
+    fetched = ArchiveRoute(url, sha256(archive) if pinned else None).fetch(tmp_path)
+    assert (fetched.route, fetched.location, fetched.version) == ("archive", url,
+                                                                 sha256(archive) if pinned else "unpinned")
+    [item] = fetched.files
+    assert (item.path, item.hash, item.checked_against) == (kept_as, sha256(archive), PINNED if pinned else UNCHECKED)
+    assert (fetched.root / (tmp_path / kept_as).stem / "COVID-QU-Ex" / "a.txt").read_text() == "a"
+
+
+def test_the_archive_route_refuses_an_archive_that_is_not_the_pinned_one(server, tmp_path):
+    server.files["/covidqu.zip"] = zip_bytes({"a.txt": b"a"})
+    with pytest.raises(DataSourceError, match=f"checksum mismatch.*expected {'0' * 64} \\({PINNED}\\)"):
+        ArchiveRoute(f"{server.url}/covidqu.zip", "0" * 64).fetch(tmp_path)
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "downloads" / "archive" / "covidqu.zip").exists()
+
+
+def test_tree_digest_hashes_the_sha256sum_listing_of_every_file(tmp_path):
+    """The listing Kaggle downloads are recorded by: one `sha256sum` line per file, sorted by path,
+    which `sha256sum -c` accepts; the digest is the sha256 of those lines."""
+    files = {"b/two.png": b"22", "a.txt": b"1", "b/a/three": b"333", "c d/é.txt": b""}
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(content)
+    (tmp_path / "empty folder").mkdir()
+    digest, count, size, lines = tree_digest(tmp_path)
+    expected = [f"{hashlib.sha256(files[name]).hexdigest()}  {name}" for name in sorted(files)]
+    assert lines == expected and count == 4 and size == sum(len(c) for c in files.values())
+    assert digest == hashlib.sha256("\n".join(expected).encode()).hexdigest()
+    (tmp_path / "listing.sha256").write_text("\n".join(lines) + "\n")
+    checked = subprocess.run(["sha256sum", "-c", "listing.sha256"], cwd=tmp_path, capture_output=True, text=True)
+    assert checked.returncode == 0 and checked.stdout.count(": OK") == 4
 
 
 def test_kaggle_asking_for_credentials_says_so(tmp_path, monkeypatch):

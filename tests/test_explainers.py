@@ -1,12 +1,13 @@
 import copy
 
+import captum.attr
 import pytest
 import torch
 from torch import nn
 
 from medxgan.explainers import (
     EXPLAINERS, GENERATIVE_METHODS, DifferenceMap, GenerativeExplainer, GradCAM, IntegratedGradients,
-    Interpolation, LatentIG, build_explainer,
+    Interpolation, LatentIG, build_explainer, to_grey,
 )
 from medxgan.models import Generator, SimpleCNN, positive_probability
 from helpers import RegionClassifier, calibrate_gan_pair
@@ -73,6 +74,27 @@ def test_generative_explainer_needs_latents_or_inverter(name, models, batch):
     images, _ = batch
     with pytest.raises(ValueError, match="latents"):
         build(name, *models).attribute(images)
+
+
+def test_the_latents_error_says_what_to_give(models, batch):
+    images, z = batch
+    with pytest.raises(ValueError, match=r"^DifferenceMap needs latents=\(z1, z2\) from an inversion or an inverter "
+                                         r"to compute them$"):
+        DifferenceMap(*models).attribute(images)
+    with pytest.raises(ValueError, match=r"^latents for 4/4 images given for 5 images$"):
+        DifferenceMap(*models).attribute(images, latents=(z[0][:4], z[1][:4]))
+
+
+def test_to_grey_names_a_channel_count_it_cannot_convert():
+    with pytest.raises(ValueError, match=r"^grey conversion needs 1 or 3 channels, got 2$"):
+        to_grey(torch.zeros(1, 2, 5, 5))
+
+
+@pytest.mark.parametrize("cls", [Interpolation, LatentIG])
+def test_every_generative_explainer_takes_an_inverter(cls, models, batch):
+    images, z = batch
+    explainer = cls(*models, inverter=lambda x: z, **({"n_steps": 4} if cls is LatentIG else {}))
+    assert torch.equal(explainer.attribute(images), explainer.attribute(images, latents=z))
 
 
 def test_inverter_supplies_the_latents(models, batch):
@@ -153,6 +175,14 @@ def test_latent_ig_keeps_the_given_target(models):
                                -explainer.attributions(z1, z2, target=1), rtol=1e-4, atol=1e-7)
 
 
+def test_latent_ig_heatmaps_are_the_attributions_for_the_given_target(models, batch):
+    images, (z1, z2) = batch
+    explainer = LatentIG(*models, n_steps=4)
+    for target in (0, 1):
+        expected = explainer.attributions(z1, z2, target).abs().sum(dim=1)
+        torch.testing.assert_close(explainer.attribute(images, target, latents=(z1, z2)), expected)
+
+
 def test_difference_map_is_absolute_generated_difference(models, batch):
     classifier, generator = models
     images, (z1, z2) = batch
@@ -219,6 +249,14 @@ def test_integrated_gradients_uses_its_step_count():
         signed = explainer._per_chunk(lambda chunk: explainer._explain(chunk, 1), images)
         errors[steps] = (signed.sum(dim=(1, 2, 3)) - delta.detach()).abs().max()
     assert errors[64] < errors[2] / 10
+
+
+def test_integrated_gradients_defaults_are_captums_from_black(models, batch):
+    classifier, _ = models
+    images, _ = batch
+    expected = captum.attr.IntegratedGradients(lambda x: classifier(x).softmax(dim=1)).attribute(
+        images, baselines=-1.0, target=1)  # captum's default: 50 steps
+    torch.testing.assert_close(IntegratedGradients(classifier).attribute(images), expected.abs().sum(dim=1))
 
 
 def test_integrated_gradients_is_zero_at_its_baseline(models):

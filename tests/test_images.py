@@ -75,6 +75,38 @@ def test_signed_slice_is_windowed_to_its_own_range(tmp_path):
     np.testing.assert_allclose(read[0], (values + 1000) / 4000 * 2 - 1, atol=DEPTH_TOLERANCE)
 
 
+def test_16_bit_reaching_its_top_is_still_scaled_by_bit_depth(tmp_path):
+    """65535 is the deepest value a 16-bit image holds, not a sign of another scale."""
+    values = np.full((SIZE, SIZE), 1000)
+    values[:, SIZE // 2:] = 65535
+    read = load_image(save_16_bit(tmp_path / "top.png", values), "here", SIZE, 1)
+    np.testing.assert_allclose(read[0], values / 65535 * 2 - 1, atol=DEPTH_TOLERANCE)
+
+
+def test_a_float_image_is_windowed_to_its_own_range(tmp_path):
+    """Floats carry no bit depth: values in 0..1 span the whole range, like any other float slice."""
+    values = np.tile(np.linspace(0.0, 1.0, SIZE), (SIZE, 1)).astype(np.float32)
+    Image.fromarray(values).save(tmp_path / "float.tif")  # mode F
+    read = load_image(tmp_path / "float.tif", "here", SIZE, 1)
+    np.testing.assert_allclose(read[0], values * 2 - 1, atol=DEPTH_TOLERANCE)
+
+
+def test_a_slice_spanning_all_of_int32_is_windowed_without_overflow(tmp_path):
+    values = np.tile(np.linspace(-2**31, 2**31 - 1, SIZE), (SIZE, 1)).astype(np.int64)
+    Image.fromarray(values.astype(np.int32)).save(tmp_path / "wide.tif")
+    read = load_image(tmp_path / "wide.tif", "here", SIZE, 1)
+    np.testing.assert_allclose(read[0], (values + 2**31) / (2**32 - 1) * 2 - 1, atol=DEPTH_TOLERANCE)
+
+
+@pytest.mark.parametrize("values", [np.full((SIZE, SIZE), 0.25, dtype=np.float32),
+                                    np.full((SIZE, SIZE), -5, dtype=np.int32)], ids=["float", "signed"])
+def test_a_flat_deep_slice_reads_as_black(tmp_path, values):
+    """No window to stretch: the slice carries no contrast, and reads as black, not as NaN."""
+    Image.fromarray(values).save(tmp_path / "flat.tif")
+    read = load_image(tmp_path / "flat.tif", "here", SIZE, 1)
+    assert (read == -1).all()
+
+
 def test_rgb_wanted_from_16_bit_grey_repeats_it(tmp_path):
     read = load_image(save_16_bit(tmp_path / "ramp.png", twelve_bit_ramp()), "here", SIZE, 3)
     assert read.shape == (3, SIZE, SIZE)

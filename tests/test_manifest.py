@@ -263,6 +263,24 @@ def test_val_that_cannot_be_drawn_names_file_and_label(folder):
         load_split(write_rows(folder, only_test), "test", NEG, POS, SIZE, 1, seed=0)
 
 
+def test_two_training_patients_of_a_label_are_enough_to_draw_one(folder):
+    # test rows first, so the training rows' index does not start at 0
+    rows = [("img/colour.png", label, "test", "", f"{label}-test") for label in (NEG, POS)]
+    rows += [("img/grey.png", label, "train", "", f"{label}{patient}")
+             for label in (NEG, POS) for patient in (1, 1, 2, 2)]
+    table = read_manifest(write_rows(folder, rows), NEG, POS, seed=0)
+    val = table[table["split"] == "val"]
+    assert val["label"].value_counts().to_dict() == {NEG: 2, POS: 2}
+    assert val.groupby("label")["patient_id"].nunique().to_dict() == {NEG: 1, POS: 1}
+
+
+def test_a_label_absent_from_train_cannot_be_drawn(folder):
+    rows = [("img/grey.png", NEG, "train", "", f"n{patient}") for patient in range(3)]
+    rows.append(("img/colour.png", POS, "test", "", "p-test"))
+    with pytest.raises(ManifestError, match=rf"label {POS!r} has 0 training patient\(s\) or image\(s\), at least 2"):
+        read_manifest(write_rows(folder, rows), NEG, POS, seed=0)
+
+
 def test_a_mask_stored_as_zero_and_one_is_read_as_a_mask(folder):
     # Masks exported by segmentation tools often hold 0/1, not 0/255: any non-zero pixel is lesion.
     mask = np.zeros((MASK_SIDE, MASK_SIDE), dtype=np.uint8)

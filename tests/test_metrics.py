@@ -1,16 +1,18 @@
 import math
+from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
-from scipy.stats import wilcoxon
+from scipy.stats import bootstrap, wilcoxon
 from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 from torchvision.transforms.functional import gaussian_blur
 
 from medxgan.metrics import (
     baseline_image, bootstrap_ci, curve_auc, deletion_curve, insertion_curve, mask_auroc, mass_in_lesion,
-    paired_wilcoxon, perturb_top_k, pointing_game, probability_drop, reconstruction_mse, reconstruction_ssim,
-    relevance_rank_accuracy, top_k_dice, top_k_iou,
+    min_max_normalise, paired_wilcoxon, perturb_top_k, pointing_game, probability_drop, reconstruction_mse, reconstruction_ssim,
+    _step_counts, relevance_rank_accuracy, top_k_dice, top_k_iou,
 )
 from medxgan.models import positive_probability
 from helpers import RegionClassifier
@@ -221,6 +223,27 @@ def test_curve_auc_uses_the_unit_interval():
     torch.testing.assert_close(curve_auc(curves), torch.tensor([1.0, 0.5, 0.25]))
 
 
+def test_min_max_normalise_maps_each_heatmap_onto_the_unit_interval():
+    maps = torch.rand(3, 5, 7, generator=torch.Generator().manual_seed(1)) * 0.5 + torch.tensor([2.0, -1.0, 0.0])[:, None, None]
+    low, high = maps.amin(dim=(1, 2), keepdim=True), maps.amax(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(min_max_normalise(maps), (maps - low) / (high - low))
+    assert torch.equal(min_max_normalise(torch.full((2, 4, 4), 3.0)), torch.zeros(2, 4, 4))  # no span: all zeros
+
+
+def test_curve_auc_is_the_float64_trapezoid_rule_rounded_once():
+    # 21 grid points are not exact in float32; a float32 grid moves some areas by one ulp
+    curves = torch.rand(64, 21, generator=torch.Generator().manual_seed(0))
+    exact = np.trapezoid(curves.double().numpy(), np.linspace(0.0, 1.0, 21), axis=1)
+    torch.testing.assert_close(curve_auc(curves), torch.from_numpy(exact).float(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("pixels", [7, 64 * 64, 4097 * 4097])
+def test_step_counts_are_exact_for_images_past_float32s_integers(pixels):
+    # 4097 x 4097 pixels is past 2**24, the last integer float32 holds exactly
+    exact = [round(Fraction(i * pixels, 20)) for i in range(21)]
+    assert _step_counts(20, pixels).tolist() == exact
+
+
 def test_bootstrap_ci():
     values = torch.randn(40, generator=torch.Generator().manual_seed(0)) + 3.0
     low, high = bootstrap_ci(values)
@@ -229,6 +252,15 @@ def test_bootstrap_ci():
     many = torch.randn(4000, generator=torch.Generator().manual_seed(1)) + 3.0
     many_low, many_high = bootstrap_ci(many)
     assert many_high - many_low < (high - low) / 4  # width shrinks like 1 / sqrt(n)
+
+
+def test_bootstrap_ci_defaults_to_1000_percentile_resamples_at_95_percent_seeded_by_0():
+    # the defaults behind every interval in the results; float32 input is read as float64
+    values = torch.rand(30, generator=torch.Generator().manual_seed(3))
+    sample = values.double().numpy()
+    expected = bootstrap((sample,), np.mean, n_resamples=1000, confidence_level=0.95, method="percentile",
+                         rng=np.random.default_rng(0)).confidence_interval
+    assert bootstrap_ci(values) == (expected.low, expected.high)
 
 
 def test_bootstrap_ci_drops_nans():
@@ -321,10 +353,11 @@ def test_blur_baseline_follows_rise():
 
 def test_reconstruction_ssim_treats_images_as_spanning_minus_one_to_one():
     # SSIM is unchanged when images and data range scale together (its constants scale with the
-    # range): data range 2 on these images is data range 1 on the images halved.
+    # range): data range 2 on these images is data range 1 on the images halved. The images span
+    # a quarter of [-1, 1], so a range read off the data instead would give other values.
     generator = torch.Generator().manual_seed(4)
-    a = torch.rand(3, 1, SIZE, SIZE, generator=generator) * 2 - 1
-    b = (a + 0.3 * torch.randn(3, 1, SIZE, SIZE, generator=generator)).clamp(-1, 1)
+    a = (torch.rand(3, 1, SIZE, SIZE, generator=generator) * 2 - 1) / 4
+    b = a + 0.1 * torch.randn(3, 1, SIZE, SIZE, generator=generator)
     expected = structural_similarity_index_measure(b / 2, a / 2, data_range=1.0, reduction="none")
     torch.testing.assert_close(reconstruction_ssim(b, a), expected)
     assert reconstruction_ssim(b, a).shape == (3,)

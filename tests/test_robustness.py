@@ -1,12 +1,14 @@
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 from helpers import RegionClassifier
 from medxgan.explainers import IntegratedGradients
-from medxgan.metrics import heatmap_similarity
+from medxgan.metrics import heatmap_similarity, min_max_normalise
 from medxgan.robustness import add_noise, max_sensitivity, noise_robustness
 
 SIZE = 32  # RegionClassifier's default region, rows/cols 8..24, fits inside
@@ -75,6 +77,27 @@ def test_reversed_ranking_has_spearman_minus_one():
 def test_single_heatmap_gives_shape_one():
     heatmap = torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(2))
     assert all(values.shape == (1,) for values in heatmap_similarity(heatmap, heatmap.sqrt()).values())
+
+
+def test_heatmap_similarity_ssim_compares_min_max_normalised_maps_on_a_unit_range():
+    generator = torch.Generator().manual_seed(3)
+    clean, noisy = torch.rand(2, 16, 16, generator=generator), torch.rand(2, 16, 16, generator=generator) * 4 - 2
+    expected = structural_similarity_index_measure(min_max_normalise(noisy)[:, None], min_max_normalise(clean)[:, None],
+                                                   data_range=1.0, reduction="none")
+    torch.testing.assert_close(heatmap_similarity(clean, noisy)["ssim"], expected)
+
+
+def test_identical_flat_heatmaps_have_ssim_one():
+    # nothing to normalise: two all-zero maps, whose range read off the data would be 0
+    flat = torch.full((2, 16, 16), 0.5)
+    torch.testing.assert_close(heatmap_similarity(flat, flat.clone())["ssim"], torch.ones(2))
+
+
+@pytest.mark.parametrize("clean_shape, noisy_shape", [((2, 16, 16), (2, 16, 15)), ((16, 16), (16, 16))])
+def test_heatmap_similarity_names_stacks_it_cannot_compare(clean_shape, noisy_shape):
+    with pytest.raises(ValueError, match=rf"need two \(N, H, W\) heatmap stacks of one shape, got "
+                                         rf"{re.escape(str(clean_shape))} and {re.escape(str(noisy_shape))}"):
+        heatmap_similarity(torch.zeros(clean_shape), torch.zeros(noisy_shape))
 
 
 # max_sensitivity

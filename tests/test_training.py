@@ -4,12 +4,13 @@ import shutil
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from medxgan.data.manifest import ImageSet, load_split
 from medxgan.data.phantoms import PHANTOMS, write_phantom_dataset
 from medxgan.models import Generator, SimpleCNN
-from medxgan.training import (GANTrainer, batch_indices, disentanglement_check, evaluate_classifier, sample_codes,
-                              train_classifier)
+from medxgan.training import (GANTrainer, batch_indices, disentanglement_check, evaluate_classifier, random_flips,
+                              sample_codes, train_classifier)
 
 SIZE = 64
 DATA_CFG = {"image_size": SIZE, "channels": 1}
@@ -82,6 +83,18 @@ def test_sample_codes_zero_pathology_for_negatives():
     assert torch.equal(again[0], z1) and torch.equal(again[1], z2)
 
 
+def test_random_flips_give_each_of_the_four_orientations_a_quarter_of_the_time():
+    pattern = torch.arange(12.0).view(1, 1, 3, 4)  # no symmetry: every flip is told apart
+    orientations = [pattern, pattern.flip(3), pattern.flip(2), pattern.flip(2).flip(3)]
+    torch.manual_seed(0)
+    global_state = torch.get_rng_state()
+    flipped = random_flips(pattern.repeat(400, 1, 1, 1), torch.Generator().manual_seed(3))
+    assert torch.equal(torch.get_rng_state(), global_state)  # only the given generator is drawn from
+    counts = [sum(torch.equal(image[None], o) for image in flipped) for o in orientations]
+    assert sum(counts) == 400 and all(60 <= count <= 140 for count in counts), counts  # 100 +- 4.6 sd
+    assert torch.equal(random_flips(pattern.repeat(400, 1, 1, 1), torch.Generator().manual_seed(3)), flipped)
+
+
 # ---------------------------------------------------------------------------------- classifier
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -127,6 +140,38 @@ def test_the_best_validation_epoch_is_restored_not_the_last():
     early, _ = train_classifier(train, val, {**cfg, "epochs": report["selected_epoch"]}, DATA_CFG, seed=0,
                                 device="cpu")
     assert_same_state(model, early)
+
+
+def counted_optimiser_steps(run) -> int:
+    steps = []
+    handle = register_optimizer_step_post_hook(lambda *_: steps.append(1))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return len(steps)
+
+
+@pytest.mark.parametrize("n, steps_per_epoch", [(7, 1), (12, 1), (16, 2)])
+def test_an_epoch_is_the_whole_batches_of_the_training_set_at_least_one(n, steps_per_epoch):
+    cfg = {**CLASSIFIER_CFG, "width": 0.25, "epochs": 2, "flips": False}
+    steps = counted_optimiser_steps(lambda: train_classifier(brightness_set(n, seed=0), brightness_set(4, seed=1),
+                                                             cfg, DATA_CFG, seed=0, device="cpu"))
+    assert steps == 2 * steps_per_epoch
+
+
+def test_the_classifier_is_trained_with_the_configured_betas():
+    cfg = {**CLASSIFIER_CFG, "width": 0.25, "epochs": 1, "flips": False, "lr": 1e-2}
+    train, val = brightness_set(16, seed=0), brightness_set(4, seed=1)
+    slow, _ = train_classifier(train, val, {**cfg, "betas": [0.5, 0.999]}, DATA_CFG, seed=0, device="cpu")
+    fast, _ = train_classifier(train, val, {**cfg, "betas": [0.9, 0.9]}, DATA_CFG, seed=0, device="cpu")
+    assert any(not torch.equal(a, b) for a, b in zip(slow.parameters(), fast.parameters()))
+
+
+def test_pretrained_weights_reach_the_classifier(tmp_path):
+    cfg = {**CLASSIFIER_CFG, "arch": "vgg16", "width": 0.0625, "weights": str(tmp_path / "vgg16.pth")}
+    with pytest.raises(ValueError, match="pretrained VGG16 weights need classifier width 1.0"):
+        train_classifier(brightness_set(8, seed=0), brightness_set(4, seed=1), cfg, DATA_CFG, seed=0, device="cpu")
 
 
 # ---------------------------------------------------------------------------------- GAN and resume
