@@ -173,6 +173,40 @@ def test_blank_lines_keep_line_numbers(folder):
         read_manifest(manifest, NEG, POS)
 
 
+@pytest.mark.parametrize("arguments, message", [
+    ({"split": "validation"}, "unknown split 'validation'; splits are train, val, test"),
+    ({"label": "sick"}, "label must be None or one of positive, negative, got 'sick'"),
+    ({"channels": 2}, "channels must be one of [1, 3], got 2"),
+])
+def test_load_split_names_an_argument_it_cannot_take(folder, arguments, message):
+    call = {"split": "train", "channels": 1, **arguments}
+    with pytest.raises(ValueError) as error:
+        load_split(write_rows(folder, ROWS), call.pop("split"), NEG, POS, SIZE, call.pop("channels"), **call)
+    assert str(error.value) == message
+
+
+def test_an_empty_selection_names_the_split_and_label(folder):
+    manifest = write_rows(folder, ROWS)  # its one test row is negative
+    with pytest.raises(ManifestError, match=r"manifest\.csv: no rows in split 'test' with positive label$"):
+        load_split(manifest, "test", NEG, POS, SIZE, 1, label="positive")
+    with pytest.raises(ManifestError, match=r"manifest\.csv: no rows in split 'val'$"):
+        load_split(write_rows(folder, ROWS[:1] + ROWS[3:]), "val", NEG, POS, SIZE, 1, seed=None)
+
+
+def test_positions_load_only_that_slice_of_the_split(folder):
+    whole = load_split(write_rows(folder, ROWS), "train", NEG, POS, SIZE, 1)
+    part = load_split(folder / "manifest.csv", "train", NEG, POS, SIZE, 1, positions=slice(1, 3))
+    assert part.ids == whole.ids[1:3] and torch.equal(part.rows, whole.rows[1:3])
+    assert torch.equal(part.images, whole.images[1:3]) and torch.equal(part.labels, whole.labels[1:3])
+
+
+def test_an_unreadable_mask_names_the_line_and_the_mask(folder):
+    (folder / "img" / "broken.png").write_bytes(b"not a png")
+    rows = [ROWS[0], ("img/colour.jpg", POS, "train", "img/broken.png", "p2")]
+    with pytest.raises(ManifestError, match=r"manifest\.csv, line 3: cannot read mask .*broken\.png"):
+        load_split(write_rows(folder, rows), "train", NEG, POS, SIZE, 1)
+
+
 def test_missing_manifest_and_empty_split(folder):
     with pytest.raises(ManifestError, match=r"nowhere\.csv"):
         read_manifest(folder / "nowhere.csv", NEG, POS)
@@ -261,6 +295,18 @@ def test_val_that_cannot_be_drawn_names_file_and_label(folder):
     only_test = [row[:2] + ("test",) + row[3:] for row in ROWS]
     with pytest.raises(ManifestError, match=r"manifest\.csv.*'val'.*'train' has no rows"):
         load_split(write_rows(folder, only_test), "test", NEG, POS, SIZE, 1, seed=0)
+
+
+def test_a_16_bit_mask_stored_as_zero_and_one_is_read_as_a_mask(folder):
+    # on the 8-bit scale a 16-bit 1 is 1/257: kept as a float, not rounded away to 0
+    mask = np.zeros((MASK_SIDE, MASK_SIDE), dtype=np.uint16)
+    mask[SQUARE] = 1
+    Image.fromarray(mask).save(folder / "img" / "mask16.png")
+    rows = [("img/colour.jpg", POS, "train", "img/mask16.png", "p2"), ("img/grey.png", NEG, "train", "", "p1")]
+    images = load_split(write_rows(folder, rows), "train", NEG, POS, SIZE, 1)
+    rows_, columns = SQUARE
+    assert images.masks[0].sum() == (rows_.stop - rows_.start) * (columns.stop - columns.start) // SCALE ** 2
+    assert images.masks[0, rows_.start // SCALE:rows_.stop // SCALE, columns.start // SCALE:columns.stop // SCALE].all()
 
 
 def test_two_training_patients_of_a_label_are_enough_to_draw_one(folder):

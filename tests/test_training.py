@@ -3,7 +3,9 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.module import register_module_forward_hook
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from medxgan.data.manifest import ImageSet, load_split
@@ -158,6 +160,36 @@ def test_an_epoch_is_the_whole_batches_of_the_training_set_at_least_one(n, steps
     steps = counted_optimiser_steps(lambda: train_classifier(brightness_set(n, seed=0), brightness_set(4, seed=1),
                                                              cfg, DATA_CFG, seed=0, device="cpu"))
     assert steps == 2 * steps_per_epoch
+
+
+def test_each_epoch_shows_every_training_image_once_and_logs_its_mean_batch_loss():
+    """What C saw in training mode, read by a forward hook: each epoch is a permutation of the set,
+    and its logged loss is the mean of its batches' cross-entropies."""
+    cfg = {**CLASSIFIER_CFG, "width": 0.25, "epochs": 2, "batch_size": 4, "flips": False}
+    train = brightness_set(16, seed=0)
+    batches = []
+
+    def record(module, inputs, output):
+        if isinstance(module, SimpleCNN) and module.training:
+            batches.append((inputs[0].detach(), output.detach()))
+
+    handle = register_module_forward_hook(record)
+    try:
+        _, report = train_classifier(train, brightness_set(4, seed=1), cfg, DATA_CFG, seed=0, device="cpu")
+    finally:
+        handle.remove()
+    flat = train.images.flatten(1)
+    orders = []
+    for epoch in range(cfg["epochs"]):
+        seen, losses = [], []
+        for images, logits in batches[4 * epoch:4 * epoch + 4]:
+            rows = [int((flat == image.flatten()).all(dim=1).nonzero()) for image in images]
+            seen += rows
+            losses.append(F.cross_entropy(logits, train.labels[rows]).item())
+        assert sorted(seen) == list(range(16))
+        assert report["history"][epoch]["train_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-6)
+        orders.append(seen)
+    assert len(batches) == 8 and orders[0] != orders[1]
 
 
 def test_the_classifier_is_trained_with_the_configured_betas():
