@@ -166,6 +166,34 @@ def test_latent_ig_is_complete_relative_to_a_large_probability_change():
     assert relative_error.max() < 5e-3
 
 
+def test_latent_ig_forms_follow_their_formulas(models):
+    """x_i = G(z1, (i/m) z2) and g_i = grad of p(x_i), computed here step by step: the path form is
+    sum_i (g_i + g_i+1) / 2 * (x_i+1 - x_i), the endpoint form mean_i g_i * (x_m - x_0)."""
+    classifier, generator = models
+    classifier.eval(), generator.eval()
+    z1, z2 = latents(2)
+    m = 3
+    xs, grads = [], []
+    for i in range(m + 1):
+        with torch.no_grad():
+            x = generator(z1, (i / m) * z2)
+        x.requires_grad_(True)
+        grads.append(torch.autograd.grad(positive_probability(classifier, x).sum(), x)[0])
+        xs.append(x.detach())
+    expected = {"path": sum(0.5 * (grads[i] + grads[i + 1]) * (xs[i + 1] - xs[i]) for i in range(m)),
+                "endpoint": sum(grads) / (m + 1) * (xs[m] - xs[0])}
+    for form, attributions in expected.items():
+        for batch_size in (3, 64):  # one path point per generator batch, or the whole path at once
+            explainer = LatentIG(classifier, generator, n_steps=m, form=form, batch_size=batch_size)
+            torch.testing.assert_close(explainer.attributions(z1, z2), attributions, rtol=1e-4, atol=1e-7)
+
+
+def test_latent_ig_defaults_to_the_path_form_with_50_steps(models):
+    z1, z2 = latents(2)
+    torch.testing.assert_close(LatentIG(*models).attributions(z1, z2),
+                               LatentIG(*models, n_steps=50, form="path").attributions(z1, z2), rtol=0, atol=0)
+
+
 def test_latent_ig_keeps_the_given_target(models):
     # Two-class softmax: p0 = 1 - p1, so a fixed target 0 gives exactly the negated attributions.
     # Re-picking the argmax class at each step (the released bug) would break this.

@@ -4,7 +4,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from scipy.stats import bootstrap, wilcoxon
+from scipy.stats import bootstrap, mannwhitneyu, wilcoxon
 from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 from torchvision.transforms.functional import gaussian_blur
@@ -12,7 +12,7 @@ from torchvision.transforms.functional import gaussian_blur
 from medxgan.metrics import (
     baseline_image, bootstrap_ci, curve_auc, deletion_curve, insertion_curve, mask_auroc, mass_in_lesion,
     min_max_normalise, paired_wilcoxon, perturb_top_k, pointing_game, probability_drop, reconstruction_mse, reconstruction_ssim,
-    _step_counts, relevance_rank_accuracy, top_k_dice, top_k_iou,
+    _step_counts, relevance_rank_accuracy, relevance_ranks, top_k_count, top_k_dice, top_k_iou,
 )
 from medxgan.models import positive_probability
 from helpers import RegionClassifier
@@ -61,6 +61,42 @@ def test_pointing_game_single_peak():
 
 def test_zero_heatmap_has_zero_mass_in_lesion():
     assert torch.equal(mass_in_lesion(torch.zeros(2, SIZE, SIZE), square_masks()), torch.zeros(2))
+
+
+def test_mask_auroc_is_the_mann_whitney_statistic_whatever_the_heatmaps_offset():
+    # AUROC = U / (n_inside * n_outside); it depends only on the order of the heatmap's values
+    generator = torch.Generator().manual_seed(6)
+    heatmaps = torch.rand(3, SIZE, SIZE, generator=generator) + square_masks(3).float() * 0.3
+    masks = square_masks(3)
+    masks[0] = False  # no mask: NaN, and the images after it are still scored
+    expected = [float("nan")]
+    for heatmap, mask in zip(heatmaps[1:].flatten(1), masks[1:].flatten(1)):
+        inside, outside = heatmap[mask].numpy(), heatmap[~mask].numpy()
+        expected.append(mannwhitneyu(inside, outside).statistic / (len(inside) * len(outside)))
+    for offset in (0.0, 100.0, -100.0):
+        torch.testing.assert_close(mask_auroc(heatmaps + offset, masks), torch.tensor(expected), equal_nan=True,
+                                   rtol=0, atol=1e-6)
+
+
+def test_relevance_ranks_break_ties_by_pixel_position():
+    heatmaps = torch.zeros(1, 64, 64)
+    heatmaps[0, 1, 36] = 1.0  # pixel 100 ranks first, then every tied pixel in raster order
+    expected = torch.tensor([100] + [i for i in range(64 * 64) if i != 100])
+    assert torch.equal(relevance_ranks(heatmaps).flatten().argsort(), expected)
+
+
+def test_top_k_count_takes_fractions_from_none_to_all_and_names_others():
+    assert (top_k_count(0.0, 4, 5), top_k_count(0.25, 4, 5), top_k_count(1.0, 4, 5)) == (0, 5, 20)
+    for fraction in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"^fraction must lie in \[0, 1\], got {fraction}$"):
+            top_k_count(fraction, 4, 5)
+
+
+def test_relevance_rank_accuracy_of_a_one_pixel_lesion():
+    heatmaps, masks = torch.zeros(2, SIZE, SIZE), torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
+    masks[:, 3, 4] = True
+    heatmaps[0, 3, 4], heatmaps[1, 9, 9] = 1.0, 1.0  # the top pixel on the lesion, then beside it
+    assert relevance_rank_accuracy(heatmaps, masks).tolist() == [1.0, 0.0]
 
 
 def test_mask_auroc_is_undefined_for_empty_mask():
