@@ -168,6 +168,43 @@ def test_transparent_palette_entry_reads_as_black(tmp_path):
     assert read[0, 0, 0] == -1 and read[0, -1, -1] == pytest.approx(200 / 127.5 - 1)
 
 
+def random_image(mode: str) -> Image.Image:
+    bands = len(Image.new(mode, (1, 1)).getbands())
+    pixels = np.random.default_rng(4).integers(0, 256, (40, 40, bands), dtype=np.uint8)
+    if mode == "1":
+        return Image.fromarray(pixels[..., 0]).convert("1")
+    return Image.fromarray(pixels[..., 0] if bands == 1 else pixels, mode if bands > 1 else None)
+
+
+@pytest.mark.parametrize("mode, ext, read_as", [("L", "png", "L"), ("RGB", "png", "RGB"), ("1", "png", "L"),
+                                                ("CMYK", "jpg", "RGB"), ("YCbCr", "tif", "RGB"),
+                                                ("P", "png", "RGB")])
+def test_every_8_bit_mode_opens_as_grey_or_colour(tmp_path, mode, ext, read_as):
+    image = random_image("RGB").quantize(16) if mode == "P" else random_image(mode)
+    image.save(tmp_path / f"image.{ext}")
+    opened = open_image(tmp_path / f"image.{ext}", "here")
+    with Image.open(tmp_path / f"image.{ext}") as stored:
+        assert stored.mode == mode
+        expected = np.asarray(stored.convert(read_as))
+    assert opened.mode == read_as and np.array_equal(np.asarray(opened), expected)
+
+
+def test_a_palette_image_with_an_alpha_band_is_composited_onto_black(tmp_path):
+    indices = np.ones((40, 40), dtype=np.uint8)  # red ...
+    indices[5, 5] = 2  # ... one green pixel ...
+    alpha = np.full((40, 40), 255, dtype=np.uint8)
+    alpha[0, 0] = 0  # ... and one transparent one
+    image = Image.frombytes("PA", (40, 40), np.stack([indices, alpha], axis=-1).tobytes())
+    image.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0])
+    image.save(tmp_path / "pa.tif")
+    with Image.open(tmp_path / "pa.tif") as stored:
+        assert stored.mode == "PA"
+    opened = open_image(tmp_path / "pa.tif", "here")
+    assert opened.mode == "RGB"
+    assert (opened.getpixel((0, 0)), opened.getpixel((5, 5)), opened.getpixel((9, 9))) == ((0, 0, 0), (0, 255, 0),
+                                                                                          (255, 0, 0))
+
+
 # --- size and errors ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("size", [(1, 1), (MIN_IMAGE_SIDE - 1, 40), (40, MIN_IMAGE_SIDE - 1)])
