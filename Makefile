@@ -7,7 +7,7 @@ CORES ?= 2
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test mutants lock clean pull dvc.yaml readme
+.PHONY: setup run test mutants mutants-recheck lock clean pull dvc.yaml readme
 
 setup: $(VENV)/.installed
 
@@ -24,7 +24,13 @@ test: setup  ## the test suite (includes a tiny end-to-end workflow run)
 	pytest
 
 mutants: setup  ## mutation testing of the core modules (mutmut), then the kill rate per module and the survivors
+	rm -rf mutants/tests  # mutmut copies the tests only once: a fresh copy runs the tests as they are now
 	mutmut run --max-children $(CORES)
+	python tests/mutation_report.py
+
+mutants-recheck: setup  ## after editing tests: the mutants that lived in the last `make mutants`, tested again
+	rm -rf mutants/tests
+	mutmut run --max-children $(CORES) $$(python tests/mutation_report.py --lived)
 	python tests/mutation_report.py
 
 lock: setup  ## requirements.lock: the exact versions of this environment (the pip route's lock file)

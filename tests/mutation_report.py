@@ -81,11 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mutants", type=Path, default=Path("mutants"), help="mutmut's folder (default: mutants)")
     parser.add_argument("--threshold", type=float, default=0.85, help="lowest kill rate per module (default 0.85)")
+    parser.add_argument("--lived", action="store_true",
+                        help="only print the names of the mutants that lived and are not listed as equivalent, "
+                             "one per line (what `make mutants-recheck` tests again)")
     args = parser.parse_args(argv)
     if not args.mutants.is_dir():
         print(f"{args.mutants} not found: run `make mutants` (mutmut run) first", file=sys.stderr)
         return 2
-    return 0 if report(statuses(args.mutants), read_equivalents(), args.threshold) else 1
+    found, equivalents = statuses(args.mutants), read_equivalents()
+    if args.lived:
+        print("\n".join(name for name, status in sorted(found.items()) if status in LIVED and name not in equivalents))
+        return 0
+    return 0 if report(found, equivalents, args.threshold) else 1
 
 
 if __name__ == "__main__":

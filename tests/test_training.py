@@ -10,9 +10,9 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from medxgan.data.manifest import ImageSet, load_split
 from medxgan.data.phantoms import PHANTOMS, write_phantom_dataset
-from medxgan.models import Generator, SimpleCNN
-from medxgan.training import (GANTrainer, batch_indices, disentanglement_check, evaluate_classifier, random_flips,
-                              sample_codes, train_classifier)
+from medxgan.models import Generator, SimpleCNN, build_from_spec
+from medxgan.training import (GANTrainer, batch_indices, disentanglement_check, evaluate_classifier, mask_area,
+                              proximity, random_flips, sample_codes, train_classifier)
 
 SIZE = 64
 DATA_CFG = {"image_size": SIZE, "channels": 1}
@@ -95,6 +95,24 @@ def test_random_flips_give_each_of_the_four_orientations_a_quarter_of_the_time()
     counts = [sum(torch.equal(image[None], o) for image in flipped) for o in orientations]
     assert sum(counts) == 400 and all(60 <= count <= 140 for count in counts), counts  # 100 +- 4.6 sd
     assert torch.equal(random_flips(pattern.repeat(400, 1, 1, 1), torch.Generator().manual_seed(3)), flipped)
+
+
+def test_proximity_is_the_mean_change_over_the_positive_codes_pixels():
+    fake = torch.arange(24.0).view(4, 1, 2, 3)
+    positives = torch.tensor([True, False, True, False])
+    negatives = fake[positives] - torch.tensor([1.0, -3.0]).view(2, 1, 1, 1)  # changes of 1 and 3
+    assert proximity(fake, negatives, positives).item() == 2.0
+    one = torch.tensor([False, True, False, False])
+    assert proximity(fake, fake[one] + 0.5, one).item() == 0.5
+    nothing = torch.zeros(4, dtype=torch.bool)
+    assert proximity(fake, fake[nothing], nothing).item() == 0.0 and proximity(fake, None, positives).item() == 0.0
+
+
+def test_mask_area_is_the_mean_mask_over_the_positive_codes():
+    mask = torch.tensor([0.0, 1.0, 0.5, 0.25]).view(4, 1, 1, 1).expand(4, 1, 2, 2)
+    assert mask_area(mask, torch.tensor([False, True, True, False])).item() == 0.75
+    assert mask_area(mask, torch.zeros(4, dtype=torch.bool)).item() == 0.0
+    assert mask_area(None, torch.tensor([True, True, False, False])).item() == 0.0
 
 
 # ---------------------------------------------------------------------------------- classifier
@@ -315,6 +333,49 @@ def test_a_checkpoint_past_the_requested_steps_is_not_resumed(frozen_classifier,
 # ---------------------------------------------------------------------------------- disentanglement
 
 KEYS = {"samples", "positive_draws_per_sample", "negative_called_negative", "positive_called_positive"}
+
+
+def test_the_specs_rebuild_the_trained_networks(frozen_classifier):
+    cfg = {**GAN_CFG, "composition": "masked", "upsampling": "resize", "discriminator": "projection",
+           "d_dropout": 0.25}
+    trainer = GANTrainer(frozen_classifier, cfg, DATA_CFG, seed=0, device="cpu")
+    assert trainer.g_spec["kind"] == "generator" and trainer.d_spec["kind"] == "discriminator"
+    z1, z2 = torch.randn(2, cfg["nz1"]), torch.randn(2, cfg["nz2"])
+    for network, spec in ((trainer.G, trainer.g_spec), (trainer.D, trainer.d_spec)):
+        rebuilt = build_from_spec(spec)
+        assert type(rebuilt) is type(network) and repr(rebuilt) == repr(network)
+        rebuilt.load_state_dict(network.state_dict())
+    rebuilt = build_from_spec(trainer.g_spec).eval()
+    rebuilt.load_state_dict(trainer.G.state_dict())
+    with torch.no_grad():  # trainer.G runs channels-last: the same function, other rounding
+        torch.testing.assert_close(rebuilt(z1, z2), trainer.G.eval()(z1, z2))
+
+
+def test_a_finished_run_is_resumed_not_trained_again(frozen_classifier, phantoms, uninterrupted, tmp_path, caplog):
+    trainer, checkpoint = uninterrupted
+    shutil.copy(checkpoint, tmp_path / "checkpoint.pt")
+    with caplog.at_level(logging.INFO, logger="medxgan.training"):
+        steps = counted_optimiser_steps(lambda: fit(frozen_classifier, phantoms["train"], tmp_path / "checkpoint.pt"))
+    assert steps == 0 and "resumed from" in caplog.text and "afresh" not in caplog.text
+
+
+def test_a_checkpoint_is_read_without_unpickling_code(frozen_classifier, phantoms, tmp_path):
+    """torch.load(weights_only=True): a checkpoint carrying a pickled callable is set aside unread."""
+    marker = tmp_path / "code-ran"
+    torch.save({"step": 0, "payload": PickledCode(marker)}, tmp_path / "checkpoint.pt")
+    trainer = GANTrainer(frozen_classifier, GAN_CFG, DATA_CFG, seed=0, device="cpu")
+    trainer.resume(tmp_path / "checkpoint.pt")
+    assert not marker.exists() and (tmp_path / "checkpoint.pt.unreadable").exists() and trainer.step == 0
+
+
+class PickledCode:
+    """Unpickling this object would create a file: what a hostile checkpoint could do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
 
 
 def test_disentanglement_check_reports_shares(uninterrupted, frozen_classifier):
