@@ -1,3 +1,4 @@
+import copy
 import logging
 import shutil
 
@@ -333,6 +334,67 @@ def test_a_checkpoint_past_the_requested_steps_is_not_resumed(frozen_classifier,
 # ---------------------------------------------------------------------------------- disentanglement
 
 KEYS = {"samples", "positive_draws_per_sample", "negative_called_negative", "positive_called_positive"}
+
+
+def reference_step(trainer: GANTrainer, real, labels, noise: torch.Generator):
+    """One step of medXGAN's objective written out from the paper, on copies of the trainer's
+    networks and Adam states at step 0: D on real vs G's fakes (uniform labels, z2 = 0 for
+    negatives); then G on adversarial + lambda_cls * CE(C(G(z)), label) + proximity_weight *
+    |G(z1, z2) - G(z1, 0)| + mask_sparsity_weight * mask area, over the positive codes."""
+    cfg = trainer.cfg
+    G, D = copy.deepcopy(trainer.G), copy.deepcopy(trainer.D)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]))
+    fake_labels = torch.randint(0, 2, (len(labels),), generator=noise)
+    z1, z2 = sample_codes(fake_labels, cfg["nz1"], cfg["nz2"], noise)
+    with torch.no_grad():
+        fake = G(z1, z2)
+    d_real, d_fake = D(real, labels), D(fake, fake_labels)
+    d_loss = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+              + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+    opt_d.zero_grad()
+    d_loss.backward()
+    opt_d.step()
+    z1, z2 = sample_codes(labels, cfg["nz1"], cfg["nz2"], noise)
+    positives, n = labels == 1, len(labels)
+    if cfg["proximity_weight"] > 0:  # G(z1, 0) of the positives, in the same forward pass
+        z1, z2 = torch.cat([z1, z1[positives]]), torch.cat([z2, torch.zeros_like(z2[positives])])
+    both, mask = G.compose(z1, z2) if cfg["composition"] == "masked" else (G(z1, z2), None)
+    fake, negative = both[:n], both[n:]
+    d_out = D(fake, labels)
+    g_adv = F.binary_cross_entropy_with_logits(d_out, torch.ones_like(d_out))
+    g_cls = F.cross_entropy(trainer.C(fake), labels)
+    g_prox = (fake[positives] - negative).abs().mean() if len(negative) else torch.zeros(())
+    g_mask = mask[:n][positives].mean() if mask is not None else torch.zeros(())
+    g_loss = g_adv + cfg["lambda_cls"] * g_cls + cfg["proximity_weight"] * g_prox + cfg["mask_sparsity_weight"] * g_mask
+    opt_g.zero_grad()
+    g_loss.backward()
+    opt_g.step()
+    row = [d_loss, g_adv, g_cls, g_prox, g_mask, torch.sigmoid(d_real).mean(), torch.sigmoid(d_fake).mean()]
+    return G, D, [1] + [value.item() for value in row]
+
+
+@pytest.mark.parametrize("options", [
+    # every term on, with weights that tell them apart; a projection D sees the labels
+    {"discriminator": "projection", "composition": "masked", "lambda_cls": 2.0, "proximity_weight": 0.5,
+     "mask_sparsity_weight": 0.3},
+    {"discriminator": "unconditional", "composition": "plain", "lambda_cls": 3.0},  # the release's design
+], ids=["all-terms", "release"])
+def test_a_training_step_is_medxgans_objective(frozen_classifier, phantoms, options):
+    cfg = {**GAN_CFG, **options, "lr": 1e-2}
+    trainer = GANTrainer(frozen_classifier, cfg, DATA_CFG, seed=0, device="cpu")
+    noise = torch.Generator()
+    noise.set_state(trainer.noise.get_state())
+    real, labels = phantoms["train"].images[:8], phantoms["train"].labels[:8]
+    assert 0 < labels.sum() < 8
+    G, D, row = reference_step(trainer, real, labels, noise)
+    trainer.train_step(real, labels)
+    trainer._log_losses()
+    assert trainer.step == 1 and len(trainer.losses) == 1
+    torch.testing.assert_close(torch.tensor(trainer.losses[0]), torch.tensor(row, dtype=torch.float32))
+    for mine, reference in ((trainer.G, G), (trainer.D, D)):
+        for (name, a), b in zip(mine.state_dict().items(), reference.state_dict().values()):
+            torch.testing.assert_close(a, b, msg=name)
 
 
 def test_the_specs_rebuild_the_trained_networks(frozen_classifier):
