@@ -6,6 +6,7 @@ import torch
 import medxgan.inversion as inversion
 from medxgan.inversion import (Inversion, invert, invert_batch, inversion_loss, negative_counterfactuals,
                                positive_realisation, starting_codes)
+from medxgan.encoder import Encoder
 from medxgan.models import Generator, SimpleCNN, positive_probability
 from helpers import calibrate_gan_pair
 
@@ -223,6 +224,20 @@ def test_inversion_loss_pulls_c_towards_its_call_on_the_image(models, targets, p
         p = positive_probability(classifier, generator(z1, z2)).clamp(1e-6, 1 - 1e-6)
     expected = CFG["bce_weight"] * -(target * p.log() + (1 - target) * (1 - p).log())
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_negative_counterfactuals_pass_on_the_precision_and_the_encoder(models, targets):
+    generator, classifier = models
+    torch.manual_seed(1)
+    encoder = Encoder(NZ1, NZ2, SIZE, channels=1, width=0.0625).eval()
+    cfg = {**CFG, "init": "encoder", "steps": 8, "positive_steps": 4, "positive_lr": 0.1}
+    s = {"inversion": cfg, "seed": 3, "precision": "bf16"}
+    result = negative_counterfactuals(generator, classifier, targets, ROWS, s, encoder=encoder)
+    codes = invert(generator, classifier, targets, ROWS, cfg, 3, "bf16", encoder, negative=True)
+    z2, _ = positive_realisation(generator, classifier, codes.z1, cfg, 3, "bf16")
+    assert torch.equal(result["z1"], codes.z1) and torch.equal(result["z2"], z2)
+    assert not torch.equal(result["z1"], invert(generator, classifier, targets, ROWS, cfg, 3, "fp32", encoder,
+                                                negative=True).z1)  # bf16 is another computation
 
 
 def test_negative_counterfactuals_are_the_negative_inversion_and_its_positive_realisation(models, targets):
