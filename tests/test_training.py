@@ -397,6 +397,21 @@ def test_a_training_step_is_medxgans_objective(frozen_classifier, phantoms, opti
             torch.testing.assert_close(a, b, msg=name)
 
 
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_the_gan_step_runs_g_d_and_c_at_the_chosen_precision(frozen_classifier, phantoms, precision, dtype):
+    trainer = GANTrainer(copy.deepcopy(frozen_classifier), GAN_CFG, DATA_CFG, seed=0, device="cpu", precision=precision)
+    seen = []
+    handles = [network.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+               for network in (trainer.G, trainer.D, trainer.C)]
+    try:
+        trainer.train_step(phantoms["train"].images[:8], phantoms["train"].labels[:8])
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(seen) == 6 and set(seen) == {dtype}  # G twice, D three times, C once
+    assert all(p.dtype == torch.float32 for p in trainer.G.parameters())  # the weights stay float32
+
+
 def test_the_specs_rebuild_the_trained_networks(frozen_classifier):
     cfg = {**GAN_CFG, "composition": "masked", "upsampling": "resize", "discriminator": "projection",
            "d_dropout": 0.25}
