@@ -1,7 +1,9 @@
 """A real HTTP server on the loopback interface, for the download tests: it serves byte strings by
 path, answers Range requests (416 for a range starting at or past the end), can ignore them as some
 hosts do (`ignore_range`: 200 and the whole body), and can cut a response short once to imitate a
-dropped connection."""
+dropped connection. It keeps the headers of every request (`headers_received`, looked up by name
+regardless of case, as HTTP header names are), and answers a POST to a path it serves with that body
+(an API call: Kaggle's), any other POST with `missing_status`."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import json
 import re
 import threading
 import zipfile
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 RANGE = re.compile(r"bytes=(\d+)-$")
@@ -22,6 +25,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         body = self.server.files.get(self.path)
         self.server.requests.append((self.path, self.headers.get("Range")))
+        self.server.headers_received.append(self.headers)
         if body is None:
             self.send_error(self.server.missing_status)
             return
@@ -43,9 +47,19 @@ class Handler(BaseHTTPRequestHandler):
         if cut is not None:
             self.close_connection = True
 
-    def do_POST(self):  # an API call (Kaggle's): answered with missing_status
+    def do_POST(self):  # an API call (Kaggle's): the body served at the path, else missing_status
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.server.requests.append((self.path, None))
-        self.send_error(self.server.missing_status)
+        self.server.headers_received.append(self.headers)
+        body = self.server.files.get(self.path)
+        if body is None:
+            self.send_error(self.server.missing_status)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, *args):  # keep the test output quiet
         pass
@@ -58,10 +72,12 @@ class LoopbackServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", port), Handler)
         self.files: dict[str, bytes] = {}
         self.requests: list[tuple[str, str | None]] = []
+        self.headers_received: list[Message] = []  # each request's headers, in order
         self.cut_once: dict[str, int] = {}  # path -> bytes sent before the connection drops, once
         self.missing_status = 404
         self.ignore_range = False  # True: answer a Range request with 200 and the whole body
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        # a short poll: shutting down waits for the loop's next look (0.5 s by default, each test)
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     @property
     def url(self) -> str:

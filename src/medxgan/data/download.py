@@ -383,7 +383,8 @@ class KaggleRoute:
             return kagglehub.dataset_download(self.handle)
         except exceptions.KaggleApiHTTPError as err:
             status = err.response.status_code if err.response is not None else None
-            reason = KAGGLE_CREDENTIALS_HELP.format(handle=self.handle) if status in KAGGLE_NEEDS_LOGIN else str(err)
+            reason = (KAGGLE_CREDENTIALS_HELP.format(handle=self.handle) if status in KAGGLE_NEEDS_LOGIN
+                      else f"kaggle {self.handle}: {err}")
             raise RouteUnavailable(reason) from err
         except (exceptions.UnauthenticatedError, exceptions.CredentialError) as err:
             raise RouteUnavailable(KAGGLE_CREDENTIALS_HELP.format(handle=self.handle)) from err
