@@ -2,10 +2,11 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 import medxgan.inversion as inversion
-from medxgan.inversion import (Inversion, invert, invert_batch, inversion_loss, negative_counterfactuals,
-                               positive_realisation, starting_codes)
+from medxgan.inversion import (POSITIVE_SEARCH_START, Inversion, invert, invert_batch, invert_batches, inversion_loss,
+                               negative_counterfactuals, positive_realisation, starting_codes)
 from medxgan.encoder import Encoder
 from medxgan.models import Generator, SimpleCNN, positive_probability
 from helpers import calibrate_gan_pair
@@ -174,6 +175,75 @@ def test_negative_inversion_holds_z2_at_zero(models, targets):
     assert torch.equal(codes.z2, torch.zeros_like(codes.z2))
     free = invert(generator, classifier, targets, ROWS, CFG, seed=1)
     assert not torch.equal(free.z2, torch.zeros_like(free.z2))
+
+
+def test_inversion_results_rebuild_from_what_they_save(inverted):
+    rebuilt = Inversion(**inverted.as_tensors())  # the names written to latents.safetensors are the fields
+    for name in ("z1", "z2", "loss", "p_image"):
+        assert torch.equal(getattr(rebuilt, name), getattr(inverted, name))
+
+
+def test_invert_batches_searches_z2_unless_told_otherwise_and_leaves_the_networks_frozen(models, targets, inverted):
+    generator, classifier = models
+    parts = list(invert_batches(generator, classifier, targets, ROWS, {**CFG, "batch_size": 3}, seed=1))
+    assert [batch for batch, _ in parts] == [slice(0, 3), slice(3, 6)]
+    torch.testing.assert_close(torch.cat([part.z2 for _, part in parts]), inverted.z2, rtol=0, atol=BATCH_TOL)
+    for network in (generator, classifier):
+        assert all(not p.requires_grad and p.grad is None for p in network.parameters())
+
+
+class ShiftGenerator(nn.Module):
+    """G(z1, z2) = (z1_0 + z2_0 + z2_1) everywhere on 8 x 8, through a linear layer (which bf16
+    autocast runs in bf16): the anatomy sets how far an image is from C's boundary, and every
+    coordinate of z2 moves it the same way."""
+
+    nz1 = nz2 = 2
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(4, 64, bias=False)
+        with torch.no_grad():
+            self.layer.weight.copy_(torch.tensor([1.0, 0.0, 1.0, 1.0]).expand(64, 4))
+
+    def forward(self, z1, z2):
+        return self.layer(torch.cat([z1, z2], dim=1)).view(-1, 1, 8, 8)
+
+
+class MeanClassifier(nn.Module):
+    """Logits (0, 4 x mean pixel): positive where the image is bright."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(64, 1, bias=False)
+        with torch.no_grad():
+            self.layer.weight.fill_(4 / 64)
+
+    def forward(self, x):
+        logit = self.layer(x.flatten(1))
+        return torch.cat([torch.zeros_like(logit), logit], dim=1)
+
+
+def test_the_positive_search_starts_near_zero_and_climbs_c_at_its_learning_rate():
+    """Step 0 is a tiny seeded draw; Adam's first step moves every coordinate by the learning rate
+    (its first update is lr * g / |g|), towards a higher probability of positive."""
+    generator, classifier = ShiftGenerator(), MeanClassifier()
+    z1 = torch.tensor([[-1.0, 0.0], [-0.5, 3.0], [0.7, 0.0], [-2.0, 1.0], [1.5, -1.0], [-0.2, 0.0]])
+    start = torch.randn(6, generator.nz2, generator=torch.Generator().manual_seed(0)) * POSITIVE_SEARCH_START
+    with torch.no_grad():
+        p_start = positive_probability(classifier, generator(z1, start))
+    negative = p_start < 0.5
+    assert negative.tolist() == [True, True, False, True, False, True]
+    unmoved, found = positive_realisation(generator, classifier, z1, {"positive_steps": 0, "positive_lr": 0.05}, seed=0)
+    assert torch.equal(unmoved, start) and torch.equal(found, ~negative)
+    moved, _ = positive_realisation(generator, classifier, z1, {"positive_steps": 1, "positive_lr": 0.05}, seed=0)
+    torch.testing.assert_close((moved - start)[negative].abs(), torch.full_like(start[negative], 0.05),
+                               rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        p_moved = positive_probability(classifier, generator(z1, moved))
+    assert (p_moved[negative] > p_start[negative]).all()
+    bf16, _ = positive_realisation(generator, classifier, z1, {"positive_steps": 1, "positive_lr": 0.05}, seed=0,
+                                   precision="bf16")
+    assert not torch.equal(bf16, moved)  # bf16 is another computation
 
 
 def test_positive_realisation_keeps_the_first_z2_that_c_calls_positive(models):

@@ -65,6 +65,14 @@ def test_a_partial_last_batch_is_dropped_and_nothing_repeats():
         assert seen.min() >= 0 and seen.max() < n
 
 
+@pytest.mark.parametrize("n", [4, 10])
+def test_a_set_of_less_than_two_batches_gives_one_batch_per_epoch(n):
+    # 4 images: one short batch of all four; 10: one batch of 6, four left out
+    first, second = batch_indices(n, 6, 0, seed=5), batch_indices(n, 6, 1, seed=5)
+    assert len(first) == len(second) == min(n, 6)
+    assert torch.equal(second, torch.randperm(n, generator=torch.Generator().manual_seed(5 * 100_003 + 1))[:6])
+
+
 def test_batches_are_seeded_and_epochs_differ():
     n, batch_size = 24, 6
     first = torch.cat(epoch_batches(n, batch_size, 0, seed=5))
