@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import medxgan.inversion as inversion
-from medxgan.inversion import (POSITIVE_SEARCH_START, Inversion, invert, invert_batch, invert_batches, inversion_loss,
+from medxgan.inversion import (POSITIVE_SEARCH_START, Inversion, check_encoder, invert, invert_batch, invert_batches, inversion_loss,
                                negative_counterfactuals, positive_realisation, starting_codes)
 from medxgan.encoder import Encoder
 from medxgan.models import Generator, SimpleCNN, positive_probability
@@ -175,6 +175,19 @@ def test_negative_inversion_holds_z2_at_zero(models, targets):
     assert torch.equal(codes.z2, torch.zeros_like(codes.z2))
     free = invert(generator, classifier, targets, ROWS, CFG, seed=1)
     assert not torch.equal(free.z2, torch.zeros_like(free.z2))
+
+
+def test_an_encoder_is_asked_for_exactly_when_the_init_needs_one():
+    encoder = nn.Identity()
+    check_encoder({"init": "encoder"}, encoder)
+    check_encoder({"init": "random"}, None)
+    with pytest.raises(ValueError) as missing:
+        check_encoder({"init": "encoder"}, None)
+    assert str(missing.value) == ("inversion.init is 'encoder', but an encoder was not given: train one with "
+                                  "`medxgan train-encoder`, pass it with --encoder")
+    with pytest.raises(ValueError) as extra:
+        check_encoder({"init": "random"}, encoder)
+    assert str(extra.value) == "inversion.init is 'random', but an encoder was given: drop it"
 
 
 def test_inversion_results_rebuild_from_what_they_save(inverted):
