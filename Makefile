@@ -24,12 +24,12 @@ test: setup  ## the test suite (includes a tiny end-to-end workflow run)
 	pytest
 
 mutants: setup  ## mutation testing of the core modules (mutmut), then the kill rate per module and the survivors
-	rm -rf mutants/tests  # mutmut copies the tests only once: a fresh copy runs the tests as they are now
+	rm -rf mutants/tests mutants/mutmut-stats.json  # mutmut copies the tests once: fresh ones, mapped afresh
 	mutmut run --max-children $(CORES)
 	python tests/mutation_report.py
 
 mutants-recheck: setup  ## after editing tests: the mutants that lived in the last `make mutants`, tested again
-	rm -rf mutants/tests
+	rm -rf mutants/tests mutants/mutmut-stats.json
 	mutmut run --max-children $(CORES) $$(python tests/mutation_report.py --lived)
 	python tests/mutation_report.py
 

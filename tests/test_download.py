@@ -75,7 +75,7 @@ def test_a_corrupted_cached_file_is_fetched_again_not_reused(server, tmp_path, c
     expected = Expected(len(PAYLOAD), "md5", md5(PAYLOAD), HOST_METADATA)
     with caplog.at_level(logging.WARNING, logger="medxgan.data.download"):
         item = fetch_file(f"{server.url}/data.bin", dest, tmp_path, expected)
-    assert f"checksum mismatch: md5 {md5(PAYLOAD[::-1])}" in caplog.text
+    assert f"{server.url}/data.bin: checksum mismatch: md5 {md5(PAYLOAD[::-1])}" in caplog.text
     assert dest.read_bytes() == PAYLOAD and item.hash == md5(PAYLOAD) and item.size == len(PAYLOAD)
     assert server.requests == [("/data.bin", None)]  # fetched whole, not resumed from the corrupt copy
 

@@ -53,7 +53,8 @@ ROWS = [
 
 def test_read_manifest_adds_columns(folder):
     table = read_manifest(write_rows(folder, ROWS), NEG, POS)
-    assert list(table["target"]) == [0, 1, 1, 0]
+    assert list(table.columns) == [*MANIFEST_COLUMNS, "line", "target", "image_file", "mask_file"]
+    assert list(table["target"]) == [0, 1, 1, 0] and table["target"].dtype == np.int64
     assert list(table["line"]) == [2, 3, 4, 5]
     assert table.loc[1, "mask_file"] == (folder / "img" / "mask.png").resolve()
     assert table.loc[0, "mask_file"] is None and table.loc[0, "mask_path"] == ""
@@ -149,13 +150,39 @@ def test_non_binary_mask_is_rejected(folder):
 def test_missing_column_is_named(folder):
     manifest = folder / "manifest.csv"
     pd.DataFrame(ROWS, columns=list(MANIFEST_COLUMNS)).drop(columns="split").to_csv(manifest, index=False)
-    with pytest.raises(ManifestError, match=r"manifest\.csv.*missing column.*split"):
+    with pytest.raises(ManifestError, match=r"manifest\.csv: missing column\(s\) split; a manifest needs "
+                                            + ", ".join(MANIFEST_COLUMNS) + "$"):
         read_manifest(manifest, NEG, POS)
+
+
+def test_an_unparseable_manifest_is_named(folder):
+    (folder / "manifest.csv").write_text('path,label,split,mask_path,patient_id\n"unclosed,normal,train,,p1\n')
+    with pytest.raises(ManifestError, match=r"manifest\.csv: cannot parse the CSV"):
+        read_manifest(folder / "manifest.csv", NEG, POS)
+
+
+def test_equal_labels_are_refused(folder):
+    with pytest.raises(ManifestError, match=rf"manifest\.csv: the negative and positive labels must differ, "
+                                            rf"both are {NEG!r}$"):
+        read_manifest(write_rows(folder, ROWS), NEG, NEG)
+
+
+def test_patient_ids_and_paths_are_read_as_text(folder):
+    rows = [row[:4] + (pid,) for row, pid in zip(ROWS, ["007", "7", "1e3", "0x1"])]
+    table = read_manifest(write_rows(folder, rows), NEG, POS)
+    assert table["patient_id"].tolist() == ["007", "7", "1e3", "0x1"]  # two patients, not one patient 7
+
+
+def test_write_manifest_names_missing_columns(folder):
+    frame = pd.DataFrame(ROWS, columns=list(MANIFEST_COLUMNS)).drop(columns=["split", "patient_id"])
+    with pytest.raises(ValueError, match=r"^cannot write manifest .*out\.csv: missing column\(s\) split, patient_id$"):
+        write_manifest(frame, folder / "out.csv")
+    assert not (folder / "out.csv").exists()
 
 
 def test_bad_split_is_named(folder):
     manifest = write_rows(folder, with_row(3, split="validation"))
-    with pytest.raises(ManifestError, match=r"line 5.*'split'.*'validation'"):
+    with pytest.raises(ManifestError, match=r"line 5: column 'split' has 'validation'; expected one of train, val, test$"):
         read_manifest(manifest, NEG, POS)
 
 

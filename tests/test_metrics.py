@@ -297,6 +297,9 @@ def test_bootstrap_ci_defaults_to_1000_percentile_resamples_at_95_percent_seeded
     expected = bootstrap((sample,), np.mean, n_resamples=1000, confidence_level=0.95, method="percentile",
                          rng=np.random.default_rng(0)).confidence_interval
     assert bootstrap_ci(values) == (expected.low, expected.high)
+    half = bootstrap((sample,), np.mean, n_resamples=1000, confidence_level=0.5, method="percentile",
+                     rng=np.random.default_rng(0)).confidence_interval
+    assert bootstrap_ci(values, confidence=0.5) == (half.low, half.high)
 
 
 def test_bootstrap_ci_drops_nans():
