@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pytest
 import torch
@@ -321,6 +322,45 @@ def test_negative_counterfactuals_pass_on_the_precision_and_the_encoder(models, 
     assert torch.equal(result["z1"], codes.z1) and torch.equal(result["z2"], z2)
     assert not torch.equal(result["z1"], invert(generator, classifier, targets, ROWS, cfg, 3, "fp32", encoder,
                                                 negative=True).z1)  # bf16 is another computation
+
+
+def test_negative_counterfactuals_search_the_positive_realisation_at_the_precision_too():
+    # the linear pair: C calls these negative, so the positive search moves (in bf16 its own way)
+    generator, classifier = ShiftGenerator(), MeanClassifier()
+    images = generator(torch.tensor([[-1.0, 0.0], [-2.0, 1.0]]), torch.zeros(2, 2)).detach()
+    cfg = {**CFG, "steps": 3, "positive_steps": 2, "positive_lr": 0.05}
+    runs = {precision: negative_counterfactuals(generator, classifier, images, ROWS[:2],
+                                                {"inversion": cfg, "seed": 3, "precision": precision})
+            for precision in ("bf16", "fp32")}
+    for precision, result in runs.items():
+        z2, _ = positive_realisation(generator, classifier, result["z1"], cfg, 3, precision)
+        assert torch.equal(result["z2"], z2)
+    assert not torch.equal(runs["bf16"]["z2"], runs["fp32"]["z2"])
+
+
+@pytest.mark.parametrize("logit, target", [(-1000.0, 1.0), (1000.0, 0.0)])
+def test_a_saturated_classifier_costs_the_clamped_bce_not_an_infinite_one(logit, target):
+    # p is clamped to [1e-6, 1 - 1e-6]: a C that is certain and wrong costs -log(1e-6), about 13.8
+    generator, classifier = ShiftGenerator(), MeanClassifier()
+    with torch.no_grad():
+        classifier.layer.weight.fill_(logit / 64)  # images of ones: logit = `logit`
+    z1, z2 = torch.tensor([[1.0, 0.0]]), torch.zeros(1, 2)
+    images = generator(z1, z2).detach()
+    loss = inversion_loss(generator, classifier, z1, z2, images, torch.tensor([target]),
+                          {"mse_weight": 1.0, "bce_weight": 1.0})
+    torch.testing.assert_close(loss, torch.tensor([-math.log(1e-6)]), rtol=1e-3, atol=0)
+
+
+def test_the_inversion_loss_runs_the_networks_at_the_chosen_precision(models, targets):
+    generator, classifier = models
+    z1, z2 = latents(len(ROWS), seed=5)
+    p = torch.full((len(ROWS),), 0.5)
+    with torch.no_grad():
+        losses = {precision: inversion_loss(generator, classifier, z1, z2, targets, p, CFG, precision)
+                  for precision in ("bf16", "fp32")}
+    assert losses["bf16"].dtype == losses["fp32"].dtype == torch.float32
+    assert not torch.equal(losses["bf16"], losses["fp32"])
+    torch.testing.assert_close(losses["bf16"], losses["fp32"], rtol=0.05, atol=0.05)
 
 
 def test_negative_counterfactuals_are_the_negative_inversion_and_its_positive_realisation(models, targets):

@@ -431,6 +431,27 @@ def test_the_gan_step_runs_g_d_and_c_at_the_chosen_precision(frozen_classifier, 
     assert all(p.dtype == torch.float32 for p in trainer.G.parameters())  # the weights stay float32
 
 
+@pytest.mark.parametrize("design", ["unconditional", "projection"])
+def test_the_gan_starts_from_its_designs_initialisation_with_the_configured_optimisers(frozen_classifier, design):
+    """G, and the release's unconditional D, start from DCGAN's N(0, 0.02) convolutions; the
+    spectrally normalised projection D keeps PyTorch's own. Both Adams get the configured betas;
+    every network is stored channels-last; C stays frozen."""
+    cfg = {**GAN_CFG, "discriminator": design, "betas": [0.3, 0.9]}
+    trainer = GANTrainer(copy.deepcopy(frozen_classifier), cfg, DATA_CFG, seed=0, device="cpu")
+
+    def conv_std(network):
+        weights = [m.weight for m in network.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        return torch.cat([w.detach().flatten() for w in weights]).std().item()
+
+    assert conv_std(trainer.G) == pytest.approx(0.02, rel=0.1)
+    assert (conv_std(trainer.D) == pytest.approx(0.02, rel=0.1)) == (design == "unconditional")
+    assert trainer.opt_g.defaults["betas"] == trainer.opt_d.defaults["betas"] == (0.3, 0.9)
+    for network in (trainer.G, trainer.D, trainer.C):
+        assert all(p.is_contiguous(memory_format=torch.channels_last) for p in network.parameters() if p.dim() == 4)
+    trainer.train_step(torch.zeros(8, 1, SIZE, SIZE), torch.arange(8) % 2)
+    assert all(not p.requires_grad and p.grad is None for p in trainer.C.parameters())
+
+
 def test_the_specs_rebuild_the_trained_networks(frozen_classifier):
     cfg = {**GAN_CFG, "composition": "masked", "upsampling": "resize", "discriminator": "projection",
            "d_dropout": 0.25}
