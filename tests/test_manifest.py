@@ -149,8 +149,9 @@ def test_non_binary_mask_is_rejected(folder):
 
 def test_missing_column_is_named(folder):
     manifest = folder / "manifest.csv"
-    pd.DataFrame(ROWS, columns=list(MANIFEST_COLUMNS)).drop(columns="split").to_csv(manifest, index=False)
-    with pytest.raises(ManifestError, match=r"manifest\.csv: missing column\(s\) split; a manifest needs "
+    pd.DataFrame(ROWS, columns=list(MANIFEST_COLUMNS)).drop(columns=["split", "patient_id"]).to_csv(manifest,
+                                                                                                   index=False)
+    with pytest.raises(ManifestError, match=r"manifest\.csv: missing column\(s\) split, patient_id; a manifest needs "
                                             + ", ".join(MANIFEST_COLUMNS) + "$"):
         read_manifest(manifest, NEG, POS)
 
@@ -168,9 +169,10 @@ def test_equal_labels_are_refused(folder):
 
 
 def test_patient_ids_and_paths_are_read_as_text(folder):
-    rows = [row[:4] + (pid,) for row, pid in zip(ROWS, ["007", "7", "1e3", "0x1"])]
+    ids = ["007", "7", "1e3", "010"]  # all read as numbers, "007" and "7" would be one patient
+    rows = [row[:4] + (pid,) for row, pid in zip(ROWS, ids)]
     table = read_manifest(write_rows(folder, rows), NEG, POS)
-    assert table["patient_id"].tolist() == ["007", "7", "1e3", "0x1"]  # two patients, not one patient 7
+    assert table["patient_id"].tolist() == ids
 
 
 def test_write_manifest_names_missing_columns(folder):
