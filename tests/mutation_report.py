@@ -80,6 +80,8 @@ def report(found: dict[str, str], equivalents: dict[str, str], threshold: float)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mutants", type=Path, default=Path("mutants"), help="mutmut's folder (default: mutants)")
+    parser.add_argument("--equivalents", type=Path, default=EQUIVALENT_LIST,
+                        help="the equivalent mutants and why (default: tests/equivalent_mutants.txt)")
     parser.add_argument("--threshold", type=float, default=0.85, help="lowest kill rate per module (default 0.85)")
     parser.add_argument("--lived", action="store_true",
                         help="only print the names of the mutants that lived and are not listed as equivalent, "
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.mutants.is_dir():
         print(f"{args.mutants} not found: run `make mutants` (mutmut run) first", file=sys.stderr)
         return 2
-    found, equivalents = statuses(args.mutants), read_equivalents()
+    found, equivalents = statuses(args.mutants), read_equivalents(args.equivalents)
     if args.lived:
         print("\n".join(name for name, status in sorted(found.items()) if status in LIVED and name not in equivalents))
         return 0
