@@ -51,8 +51,8 @@ def module_of(mutant: str) -> str:
 def report(found: dict[str, str], equivalents: dict[str, str], threshold: float) -> bool:
     by_module: dict[str, Counter] = defaultdict(Counter)
     lived = []
-    for name, status in found.items():
-        kind = "equivalent" if name in equivalents else status
+    for name, status in found.items():  # a listed mutant counts as equivalent only while it lives
+        kind = "equivalent" if name in equivalents and status in LIVED else status
         by_module[module_of(name)][kind] += 1
         if status in LIVED and name not in equivalents:
             lived.append((name, status))
@@ -69,11 +69,16 @@ def report(found: dict[str, str], equivalents: dict[str, str], threshold: float)
         print("\nmutants that lived (`mutmut show NAME` prints the change):")
         for name, status in sorted(lived):
             print(f"  {name}  ({status})")
-    used = [name for name in equivalents if name in found]
+    used = [name for name in equivalents if found.get(name) in LIVED]
     if used:
         print("\nequivalent mutants (tests/equivalent_mutants.txt):")
         for name in used:
             print(f"  {name}  {equivalents[name]}")
+    killed_listed = [name for name in equivalents if found.get(name) in KILLED]
+    if killed_listed:
+        print("\nlisted as equivalent, but the tests killed them (take them off the list):")
+        for name in killed_listed:
+            print(f"  {name}")
     return all_pass
 
 

@@ -35,6 +35,16 @@ def test_rates_leave_equivalents_out_and_count_timeouts_as_killed(mutants, capsy
     assert "medxgan.metrics.x_a__mutmut_2  (survived)" in out and "x_a__mutmut_3  a chunk size only" in out
 
 
+def test_a_listed_mutant_that_is_killed_or_unchecked_is_not_counted_as_equivalent(mutants, capsys):
+    equivalents = {"medxgan.metrics.x_a__mutmut_1": "wrongly listed", "medxgan.data.manifest.x_c__mutmut_2": "not run"}
+    mutation_report.report(mutation_report.statuses(mutants), equivalents, threshold=0.0)
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:3]}
+    assert rows["medxgan.metrics"] == ["2", "2", "0", "0", "50.0%"]
+    assert rows["medxgan.data.manifest"] == ["0", "1", "0", "1", "0.0%"]
+    assert "take them off the list):\n  medxgan.metrics.x_a__mutmut_1" in out and "wrongly listed" not in out
+
+
 def test_lived_lists_only_the_survivors_not_explained(mutants, tmp_path, capsys):
     listed = tmp_path / "equivalents.txt"
     listed.write_text("# why each cannot change a result\n\nmedxgan.metrics.x_a__mutmut_3  a chunk size only\n")
