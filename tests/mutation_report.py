@@ -48,14 +48,16 @@ def module_of(mutant: str) -> str:
     return mutant.rsplit(".", 1)[0]
 
 
+def unexplained(found: dict[str, str], equivalents: dict[str, str]) -> list[str]:
+    """The mutants that lived and are not listed as equivalent, sorted."""
+    return sorted(name for name, status in found.items() if status in LIVED and name not in equivalents)
+
+
 def report(found: dict[str, str], equivalents: dict[str, str], threshold: float) -> bool:
     by_module: dict[str, Counter] = defaultdict(Counter)
-    lived = []
     for name, status in found.items():  # a listed mutant counts as equivalent only while it lives
         kind = "equivalent" if name in equivalents and status in LIVED else status
         by_module[module_of(name)][kind] += 1
-        if status in LIVED and name not in equivalents:
-            lived.append((name, status))
     print(f"{'module':<28} {'killed':>7} {'lived':>6} {'equivalent':>11} {'unchecked':>10} {'kill rate':>10}")
     all_pass = True
     for module, counts in sorted(by_module.items()):
@@ -65,10 +67,11 @@ def report(found: dict[str, str], equivalents: dict[str, str], threshold: float)
         all_pass &= rate >= threshold
         print(f"{module:<28} {killed:>7} {alive:>6} {counts['equivalent']:>11} {counts['not checked']:>10} "
               f"{rate:>9.1%}")
+    lived = unexplained(found, equivalents)
     if lived:
         print("\nmutants that lived (`mutmut show NAME` prints the change):")
-        for name, status in sorted(lived):
-            print(f"  {name}  ({status})")
+        for name in lived:
+            print(f"  {name}  ({found[name]})")
     used = [name for name in equivalents if found.get(name) in LIVED]
     if used:
         print("\nequivalent mutants (tests/equivalent_mutants.txt):")
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     found, equivalents = statuses(args.mutants), read_equivalents(args.equivalents)
     if args.lived:
-        print("\n".join(name for name, status in sorted(found.items()) if status in LIVED and name not in equivalents))
+        print("\n".join(unexplained(found, equivalents)))
         return 0
     return 0 if report(found, equivalents, args.threshold) else 1
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import platform
@@ -312,6 +311,12 @@ def test_the_archive_route_refuses_an_archive_that_is_not_the_pinned_one(server,
     assert not (tmp_path / "raw").exists() and not (tmp_path / "downloads" / "archive" / "covidqu.zip").exists()
 
 
+def sha256sum_accepts(listing, folder) -> int:
+    """How many files `sha256sum -c listing`, run in `folder`, finds intact (0 if it rejects any)."""
+    checked = subprocess.run(["sha256sum", "-c", str(listing)], cwd=folder, capture_output=True, text=True)
+    return checked.stdout.count(": OK") if checked.returncode == 0 else 0
+
+
 def test_tree_digest_hashes_the_sha256sum_listing_of_every_file(tmp_path):
     """The listing Kaggle downloads are recorded by: one `sha256sum` line per file, sorted by path,
     which `sha256sum -c` accepts; the digest is the sha256 of those lines."""
@@ -321,12 +326,11 @@ def test_tree_digest_hashes_the_sha256sum_listing_of_every_file(tmp_path):
         (tmp_path / name).write_bytes(content)
     (tmp_path / "empty folder").mkdir()
     digest, count, size, lines = tree_digest(tmp_path)
-    expected = [f"{hashlib.sha256(files[name]).hexdigest()}  {name}" for name in sorted(files)]
+    expected = [f"{sha256(files[name])}  {name}" for name in sorted(files)]
     assert lines == expected and count == 4 and size == sum(len(c) for c in files.values())
-    assert digest == hashlib.sha256("\n".join(expected).encode()).hexdigest()
+    assert digest == sha256("\n".join(expected).encode())
     (tmp_path / "listing.sha256").write_text("\n".join(lines) + "\n")
-    checked = subprocess.run(["sha256sum", "-c", "listing.sha256"], cwd=tmp_path, capture_output=True, text=True)
-    assert checked.returncode == 0 and checked.stdout.count(": OK") == 4
+    assert sha256sum_accepts("listing.sha256", tmp_path) == 4
 
 
 def test_huggingface_checks_a_large_files_sha256_and_a_small_files_size(server, tmp_path):
@@ -534,13 +538,12 @@ def test_kaggle_lists_and_hashes_every_file_of_the_cached_version(kaggle_cache, 
     [tree] = fetched.files
     assert (tree.url, tree.path, tree.size) == (f"kaggle:{handle}", str(root), sum(map(len, files.values())))
     assert (tree.algorithm, tree.hash) == ("sha256 of files.sha256",
-                                           hashlib.sha256("\n".join(lines).encode()).hexdigest())
+                                           sha256("\n".join(lines).encode()))
     assert tree.checked_against == "kagglehub (archive MD5); 3 files listed in files.sha256"
     assert abs(_utc_time(tree.retrieved).timestamp() - root.stat().st_mtime) < 1
     listing = dataset_dir / "files.sha256"
     assert listing.read_text() == "\n".join(lines) + "\n"
-    checked = subprocess.run(["sha256sum", "-c", str(listing)], cwd=root, capture_output=True, text=True)
-    assert checked.returncode == 0 and checked.stdout.count(": OK") == 3
+    assert sha256sum_accepts(listing, root) == 3
 
     listing.write_text("stale\n")  # a rerun: the dataset folder is there now, the listing is written afresh
     assert KaggleRoute(handle).fetch(dataset_dir) == fetched
