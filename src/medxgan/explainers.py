@@ -191,7 +191,7 @@ class Interpolation(GenerativeExplainer):
         return self._per_chunk(self._path, z1, z2)
 
     def _path(self, z1: Tensor, z2: Tensor) -> Tensor:
-        alphas = torch.linspace(0, 1, self.n_points, device=z2.device)
+        alphas = torch.linspace(0, 1, self.n_points, device=z2.device, dtype=z2.dtype)
         path_z1 = z1.repeat_interleave(self.n_points, dim=0)
         path_z2 = (alphas[None, :, None] * z2[:, None, :]).flatten(0, 1)
         images = self._generate(path_z1, path_z2)
@@ -241,7 +241,7 @@ class LatentIG(GenerativeExplainer):
         """Consecutive stretches (x, grad), each (n, k, C, H, W), of the path's points and gradients,
         with n * k <= batch_size so memory stays bounded."""
         n = len(z1)
-        alphas = torch.linspace(0, 1, self.n_steps + 1, device=z2.device)
+        alphas = torch.linspace(0, 1, self.n_steps + 1, device=z2.device, dtype=z2.dtype)
         for stretch in alphas.split(max(1, self.batch_size // n)):
             k = len(stretch)
             x = self._generate(z1.repeat_interleave(k, dim=0), (stretch[None, :, None] * z2[:, None, :]).flatten(0, 1))

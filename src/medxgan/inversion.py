@@ -1,12 +1,17 @@
 """Inversion: find (z1, z2) with G(z1, z2) close to a real image x and C(G(z1, z2)) close to C(x).
 
 Many images, each with several random restarts, are optimised together in one batch. Every
-image's starting codes come from its own seed, and its loss does not depend on the others, so a
-batch gives each image the result it would get alone. With an encoder E (inversion.init:
-encoder), each image's first restart starts at E(x) instead (medxgan.encoder).
+image's starting codes come from its own seed, and its loss does not depend on the others, so in
+exact arithmetic a batch gives each image the result it would get alone. In float32 the CPU's
+kernels round differently at another batch size and Adam's steps amplify that (see
+benchmarks/rounding.py); a fixed batch composition (`invert_batches`) keeps results bit-identical.
+With an encoder E (inversion.init: encoder), each image's first restart starts at E(x) instead
+(medxgan.encoder).
 
 Under precision "bf16" the networks' forward passes run in bf16 autocast; the loss, Adam's state
-and the codes stay float32.
+and the codes stay in the networks' parameter dtype (float32 in the workflow). Networks converted
+to float64 invert in float64: the tests do so where rounding must not move a result (see
+`test_inversion.py`).
 """
 
 from __future__ import annotations
@@ -49,12 +54,12 @@ def starting_codes(rows: torch.Tensor, restarts: int, nz1: int, nz2: int, seed: 
 
 def inversion_loss(G: nn.Module, C: nn.Module, z1, z2, images, p_target, cfg: dict,
                    precision: str = "fp32") -> torch.Tensor:
-    """Per-sample objective: mse_weight * MSE(G(z), x) + bce_weight * BCE(C(G(z)), C(x)), in float32."""
+    """Per-sample objective: mse_weight * MSE(G(z), x) + bce_weight * BCE(C(G(z)), C(x)), in the codes' dtype."""
     with autocast(z1.device, precision):
         generated = G(z1, z2)
         logits = C(generated)
-    mse = (generated.float() - images).pow(2).flatten(1).mean(1)
-    p = logits.float().softmax(dim=1)[:, 1].clamp(1e-6, 1 - 1e-6)
+    mse = (generated.to(z1.dtype) - images).pow(2).flatten(1).mean(1)
+    p = logits.to(z1.dtype).softmax(dim=1)[:, 1].clamp(1e-6, 1 - 1e-6)
     bce = F.binary_cross_entropy(p, p_target, reduction="none")
     return cfg["mse_weight"] * mse + cfg["bce_weight"] * bce
 
@@ -71,22 +76,22 @@ def invert_batch(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.T
     """The best codes of each image over its restarts. `negative`: z2 is held at 0 and only z1 is
     searched, the anatomy of an image C calls negative (see `positive_realisation`)."""
     check_encoder(cfg, encoder)
-    device = next(G.parameters()).device
+    device, dtype = next(G.parameters()).device, next(G.parameters()).dtype
     restarts = cfg["restarts"]
-    images = images.to(device)
+    images = images.to(device, dtype)
     with torch.no_grad():
-        p_image = positive_probability(C, images)  # float32: the target of every precision
+        p_image = positive_probability(C, images)  # full precision: the target of every precision
     targets = images.repeat_interleave(restarts, 0)
     p_target = p_image.repeat_interleave(restarts, 0)
-    z1, z2 = starting_codes(rows, restarts, G.nz1, G.nz2, seed)
+    z1, z2 = (code.to(dtype) for code in starting_codes(rows, restarts, G.nz1, G.nz2, seed))
     if encoder is not None:  # the first restart of each image starts at E(x)
         with torch.no_grad():
-            z1[::restarts], z2[::restarts] = (code.float().cpu() for code in encoder(images))
+            z1[::restarts], z2[::restarts] = (code.to(dtype).cpu() for code in encoder(images))
     if negative:
         z2.zero_()
     z1, z2 = z1.to(device).requires_grad_(), z2.to(device).requires_grad_(not negative)
     optimizer = torch.optim.Adam([z1] if negative else [z1, z2], lr=cfg["lr"])
-    best_loss = torch.full((len(z1),), float("inf"), device=device)
+    best_loss = torch.full((len(z1),), float("inf"), device=device, dtype=dtype)
     best_z1, best_z2 = z1.detach().clone(), z2.detach().clone()
     for step in range(cfg["steps"] + 1):
         loss = inversion_loss(G, C, z1, z2, targets, p_target, cfg, precision)

@@ -1,0 +1,24 @@
+"""The benchmark scripts run to their end on tiny settings, so they cannot silently break."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNELS = ("G(z1, z2)", "C's probability", "C's input gradient", "inversion codes after 5 Adam steps")
+# float64 rounding of one kernel is about 1e-16 relative; the batch-invariance tests of
+# test_inversion.py and test_explainers.py rely on it staying far below their bounds (1e-9).
+FLOAT64_FLOOR = 1e-12
+
+
+def test_rounding_probe_reports_every_kernel_and_a_float64_floor_under_the_tests_bounds():
+    run = subprocess.run([sys.executable, "benchmarks/rounding.py", "--threads", "1", "--widths", "tiny",
+                          "--images", "3", "--steps", "5"], cwd=ROOT, capture_output=True, text=True, check=True)
+    rows = {}
+    for line in run.stdout.splitlines()[2:]:
+        kernel, precision, absolute, relative = line.rsplit(maxsplit=3)
+        rows[kernel, precision] = float(absolute), float(relative)
+    assert set(rows) == {(k, p) for k in KERNELS for p in ("float64", "float32", "bf16")}, run.stdout
+    assert all(value >= 0 for pair in rows.values() for value in pair)
+    floor = {kernel: rows[kernel, "float64"][1] for kernel in KERNELS}
+    assert max(floor.values()) < FLOAT64_FLOOR, f"float64 rounds more than the tests assume on this CPU: {floor}"
