@@ -3,12 +3,15 @@ import copy
 import captum.attr
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from medxgan.explainers import (
-    EXPLAINERS, GENERATIVE_METHODS, DifferenceMap, GenerativeExplainer, GradCAM, IntegratedGradients,
-    Interpolation, LatentIG, build_explainer, to_grey,
+    EXPLAINERS, GENERATIVE_METHODS, BlurIntegratedGradients, CounterfactualIntegratedGradients, DifferenceMap,
+    GenerativeExplainer, GradCAM, IntegratedGradients, Interpolation, LatentIG, LatentIGToImage, LatentShift,
+    RealImageExplainer, build_explainer, to_grey,
 )
+from medxgan import methods
 from medxgan.models import Generator, SimpleCNN, positive_probability
 from helpers import RegionClassifier, calibrate_gan_pair
 
@@ -73,11 +76,14 @@ def build(name: str, classifier, generator, **kwargs):
     return cls(classifier, **kwargs)
 
 
-FAST = {"latent_ig": {"n_steps": 4}, "ig": {"n_steps": 8}}  # few steps: these tests check plumbing
+# few steps: these tests check plumbing
+FAST = {"latent_ig": {"n_steps": 4}, "ig": {"n_steps": 8}, "ig_blur": {"n_steps": 8}, "ig_counterfactual": {"n_steps": 8},
+        "latent_ig_to_image": {"latent_steps": 4, "image_steps": 8}, "latent_shift": {"search_steps": 4, "frames": 3}}
 
 
 def test_generative_methods_are_the_generative_explainers():
-    assert set(GENERATIVE_METHODS) == {"difference", "interpolation", "latent_ig"}
+    assert set(GENERATIVE_METHODS) == {"difference", "interpolation", "latent_ig", "ig_counterfactual",
+                                       "latent_ig_to_image", "latent_shift"}
     assert all(issubclass(EXPLAINERS[name], GenerativeExplainer) for name in GENERATIVE_METHODS)
 
 
@@ -359,7 +365,8 @@ def test_latent_ig_rejects_unknown_form(models):
 
 
 EXPLAIN_CFG = {"batch_size": 7, "interpolation_points": 5, "latent_ig_steps": 9, "latent_ig_form": "endpoint",
-               "ig_steps": 11, "ig_baseline": 0.5}
+               "ig_steps": 11, "ig_baseline": 0.5, "ig_blur_kernel": 7, "ig_blur_sigma": 2.5, "latent_shift_max": 3.0,
+               "latent_shift_search_steps": 6, "latent_shift_drop": 0.4, "latent_shift_frames": 4}
 
 
 @pytest.mark.parametrize("method, options", [
@@ -367,6 +374,10 @@ EXPLAIN_CFG = {"batch_size": 7, "interpolation_points": 5, "latent_ig_steps": 9,
     ("interpolation", {"n_points": 5}),
     ("latent_ig", {"n_steps": 9, "form": "endpoint"}),
     ("ig", {"n_steps": 11, "baseline": 0.5}),
+    ("ig_blur", {"n_steps": 11, "kernel_size": 7, "sigma": 2.5}),
+    ("ig_counterfactual", {"n_steps": 11}),
+    ("latent_ig_to_image", {"latent_steps": 9, "image_steps": 11}),
+    ("latent_shift", {"max_shift": 3.0, "search_steps": 6, "drop": 0.4, "frames": 4}),
 ])
 def test_build_explainer_passes_the_explain_settings(models, method, options):
     classifier, generator = models
@@ -380,3 +391,91 @@ def test_build_explainer_passes_the_explain_settings(models, method, options):
 def test_build_explainer_names_an_unknown_method(models):
     with pytest.raises(ValueError, match=r"unknown explanation method 'lime'; known: difference, interpolation"):
         build_explainer("lime", *models, EXPLAIN_CFG)
+
+
+# --- explanations of the real image and the peers at their strongest ---------------------------
+
+
+def test_ig_blur_starts_from_the_blurred_image(exact_models, exact_batch):
+    classifier, _ = exact_models
+    images, _ = exact_batch
+    explainer = BlurIntegratedGradients(classifier, n_steps=8, kernel_size=7, sigma=2.5)
+    blurred = torchvision.transforms.functional.gaussian_blur(images, [7, 7], [2.5, 2.5])
+    expected = captum.attr.IntegratedGradients(lambda x: classifier(x).softmax(dim=1)).attribute(
+        images, baselines=blurred, target=1, n_steps=8)
+    torch.testing.assert_close(explainer.attribute(images), expected.abs().sum(dim=1).float())
+    flat = blurred.mean(dim=(2, 3), keepdim=True).expand_as(images)  # its own blur, up to rounding
+    torch.testing.assert_close(explainer.attribute(flat), torch.zeros(5, SIZE, SIZE), rtol=0, atol=1e-12)
+
+
+def test_counterfactual_ig_runs_from_the_negative_realisation_to_the_image(exact_models, exact_batch):
+    classifier, generator = exact_models
+    images, (z1, z2) = exact_batch
+    x = images + 0.3 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0), dtype=images.dtype)
+    with torch.no_grad():
+        negative = generator(z1, torch.zeros_like(z2))
+        delta = positive_probability(classifier, x) - positive_probability(classifier, negative)
+    attributions = CounterfactualIntegratedGradients(classifier, generator, n_steps=64).attributions(x, z1, z2)
+    # complete: IG sums to the change of C along its path, here up to the quadrature's error
+    torch.testing.assert_close(attributions.sum(dim=(1, 2, 3)), delta, rtol=0, atol=2e-3)
+    at_baseline = CounterfactualIntegratedGradients(classifier, generator, n_steps=8).attribute(negative, latents=(z1, z2))
+    assert torch.equal(at_baseline, torch.zeros(5, SIZE, SIZE))
+
+
+def test_latent_ig_to_image_sums_to_the_change_from_the_negative_realisation_to_the_image():
+    # G(z1, a z2) = a s pattern and C = sigmoid(w . x); x adds a bump outside the pattern, so both
+    # legs move C by a tenth or more: from G(z1, 0) to G(z1, z2), then on to x.
+    slope, n = 4.0, COMPLETENESS_STEPS
+    pattern, bump = torch.zeros(2, 1, 1, 8, 8, dtype=torch.float64)
+    pattern[..., 2:5, 3:6], bump[..., 5:7, 0:2] = 1.0, 1.0
+    weights = (pattern + bump)[0] * slope / pattern.sum()
+    classifier, generator = LogisticClassifier(weights).double(), LinearPathGenerator(pattern)
+    z1, z2 = torch.zeros(3, 2, dtype=torch.float64), torch.tensor([[0.5, 0.0], [0.3, 0.0], [-0.4, 0.0]], dtype=torch.float64)
+    reconstruction = generator(z1, z2)
+    x = reconstruction + torch.tensor([-1.0, 1.0, 1.5], dtype=torch.float64).view(3, 1, 1, 1) * bump
+    p_image, p_reconstruction, p_negative = (positive_probability(classifier, y).detach() for y in (
+        x, reconstruction, generator(z1, torch.zeros_like(z2))))
+    assert (p_image - p_reconstruction).abs().min() > 0.1 and (p_reconstruction - p_negative).abs().min() > 0.1
+    explainer = LatentIGToImage(classifier, generator, latent_steps=n, image_steps=n)
+    attributions = explainer.attributions(x, z1, z2)
+    torch.testing.assert_close(attributions.sum(dim=(1, 2, 3)), p_image - p_negative, rtol=0, atol=COMPLETENESS_TOL)
+    # with x = G(z1, z2) the image leg is empty: Latent IG's own attributions remain
+    torch.testing.assert_close(explainer.attributions(reconstruction, z1, z2),
+                               LatentIG(classifier, generator, n_steps=n).attributions(z1, z2),
+                               rtol=EXACT_RTOL, atol=EXACT_ATOL)
+
+
+def test_latent_shift_stops_at_the_first_shift_that_drops_c_enough_and_maps_the_change():
+    # G(z1, z2) = z2[0] * pattern, C = sigmoid(w . x) rising with z2[0]: the descent is -e_z2[0], so
+    # a shift s gives p = sigmoid(slope * (scale - s)); the first grid shift with p <= p0 - drop is
+    # known in closed form, and the map is |pattern| * s / (frames - 1) per frame, averaged.
+    slope, scale, drop, max_shift, steps, frames = 4.0, 1.0, 0.5, 4.0, 8, 5
+    pattern = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    pattern[..., 2:5, 3:6] = 1.0
+    classifier = LogisticClassifier(pattern[0] * slope / pattern.sum()).double()
+    explainer = LatentShift(classifier, LinearPathGenerator(pattern), max_shift=max_shift, search_steps=steps,
+                            drop=drop, frames=frames)
+    z1, z2 = torch.zeros(1, 2, dtype=torch.float64), torch.tensor([[scale, 0.0]], dtype=torch.float64)
+    grid = torch.linspace(0, max_shift, steps + 1, dtype=torch.float64)
+    p = torch.sigmoid(slope * (scale - grid))
+    expected_shift = grid[(p <= p[0] - drop).nonzero()[0, 0]]
+    assert 0 < expected_shift < max_shift
+    heatmap = explainer.attribute(torch.zeros(1, 1, 8, 8), latents=(z1, z2))
+    torch.testing.assert_close(heatmap[0], (pattern[0, 0] * expected_shift / (frames - 1)).float())
+
+
+def test_latent_shift_takes_the_lowest_probability_when_no_shift_drops_c_enough():
+    pattern = torch.ones(1, 1, 4, 4, dtype=torch.float64)
+    classifier = LogisticClassifier(pattern[0] * 0.01).double()  # nearly flat: no shift drops p by 0.8
+    explainer = LatentShift(classifier, LinearPathGenerator(pattern), max_shift=2.0, search_steps=4, frames=3)
+    z1, z2 = torch.zeros(1, 2, dtype=torch.float64), torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    heatmap = explainer.attribute(torch.zeros(1, 1, 4, 4), latents=(z1, z2))
+    torch.testing.assert_close(heatmap[0], torch.full((4, 4), 2.0 / 2))  # the whole range: 2.0 over 2 steps
+
+
+def test_the_method_families_name_every_explainer_once():
+    families = methods.USES_G + methods.PIXEL_SPACE
+    assert sorted(families) == sorted(EXPLAINERS) and len(set(families)) == len(families)
+    assert set(methods.USES_G) == set(GENERATIVE_METHODS)
+    assert set(methods.REAL_IMAGE_MAPS) == {name for name, cls in EXPLAINERS.items()
+                                            if issubclass(cls, RealImageExplainer)}

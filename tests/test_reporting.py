@@ -48,3 +48,20 @@ def test_datasets_of_family_reads_the_summary(tmp_path: Path):
                  ).to_csv(tmp_path / "summary.csv", index=False)
     assert reporting.datasets_of_family(tmp_path, "brain_mri") == ["a"]
     assert reporting.datasets_of_family(tmp_path, "chest_xray") == ["b"]
+
+
+def test_peer_table_puts_the_best_method_using_g_against_the_strongest_pixel_space_peer(tmp_path: Path):
+    means = {("pointing_game", "latent_ig"): 0.4, ("pointing_game", "ig_counterfactual"): 0.9,
+             ("pointing_game", "ig"): 0.95, ("pointing_game", "ig_blur"): 0.8, ("pointing_game", "random"): 0.99,
+             ("mass_in_lesion", "latent_shift"): 0.5, ("mass_in_lesion", "gradcam"): 0.2,
+             ("mask_auroc", "latent_ig"): 0.9}  # no pixel-space peer for the AUROC: no row
+    (tmp_path / "ds").mkdir()
+    pd.DataFrame([{"method": method, "metric": metric, "mean": mean, "std": 0.1, "n": 10,
+                   "ci_low": mean - 0.05, "ci_high": mean + 0.05} for (metric, method), mean in means.items()]
+                 ).to_csv(tmp_path / "ds" / "metrics.csv", index=False)
+    table = reporting.peer_table(tmp_path, "ds")
+    assert list(table.index) == ["pointing_game", "mass_in_lesion"]
+    assert table.loc["pointing_game", "best that uses G"] == "ig_counterfactual 0.900 [0.850, 0.950]"
+    assert table.loc["pointing_game", "strongest pixel-space peer"] == "ig 0.950 [0.900, 1.000]"  # random is no peer
+    assert table.loc["pointing_game", "margin"] == pytest.approx(-0.05)
+    assert table.loc["mass_in_lesion", "margin"] == pytest.approx(0.3)

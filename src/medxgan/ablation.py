@@ -13,10 +13,11 @@ from pathlib import Path
 import pandas as pd
 
 from medxgan.evaluation import INVERSION_METHOD, RANDOM_METHOD
+from medxgan.methods import PIXEL_SPACE
 from medxgan.runtimes import read_benchmark
 
 C_ONLY = "(C only)"  # the variant column of the methods that do not read G, taken from the main run
-C_ONLY_METHODS = ("gradcam", "ig", RANDOM_METHOD)
+C_ONLY_METHODS = PIXEL_SPACE + (RANDOM_METHOD,)
 FIDELITY = {"reconstruction_ssim": "SSIM", "negative_called_negative": "C: G(z1,0) negative",
             "oracle_reconstruction_called_positive": "oracle: G(z1,z2) positive",
             "oracle_negative_called_negative": "oracle: G(z1,0) negative",

@@ -27,7 +27,7 @@ from medxgan.models import load_model, positive_probability
 from medxgan.user_classifier import UserClassifier, input_settings
 from medxgan.utils import pick_device
 
-DEFAULT_METHODS = ("difference", "latent_ig", "gradcam", "ig")
+DEFAULT_METHODS = ("difference", "latent_ig", "ig_counterfactual", "gradcam", "ig")
 
 
 def default_settings(config: str | Path = "config/config.yaml", dataset: str | None = None) -> dict:

@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=_chunk_argument, metavar="START:STOP", help=CHUNK_HELP)
     p = step("explain")
     inputs(p, "manifest", "classifier", "generator", "inversion")
-    p.add_argument("--method", required=True, help="difference, interpolation, latent_ig, gradcam or ig")
+    p.add_argument("--method", required=True, help="an explanation method of explain.methods, e.g. latent_ig or ig_counterfactual")
     p.add_argument("--out", type=Path, required=True, help="heatmaps file (.safetensors)")
     p.add_argument("--chunk", type=_chunk_argument, metavar="START:STOP", help=CHUNK_HELP)
     p = step("count-test-positives")
@@ -195,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", type=Path, required=True, help="a trained bundle folder, e.g. results/synthetic-cxr/bundle")
     p.add_argument("--out", type=Path, required=True,
                    help="writes figures/NAME.png, heatmaps/NAME_METHOD.npy and explanations.csv there")
-    p.add_argument("--methods", nargs="+", default=["difference", "latent_ig", "gradcam", "ig"],
-                   help="explanation methods (default: %(default)s)")
+    p.add_argument("--methods", nargs="+", default=["difference", "latent_ig", "ig_counterfactual", "gradcam", "ig"],
+                   help="explanation methods of explain.methods (default: %(default)s)")
     p = step("summarize")
     p.add_argument("--results", type=Path, default=Path("results"), help="the results folder (default results/)")
     p.add_argument("--datasets", nargs="+", required=True, help="dataset names under --results")

@@ -21,6 +21,7 @@ from medxgan.config import ConfigError
 from medxgan.data.manifest import ImageSet
 from medxgan.explainers import GENERATIVE_METHODS, build_explainer, module_device
 from medxgan.inversion import invert, negative_counterfactuals
+from medxgan.methods import READ_C_DIRECTLY
 from medxgan.models import positive_probability
 
 log = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ def compare_methods(per_image: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------- checks
 
-SANITY_METHODS = ("gradcam", "ig", "latent_ig")  # the methods that read C directly (see checks.sanity_check)
+SANITY_METHODS = READ_C_DIRECTLY  # see checks.sanity_check
 
 
 def heatmaps_for(method: str, C, G, images: torch.Tensor, rows: torch.Tensor, s: dict,

@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 
 import pytorch_grad_cam
 import torch
+import torchvision
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 from tqdm import TqdmWarning
@@ -25,6 +26,7 @@ with warnings.catch_warnings():  # captum imports tqdm.auto, which warns inside 
 
 Latents = tuple[Tensor, Tensor]
 GREY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # RGB -> grey, as in the released difference map
+LATENT_SHIFT_FLOOR = 0.05  # Latent Shift's search also stops once C's probability is below this (as the original)
 
 
 @contextlib.contextmanager
@@ -67,7 +69,11 @@ def _target_probability(classifier: nn.Module, images: Tensor, target: int) -> T
 
 
 class Explainer:
-    """Base class: subclasses implement `_explain(images, target)` on one chunk already on the device."""
+    """Base class: subclasses implement `_explain(images, target)` on one chunk already on the device.
+
+    OPTIONS maps each constructor option to its key in the config's `explain` section."""
+
+    OPTIONS: dict[str, str] = {}
 
     def __init__(self, classifier: nn.Module, batch_size: int = 64):
         self.classifier = classifier
@@ -118,15 +124,42 @@ class GradCAM(Explainer):
 class IntegratedGradients(Explainer):
     """captum's Integrated Gradients of C's softmax probability of `target`, from a constant baseline."""
 
+    OPTIONS = {"n_steps": "ig_steps", "baseline": "ig_baseline"}
+
     def __init__(self, classifier: nn.Module, batch_size: int = 64, baseline: float = -1.0, n_steps: int = 50):
         super().__init__(classifier, batch_size)
         self.baseline = baseline  # -1.0 is black for images in [-1, 1]
         self.n_steps = n_steps
 
     def _explain(self, images: Tensor, target: int) -> Tensor:
-        ig = captum.attr.IntegratedGradients(lambda x: self.classifier(x).softmax(dim=1))
-        return ig.attribute(images, baselines=self.baseline, target=target, n_steps=self.n_steps,
-                            internal_batch_size=self.batch_size)
+        return _integrated_gradients(self.classifier, images, self._baseline(images), target, self.n_steps,
+                                     self.batch_size)
+
+    def _baseline(self, images: Tensor) -> Tensor | float:
+        return self.baseline
+
+
+class BlurIntegratedGradients(IntegratedGradients):
+    """IG from the image's own Gaussian blur: the baseline keeps the anatomy's coarse layout and
+    removes only what is sharper than the blur, so the attributions show what fine detail C reads.
+    A baseline decides what IG can show; this one is black's strongest rival on medical images."""
+
+    OPTIONS = {"n_steps": "ig_steps", "kernel_size": "ig_blur_kernel", "sigma": "ig_blur_sigma"}
+
+    def __init__(self, classifier: nn.Module, batch_size: int = 64, n_steps: int = 50, kernel_size: int = 11,
+                 sigma: float = 5.0):
+        super().__init__(classifier, batch_size, n_steps=n_steps)
+        self.kernel_size, self.sigma = kernel_size, sigma
+
+    def _baseline(self, images: Tensor) -> Tensor:
+        return torchvision.transforms.functional.gaussian_blur(images, [self.kernel_size] * 2, [self.sigma] * 2)
+
+
+def _integrated_gradients(classifier: nn.Module, images: Tensor, baselines: Tensor | float, target: int,
+                          n_steps: int, batch_size: int) -> Tensor:
+    """captum's IG of C's softmax probability of `target` along the straight line from the baselines."""
+    ig = captum.attr.IntegratedGradients(lambda x: classifier(x).softmax(dim=1))
+    return ig.attribute(images, baselines=baselines, target=target, n_steps=n_steps, internal_batch_size=batch_size)
 
 
 class GenerativeExplainer(Explainer):
@@ -181,6 +214,8 @@ class Interpolation(GenerativeExplainer):
     """Images along G(z1, a z2), a = 0 ... 1 in `n_points` even steps; heatmap = their accumulated
     absolute step-to-step difference in grey (equals the difference map for n_points = 2)."""
 
+    OPTIONS = {"n_points": "interpolation_points"}
+
     def __init__(self, classifier: nn.Module, generator: nn.Module,
                  inverter: Callable[[Tensor], Latents] | None = None, batch_size: int = 64, n_points: int = 11):
         super().__init__(classifier, generator, inverter, batch_size)
@@ -211,6 +246,7 @@ class LatentIG(GenerativeExplainer):
     """
 
     FORMS = ("path", "endpoint")
+    OPTIONS = {"n_steps": "latent_ig_steps", "form": "latent_ig_form"}
 
     def __init__(self, classifier: nn.Module, generator: nn.Module,
                  inverter: Callable[[Tensor], Latents] | None = None, batch_size: int = 64,
@@ -250,12 +286,120 @@ class LatentIG(GenerativeExplainer):
             yield x.detach().view(n, k, *x.shape[1:]), grad.view(n, k, *x.shape[1:])
 
 
+class RealImageExplainer(GenerativeExplainer):
+    """medXGAN explanations of the real image x rather than of its reconstruction G(z1, z2): each ties
+    x to G's negative realisation G(z1, 0), so a lesion the reconstruction misses is still explained.
+    Subclasses implement `_explain_image(images, z1, z2, target)` on one chunk already on the device."""
+
+    def attribute(self, images: Tensor, target: int = 1, latents: Latents | None = None) -> Tensor:
+        return self._heatmap(self.attributions(images, *self._latents(images, latents), target))
+
+    def attributions(self, images: Tensor, z1: Tensor, z2: Tensor, target: int = 1) -> Tensor:
+        """Signed (N, C, H, W) attributions on the CPU."""
+        return self._per_chunk(lambda x, a, b: self._explain_image(x, a, b, target), images, z1, z2)
+
+    def _explain_image(self, images: Tensor, z1: Tensor, z2: Tensor, target: int) -> Tensor:
+        raise NotImplementedError
+
+
+class CounterfactualIntegratedGradients(RealImageExplainer):
+    """captum's IG of C's probability along the straight line from G(z1, 0) to x: the baseline is the
+    same patient as G draws them without pathology, so the attributions sum to C(x) - C(G(z1, 0))."""
+
+    OPTIONS = {"n_steps": "ig_steps"}
+
+    def __init__(self, classifier: nn.Module, generator: nn.Module,
+                 inverter: Callable[[Tensor], Latents] | None = None, batch_size: int = 64, n_steps: int = 50):
+        super().__init__(classifier, generator, inverter, batch_size)
+        self.n_steps = n_steps
+
+    def _explain_image(self, images: Tensor, z1: Tensor, z2: Tensor, target: int) -> Tensor:
+        negative = self._generate(z1, torch.zeros_like(z2)).to(images.dtype)
+        return _integrated_gradients(self.classifier, images, negative, target, self.n_steps, self.batch_size)
+
+
+class LatentIGToImage(RealImageExplainer):
+    """Latent IG along G(z1, a z2) from G(z1, 0) to G(z1, z2), then IG on the straight line from
+    G(z1, z2) to x: one path from the negative realisation to the real image, whose attributions sum
+    to C(x) - C(G(z1, 0)) (each leg is complete up to its quadrature error)."""
+
+    OPTIONS = {"latent_steps": "latent_ig_steps", "image_steps": "ig_steps"}
+
+    def __init__(self, classifier: nn.Module, generator: nn.Module,
+                 inverter: Callable[[Tensor], Latents] | None = None, batch_size: int = 64,
+                 latent_steps: int = 50, image_steps: int = 50):
+        super().__init__(classifier, generator, inverter, batch_size)
+        self.latent_steps, self.image_steps = latent_steps, image_steps
+        self.latent_leg = LatentIG(classifier, generator, batch_size=batch_size, n_steps=latent_steps, form="path")
+
+    def _explain_image(self, images: Tensor, z1: Tensor, z2: Tensor, target: int) -> Tensor:
+        reconstruction = self._generate(z1, z2).to(images.dtype)
+        image_leg = _integrated_gradients(self.classifier, images, reconstruction, target, self.image_steps,
+                                          self.batch_size)
+        return self.latent_leg._explain(z1, z2, target) + image_leg
+
+
+class LatentShift(GenerativeExplainer):
+    """Latent Shift (Cohen et al., MIDL 2021) in medXGAN's latent space: the codes z = (z1, z2) move
+    along -grad_z C(G(z)) (unit length) until C's probability of `target` has dropped by `drop` (or,
+    failing that, to where it is lowest within `max_shift`, in units of the codes' N(0, I) scale); the map is the mean absolute change
+    between `frames` consecutive images G(z - lambda * g), lambda from 0 to that shift (the
+    original's "int" heatmap). Unlike the medXGAN maps, the shift may change z1 too."""
+
+    OPTIONS = {"max_shift": "latent_shift_max", "search_steps": "latent_shift_search_steps",
+               "drop": "latent_shift_drop", "frames": "latent_shift_frames"}
+
+    def __init__(self, classifier: nn.Module, generator: nn.Module,
+                 inverter: Callable[[Tensor], Latents] | None = None, batch_size: int = 64,
+                 max_shift: float = 8.0, search_steps: int = 16, drop: float = 0.8, frames: int = 10):
+        super().__init__(classifier, generator, inverter, batch_size)
+        self.max_shift, self.search_steps, self.drop, self.frames = max_shift, search_steps, drop, frames
+
+    def _explain(self, z1: Tensor, z2: Tensor, target: int) -> Tensor:
+        direction = self._descent(z1, z2, target)
+        shift = self._shift(z1, z2, direction, target)
+        fractions = torch.linspace(0, 1, self.frames, device=z1.device, dtype=z1.dtype)
+        images = self._shifted(z1, z2, direction, shift[:, None] * fractions[None, :])
+        return to_grey(images.diff(dim=1).abs().mean(dim=1))
+
+    def _descent(self, z1: Tensor, z2: Tensor, target: int) -> Tensor:
+        """Unit vectors along -grad_z of C's probability at z = (z1, z2), shape (n, nz1 + nz2)."""
+        z = torch.cat([z1, z2], dim=1).requires_grad_(True)
+        probability = _target_probability(self.classifier, self.generator(*z.split([z1.shape[1], z2.shape[1]], 1)),
+                                          target)
+        gradient, = torch.autograd.grad(probability.sum(), z)
+        return -gradient / gradient.norm(dim=1, keepdim=True).clamp(min=torch.finfo(gradient.dtype).tiny)
+
+    def _shift(self, z1: Tensor, z2: Tensor, direction: Tensor, target: int) -> Tensor:
+        """Per image, the smallest shift on an even grid up to max_shift at which C's probability
+        has dropped by `drop` (or below LATENT_SHIFT_FLOOR), else the grid shift where it is lowest."""
+        grid = torch.linspace(0, self.max_shift, self.search_steps + 1, device=z1.device, dtype=z1.dtype)
+        shifts = grid[None, :].expand(len(z1), -1)
+        with torch.no_grad():
+            p = _target_probability(self.classifier, self._shifted(z1, z2, direction, shifts).flatten(0, 1),
+                                    target).view(len(z1), -1)
+        reached = (p <= p[:, :1] - self.drop) | (p < LATENT_SHIFT_FLOOR)
+        first = torch.where(reached.any(1), reached.float().argmax(1), p.argmin(1))
+        return grid[first]
+
+    def _shifted(self, z1: Tensor, z2: Tensor, direction: Tensor, shifts: Tensor) -> Tensor:
+        """(n, k, C, H, W): G at z - shifts[:, j] * direction for every image and its k shifts."""
+        n, k = shifts.shape
+        z = (torch.cat([z1, z2], dim=1)[:, None, :] + shifts[..., None] * direction[:, None, :]).flatten(0, 1)
+        images = self._generate(*z.split([z1.shape[1], z2.shape[1]], dim=1))
+        return images.view(n, k, *images.shape[1:])
+
+
 EXPLAINERS: dict[str, type[Explainer]] = {
     "difference": DifferenceMap,
     "interpolation": Interpolation,
     "latent_ig": LatentIG,
+    "ig_counterfactual": CounterfactualIntegratedGradients,
+    "latent_ig_to_image": LatentIGToImage,
+    "latent_shift": LatentShift,
     "gradcam": GradCAM,
     "ig": IntegratedGradients,
+    "ig_blur": BlurIntegratedGradients,
 }
 GENERATIVE_METHODS = tuple(name for name, cls in EXPLAINERS.items() if issubclass(cls, GenerativeExplainer))
 
@@ -264,13 +408,8 @@ def build_explainer(method: str, classifier: nn.Module, generator: nn.Module, cf
     """The explainer for `method` with the options of the config's `explain` section."""
     if method not in EXPLAINERS:
         raise ValueError(f"unknown explanation method {method!r}; known: {', '.join(EXPLAINERS)}")
-    options = {"batch_size": cfg["batch_size"]}
-    if method == "interpolation":
-        options["n_points"] = cfg["interpolation_points"]
-    elif method == "latent_ig":
-        options.update(n_steps=cfg["latent_ig_steps"], form=cfg["latent_ig_form"])
-    elif method == "ig":
-        options.update(n_steps=cfg["ig_steps"], baseline=cfg["ig_baseline"])
+    cls = EXPLAINERS[method]
+    options = {"batch_size": cfg["batch_size"]} | {option: cfg[key] for option, key in cls.OPTIONS.items()}
     if method in GENERATIVE_METHODS:
-        return EXPLAINERS[method](classifier, generator, **options)
-    return EXPLAINERS[method](classifier, **options)
+        return cls(classifier, generator, **options)
+    return cls(classifier, **options)

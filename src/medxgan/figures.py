@@ -21,7 +21,10 @@ from medxgan.metrics import min_max_normalise, perturb_top_k  # noqa: E402
 from medxgan.models import positive_probability  # noqa: E402
 from medxgan.utils import atomic_path  # noqa: E402
 
-HEATMAP_COLUMNS = {"difference": "difference map", "gradcam": "Grad-CAM", "latent_ig": "Latent IG", "ig": "IG"}
+# the pipeline figure's map columns: the paper's four, then the maps of the real image and the peers
+HEATMAP_COLUMNS = {"difference": "difference map", "gradcam": "Grad-CAM", "latent_ig": "Latent IG", "ig": "IG",
+                   "ig_counterfactual": "IG from G(z1, 0)", "latent_ig_to_image": "Latent IG to x",
+                   "latent_shift": "Latent Shift", "ig_blur": "IG from blur"}
 CELL_INCHES = 1.6
 LOSS_SMOOTHING = 50  # steps in the rolling mean of the loss curves
 METRICS_PER_ROW = 3
@@ -55,7 +58,8 @@ def example_indices(data: ImageSet, count: int) -> list[int]:
 
 
 def pipeline_rows(C, data: ImageSet, latents: dict, heatmaps: dict[str, torch.Tensor], examples: list[int]) -> plt.Figure:
-    """Original, reconstruction, negative realisation, difference, colorized map, Grad-CAM, LIG, IG."""
+    """Original, reconstruction, negative realisation, difference, colorized map, Grad-CAM, LIG, IG,
+    then the other maps of HEATMAP_COLUMNS that were computed."""
     maps = [(title, heatmaps[m]) for m, title in HEATMAP_COLUMNS.items() if m in heatmaps]
     columns = ["original", "reconstruction", "negative realisation"] + [t for t, _ in maps]
     if "difference" in heatmaps:  # the paper shows the colorized map right after the difference map
@@ -155,8 +159,8 @@ def disentanglement_grid(samples: dict[str, dict[str, torch.Tensor]]) -> plt.Fig
     return fig
 
 
-PERTURBATION_COLUMNS = {"gradcam": "Grad-CAM", "ig": "IG", "difference": "medXGAN difference",
-                        "latent_ig": "medXGAN Latent IG"}
+PERTURBATION_COLUMNS = {"gradcam": "Grad-CAM", "ig": "IG", "ig_blur": "IG from blur", "difference": "medXGAN difference",
+                        "latent_ig": "medXGAN Latent IG", "ig_counterfactual": "medXGAN IG from G(z1, 0)"}
 
 
 @torch.no_grad()

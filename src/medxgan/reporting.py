@@ -13,8 +13,11 @@ from pathlib import Path
 import pandas as pd
 
 from medxgan.evaluation import INVERSION_METHOD
+from medxgan.methods import PIXEL_SPACE, USES_G
 
 SUMMARY_DIGITS = 3
+# the localisation metrics the peer table compares, each with whether a higher value is better
+PEER_METRICS = {"pointing_game": True, "mass_in_lesion": True, "mask_auroc": True}
 NOT_APPLICABLE = "n/a"
 SUMMARY_VARIABLE = "MEDXGAN_SUMMARY"  # set by `medxgan notebook --summary`: the run's own summary table
 
@@ -73,6 +76,34 @@ def scores_table(results: Path, dataset: str) -> pd.DataFrame:
     return pivot.loc[list(dict.fromkeys(scores.metric)), list(dict.fromkeys(scores.method))]
 
 
+def peer_table(results: Path, dataset: str) -> pd.DataFrame:
+    """Per localisation metric: the best method that uses G against the strongest pixel-space peer
+    (Grad-CAM, IG from black, IG from the blurred image), each named with its mean [95% CI], and
+    the margin. Only methods the run computed take part."""
+    table = pd.read_csv(Path(results) / dataset / "metrics.csv")
+    rows = []
+    for metric, higher_is_better in PEER_METRICS.items():
+        scores = table[table.metric == metric].set_index("method")
+        uses_g, peer = (_best(scores, methods, higher_is_better) for methods in (USES_G, PIXEL_SPACE))
+        if uses_g is None or peer is None:
+            continue
+        rows.append({"metric": metric, "best that uses G": _named_cell(scores, uses_g),
+                     "strongest pixel-space peer": _named_cell(scores, peer),
+                     "margin": round(scores.loc[uses_g, "mean"] - scores.loc[peer, "mean"], SUMMARY_DIGITS)})
+    return pd.DataFrame(rows).set_index("metric") if rows else pd.DataFrame()
+
+
+def _named_cell(scores: pd.DataFrame, method: str) -> str:
+    return f"{method} {with_interval(scores.loc[[method]]).iloc[0]}"
+
+
+def _best(scores: pd.DataFrame, methods: tuple[str, ...], higher_is_better: bool) -> str | None:
+    present = scores.loc[scores.index.intersection(methods), "mean"]
+    if present.empty:
+        return None
+    return present.idxmax() if higher_is_better else present.idxmin()
+
+
 def comparisons_table(results: Path, dataset: str, method: str, others: list[str]) -> pd.DataFrame:
     """Paired Wilcoxon p-values of `method` against each of `others`, per metric."""
     comparisons = pd.read_csv(Path(results) / dataset / "metrics_comparisons.csv")
@@ -124,6 +155,9 @@ def summary_markdown(results: Path, datasets: list[str]) -> str:
                   "Inversion of the test positives:", "", fidelity_table(results, name).to_markdown(), "",
                   "Explanations, mean over test positives [95% bootstrap CI]:", "",
                   scores_table(results, name).to_markdown(), ""]
+        peers = peer_table(results, name)
+        if not peers.empty:
+            lines += ["The best method that uses G against the strongest pixel-space peer:", "", peers.to_markdown(), ""]
         if (root / "checks").is_dir():
             lines += ["Checks on a sample of test positives (means):", "", checks_table(results, name).to_markdown(), "",
                       "Counterfactual quality of medXGAN:", "", counterfactual_table(results, name).to_markdown(), ""]
