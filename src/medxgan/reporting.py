@@ -180,6 +180,9 @@ def notebook_sections(results: Path, dataset: str):
     yield Markdown("### Explanations\nMean over the positive test images [95% bootstrap interval]; higher is better "
                    "except `deletion_auc`; `random` is chance level. Localisation rows need lesion masks.")
     yield scores_table(results, dataset)
+    yield Markdown("The best method that uses G against the strongest pixel-space peer (Grad-CAM, IG from black, IG "
+                   "from the blurred image), per localisation metric:")
+    yield peer_table(results, dataset)
     yield from figure("figures/metrics", "The same, as bars with their intervals.")
     yield from figure("figures/curves", "Deletion and insertion curves behind the AUC rows.")
     yield Markdown("Paired Wilcoxon signed-rank tests, Latent IG against the two baselines, on the same images:")
@@ -194,5 +197,6 @@ def notebook_sections(results: Path, dataset: str):
                    "to G(z1, z2), and Fréchet distances (feature space named in each row).")
     yield counterfactual_table(results, dataset)
     yield from figure("figures/pipeline", "### The paper's figures\nOriginal, reconstruction, negative realisation, "
-                      "difference map, colorized map, Grad-CAM, Latent IG, IG.")
+                      "difference map, colorized map, Grad-CAM, Latent IG, IG, then the maps of the real image and "
+                      "the other peers.")
     yield from figure("figures/interpolation", "Interpolation G(z1, a·z2) from a = 0 to 1.")
