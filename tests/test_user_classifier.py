@@ -1,5 +1,7 @@
 """A classifier the user brings: TorchScript or a state dict, behind the project's interface."""
 
+import sys
+
 import pytest
 import torch
 import torchvision
@@ -121,3 +123,20 @@ def test_a_changed_torchscript_file_is_refused(resnet, tmp_path):
     torch.jit.save(torch.jit.script(other), str(path))
     with pytest.raises(ConfigError, match="has changed since it was imported"):
         load_model(tmp_path / "c.safetensors")
+
+
+def test_a_file_from_elsewhere_never_chooses_the_code_that_builds_its_classifier(files, tmp_path, monkeypatch):
+    # A bundle's classifier spec that names a factory: loading it must not import that module
+    # unless the caller names the factory itself.
+    classifier, spec = import_classifier(settings(files / "resnet.pt", arch="user_networks:binary_resnet18"), DATA_CFG)
+    save_model(classifier, tmp_path / "c.safetensors", {**spec, "arch": "planted_module:run"})
+    (tmp_path / "planted_module.py").write_text("import sys\nsys.modules[__name__].ran = True\ndef run():\n    raise SystemExit(0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for allowed in (None, "user_networks:binary_resnet18"):
+        with pytest.raises(ConfigError, match=r"c\.safetensors: the classifier's spec names code to import "
+                                                 r"\('planted_module:run'\)"):
+            load_model(tmp_path / "c.safetensors", allowed_factory=allowed)
+    assert "planted_module" not in sys.modules
+    save_model(classifier, tmp_path / "trusted.safetensors", spec)  # named by the caller: loads
+    loaded = load_model(tmp_path / "trusted.safetensors", allowed_factory="user_networks:binary_resnet18")
+    assert isinstance(loaded.model, torchvision.models.ResNet)

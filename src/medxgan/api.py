@@ -59,16 +59,20 @@ class MedXGAN:
             raise ValueError("the settings' inversion starts from an encoder (inversion.init: encoder): pass encoder=")
 
     @classmethod
-    def from_bundle(cls, path: str | Path, device: str | torch.device | None = None) -> "MedXGAN":
-        """The networks and settings of a trained bundle (`results/{dataset}/bundle`, see medxgan.bundle)."""
+    def from_bundle(cls, path: str | Path, device: str | torch.device | None = None,
+                    classifier_factory: str | None = None) -> "MedXGAN":
+        """The networks and settings of a trained bundle (`results/{dataset}/bundle`, see medxgan.bundle).
+        A bundle is data and never chooses code: a classifier built by a user factory
+        (`module:function`) loads only when `classifier_factory` names that factory."""
         from medxgan.bundle import CLASSIFIER, ENCODER, GENERATOR, SETTINGS, verify
 
         path = Path(path)
         verify(path)
         settings = json.loads((path / SETTINGS).read_text())
         device = torch.device(device) if device else pick_device(settings.get("device", "auto"))
-        encoder = load_model(path / ENCODER, device) if (path / ENCODER).is_file() else None
-        return cls(load_model(path / CLASSIFIER, device), load_model(path / GENERATOR, device), settings,
+        encoder = load_model(path / ENCODER, device, allowed_factory=None) if (path / ENCODER).is_file() else None
+        classifier = load_model(path / CLASSIFIER, device, allowed_factory=classifier_factory)
+        return cls(classifier, load_model(path / GENERATOR, device, allowed_factory=None), settings,
                    encoder=encoder, device=device)
 
     @property

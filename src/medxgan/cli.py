@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="writes figures/NAME.png, heatmaps/NAME_METHOD.npy and explanations.csv there")
     p.add_argument("--methods", nargs="+", default=["difference", "latent_ig", "ig_counterfactual", "gradcam", "ig"],
                    help="explanation methods of explain.methods (default: %(default)s)")
+    p.add_argument("--classifier-factory", metavar="MODULE:FUNCTION",
+                   help="the factory that builds the bundle's classifier, where it was built by one: a bundle never "
+                        "names code to import, so you name the code you trust")
     p = step("summarize")
     p.add_argument("--results", type=Path, default=Path("results"), help="the results folder (default results/)")
     p.add_argument("--datasets", nargs="+", required=True, help="dataset names under --results")
@@ -245,7 +248,7 @@ def run(args) -> None:
     if args.step == "explain-images":
         from medxgan.explain_images import explain_images
 
-        explain_images(args.images, args.bundle, args.out, args.methods)
+        explain_images(args.images, args.bundle, args.out, args.methods, args.classifier_factory)
         return
     if args.step == "import-folder":
         from medxgan.data.imagefolder import import_folder

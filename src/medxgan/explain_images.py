@@ -60,9 +60,11 @@ def _as_image_set(images: torch.Tensor, files: list[Path]) -> ImageSet:
                     has_mask=torch.zeros(n, dtype=torch.bool), ids=[str(f) for f in files], rows=torch.arange(n))
 
 
-def explain_images(paths: list[Path], bundle: Path, out_dir: Path, methods=DEFAULT_METHODS) -> pd.DataFrame:
-    """Explain every image file under `paths` with the bundle's networks into `out_dir`."""
-    explainer = MedXGAN.from_bundle(bundle)
+def explain_images(paths: list[Path], bundle: Path, out_dir: Path, methods=DEFAULT_METHODS,
+                   classifier_factory: str | None = None) -> pd.DataFrame:
+    """Explain every image file under `paths` with the bundle's networks into `out_dir`
+    (`classifier_factory`: see MedXGAN.from_bundle)."""
+    explainer = MedXGAN.from_bundle(bundle, classifier_factory=classifier_factory)
     data_cfg = explainer.settings["data"]
     files, images, errors = read_images(image_files(paths), data_cfg["image_size"], data_cfg["channels"])
     out_dir = Path(out_dir)

@@ -15,6 +15,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 from torchvision.models.vgg import VGG, make_layers
 
+from medxgan.config import ConfigError
 from medxgan.hardware import channels_last
 
 CLASSIFIER_ARCHS = ("simple_cnn", "vgg16", "residual_cnn")
@@ -316,8 +317,9 @@ def positive_probability(classifier: nn.Module, images: torch.Tensor) -> torch.T
     return classifier(images).softmax(dim=1)[:, 1]
 
 
-def build_from_spec(spec: dict) -> nn.Module:
-    """Rebuild a network from the spec stored in its weights file."""
+def build_from_spec(spec: dict, allowed_factory: str | bool = True) -> nn.Module:
+    """Rebuild a network from the spec stored in its weights file; `allowed_factory` says which
+    user factory (code) a user classifier's spec may name (medxgan.user_classifier.network)."""
     kind = spec["kind"]
     if kind == "classifier":
         return build_classifier(spec["arch"], spec["image_size"], spec["channels"], spec["width"])
@@ -327,7 +329,7 @@ def build_from_spec(spec: dict) -> nn.Module:
     if kind == "user_classifier":
         from medxgan.user_classifier import build
 
-        return build(spec)
+        return build(spec, allowed_factory)
     if kind == "encoder":
         from medxgan.encoder import Encoder
 
@@ -385,14 +387,18 @@ def check_spec(path: Path, spec: dict, role: str, data: dict) -> None:
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu", role: str | None = None,
-               data: dict | None = None) -> nn.Module:
+               data: dict | None = None, allowed_factory: str | bool = True) -> nn.Module:
     """A network saved by `save_model`, in eval mode, with gradients switched off for its weights,
     its convolutions in the faster channels-last layout. With a `role` and the run's `data`
-    settings, the file is checked first (`check_spec`)."""
+    settings, the file is checked first (`check_spec`). `allowed_factory`: True for the run's own
+    files; for a file from elsewhere, None or the one user factory the caller trusts."""
     spec = read_spec(path)
     if role is not None:
         check_spec(Path(path), spec, role, data)
-    model = build_from_spec(spec)
+    try:
+        model = build_from_spec(spec, allowed_factory)
+    except ConfigError as error:  # the same error, naming the file
+        raise ConfigError(f"{path}: {error}") from None
     try:
         model.load_state_dict(load_state_dict(path))
     except RuntimeError as error:  # weights of other shapes than the spec says

@@ -114,9 +114,19 @@ def file_format(path: Path) -> str:
     return STATE_DICT
 
 
-def network(arch: str, outputs: int) -> nn.Module:
-    """An untrained network: a torchvision model with `outputs` classes, or a `module:function` factory's."""
+ANY_FACTORY = True  # the run's own files, written from the user's own config: its factory may be imported
+
+
+def network(arch: str, outputs: int, allowed_factory: str | bool = ANY_FACTORY) -> nn.Module:
+    """An untrained network: a torchvision model with `outputs` classes, or a `module:function` factory's.
+
+    A factory is code: it is imported only from the user's own config (`allowed_factory` True) or
+    where the caller names that very factory. Files from elsewhere (a bundle) never choose code."""
     if ":" in arch:
+        if allowed_factory is not ANY_FACTORY and arch != allowed_factory:
+            raise ConfigError(f"the classifier's spec names code to import ({arch!r}), which a file from elsewhere, such "
+                              f"as a bundle, may not do: if you trust {arch}, name it yourself (explain-images "
+                              f"--classifier-factory {arch}; MedXGAN.from_bundle(..., classifier_factory={arch!r}))")
         module_name, function = arch.split(":", 1)
         try:
             factory = getattr(importlib.import_module(module_name), function)
@@ -153,9 +163,10 @@ def user_spec(cfg: dict, data_cfg: dict) -> dict:
     return spec
 
 
-def build(spec: dict) -> UserClassifier:
+def build(spec: dict, allowed_factory: str | bool = ANY_FACTORY) -> UserClassifier:
     """The classifier a spec describes, with untrained weights for a state dict (the caller loads them)
-    and the user's own TorchScript file, checked against its recorded checksum, otherwise."""
+    and the user's own TorchScript file, checked against its recorded checksum, otherwise.
+    `allowed_factory`: see `network`."""
     if spec["format"] == TORCHSCRIPT:
         path = Path(spec["source"])
         if not path.is_file() or file_sha256(path) != spec["sha256"]:
@@ -165,7 +176,7 @@ def build(spec: dict) -> UserClassifier:
             warnings.simplefilter("ignore", FutureWarning)
             model = torch.jit.load(str(path), map_location="cpu")
     else:
-        model = network(spec["arch"], spec["outputs"])
+        model = network(spec["arch"], spec["outputs"], allowed_factory)
     return UserClassifier(model, spec["input"], spec["positive_index"], spec["target_layer"])
 
 
