@@ -2,8 +2,10 @@
 
     python benchmarks/speed.py                 # every torch thread, the device `auto` picks
     python benchmarks/speed.py --threads 1 --out speed.csv
+    python benchmarks/speed.py --quick         # seconds: tiny networks, short timings (tests/test_benchmarks.py)
 
-Prints, for the default run's network widths and the release's (G 11.9 M parameters):
+Prints, for the default run's networks as the config designs them (G's composition and upsampling,
+the encoder start of the inversion) and the release's (G 11.9 M parameters, random starts):
   - the matmul limit: GFLOP/s of a large square matrix product in fp32 and in bf16;
   - inversion: the release's per-image loop (one image, one start), then batched, then with
     channels-last weights, then in bf16 (the workflow's choice where bf16 is fast), in
@@ -11,7 +13,9 @@ Prints, for the default run's network widths and the release's (G 11.9 M paramet
   - one inversion step eager and under torch.compile (default width), with the compile time;
   - one GAN training step (D update, then G update with the classifier term), as the release ran
     it (fp32), channels-last, and channels-last in bf16;
-  - each explanation method, images/s (fp32 and channels-last, as the workflow computes them);
+  - one encoder training step (default design only);
+  - each method of the config's explain.methods, images/s (fp32 and channels-last, as the workflow
+    computes them);
 and for each: FLOPs per item (torch.utils.flop_counter) and the share of the matching limit
 reached. Networks are randomly initialised: speed does not depend on what they learnt.
 """
@@ -31,15 +35,22 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from medxgan import hardware
-from medxgan.explainers import EXPLAINERS, build_explainer
+from medxgan.encoder import Encoder, encoder_losses
+from medxgan.explainers import build_explainer
 from medxgan.inversion import inversion_loss, invert_batch
-from medxgan.models import Generator, SimpleCNN
+from medxgan.models import SimpleCNN, build_generator
 from medxgan.training import GANTrainer
 from medxgan.utils import pick_device
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, CHANNELS = 64, 1
-RELEASE = {"nz1": 1000, "nz2": 100, "width": 1.0, "d_width": 1.0, "classifier_width": 1.0}  # brain release
+RELEASE = {"nz1": 1000, "nz2": 100, "width": 1.0, "d_width": 1.0, "classifier_width": 1.0,  # brain release
+           "composition": "plain", "upsampling": "transposed", "init": "random"}
+# --quick: tiny networks, batches and paths, so every case runs in seconds (its figures mean nothing)
+QUICK = {"nz1": 8, "nz2": 4, "width": 0.0625, "d_width": 0.0625, "classifier_width": 0.25, "encoder_width": 0.0625}
+QUICK_SETTINGS = {"gan": {"batch_size": 4}, "encoder": {"batch_size": 4},
+                  "explain": {"interpolation_points": 2, "latent_ig_steps": 2, "ig_steps": 2,
+                              "latent_shift_search_steps": 2, "latent_shift_frames": 2}}
 EXPLAIN_BATCH = 8  # images per explanation call
 MIN_SECONDS = 1.0  # each measurement repeats until it has run this long (after one warm-up)
 
@@ -61,13 +72,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def rate(fn, items: int, device: torch.device, min_seconds: float = MIN_SECONDS) -> float:
+def rate(fn, items: int, device: torch.device) -> float:
     """Items per second of `fn` (which handles `items` items per call): median of the calls made
-    within `min_seconds` (at least one), after one warm-up call."""
+    within MIN_SECONDS (at least one), after one warm-up call."""
     fn()
     sync(device)
     times, spent = [], 0.0
-    while spent < min_seconds:
+    while not times or spent < MIN_SECONDS:
         start = time.perf_counter()
         fn()
         sync(device)
@@ -98,14 +109,15 @@ def flops(fn) -> int:
 
 def matmul_limit(dtype: torch.dtype, device: torch.device) -> float:
     """FLOP/s of an n x n matrix product, n large enough to reach the hardware's peak."""
-    n = 8192 if device.type == "cuda" else 2048
+    n = 8192 if device.type == "cuda" else 256 if MIN_SECONDS == 0 else 2048
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     return rate(lambda: a @ b, 1, device) * 2 * n ** 3
 
 
 def networks(widths: dict, device: torch.device):
     torch.manual_seed(0)
-    G = Generator(widths["nz1"], widths["nz2"], SIZE, CHANNELS, widths["width"]).to(device).eval()
+    G = build_generator(widths["composition"], widths["nz1"], widths["nz2"], SIZE, CHANNELS, widths["width"],
+                        widths["upsampling"]).to(device).eval()
     C = SimpleCNN(SIZE, CHANNELS, widths["classifier_width"]).to(device).eval()
     return G.requires_grad_(False), C.requires_grad_(False)
 
@@ -115,11 +127,13 @@ def inversion_rows(name: str, widths: dict, inversion_cfg: dict, batch: int, dev
     G, C = networks(widths, device)
     images = torch.rand(batch, CHANNELS, SIZE, SIZE) * 2 - 1
     steps = 5  # optimisation steps per timed call
+    init = widths.get("init", inversion_cfg["init"])
+    E = encoder(widths, device) if init == "encoder" else None
 
     def measured(case: str, n: int, precision: str) -> Row:
-        cfg = {**inversion_cfg, "steps": steps, "restarts": 1, "batch_size": n}
-        per_second = rate(lambda: invert_batch(G, C, images[:n], torch.arange(n), cfg, seed=0, precision=precision),
-                          n * steps, device)
+        cfg = {**inversion_cfg, "init": init, "steps": steps, "restarts": 1, "batch_size": n}
+        per_second = rate(lambda: invert_batch(G, C, images[:n], torch.arange(n), cfg, seed=0, precision=precision,
+                                               encoder=E), n * steps, device)
         return Row(f"{name}: inversion, {case}", per_second, "image-steps/s", step_flops(n), precision)
 
     def step_flops(n: int) -> float:
@@ -129,10 +143,35 @@ def inversion_rows(name: str, widths: dict, inversion_cfg: dict, batch: int, dev
         p = torch.full((n,), 0.9, device=device)
         return flops(lambda: inversion_loss(G, C, z1, z2, target, p, inversion_cfg).sum().backward()) / n
 
-    rows = [measured("per-image loop (release)", 1, "fp32"), measured(f"batched {batch}", batch, "fp32")]
+    start = "" if E is None else ", encoder start"
+    rows = [measured(f"per-image loop (release){start}", 1, "fp32"), measured(f"batched {batch}{start}", batch, "fp32")]
     hardware.channels_last(G, C)
-    return rows + [measured(f"batched {batch}, channels-last", batch, "fp32"),
-                   measured(f"batched {batch}, channels-last, bf16", batch, "bf16")]
+    return rows + [measured(f"batched {batch}{start}, channels-last", batch, "fp32"),
+                   measured(f"batched {batch}{start}, channels-last, bf16", batch, "bf16")]
+
+
+def encoder(widths: dict, device: torch.device) -> Encoder:
+    torch.manual_seed(0)
+    return Encoder(widths["nz1"], widths["nz2"], SIZE, CHANNELS, widths["encoder_width"]).to(device).eval()
+
+
+def encoder_rows(name: str, widths: dict, encoder_cfg: dict, device: torch.device) -> list[Row]:
+    """One encoder training step (its code and image terms, backward, Adam) as `train_encoder` runs it."""
+    G, _ = networks(widths, device)
+    E = encoder(widths, device).train()
+    optimizer = torch.optim.Adam(E.parameters(), lr=encoder_cfg["lr"])
+    real = (torch.rand(encoder_cfg["batch_size"], CHANNELS, SIZE, SIZE) * 2 - 1).to(device)
+    labels = torch.arange(len(real)) % 2
+    noise = torch.Generator().manual_seed(0)
+
+    def step():
+        code_loss, image_loss = encoder_losses(E, G, real, labels, noise)
+        optimizer.zero_grad(set_to_none=True)
+        (code_loss + encoder_cfg["image_weight"] * image_loss).backward()
+        optimizer.step()
+
+    return [Row(f"{name}: encoder training step, batch {len(real)}", rate(step, 1, device), "steps/s", flops(step),
+                "fp32")]
 
 
 def compiled_inversion_rows(name: str, widths: dict, inversion_cfg: dict, batch: int, device: torch.device) -> list[Row]:
@@ -167,7 +206,7 @@ def compiled_inversion_rows(name: str, widths: dict, inversion_cfg: dict, batch:
 def gan_rows(name: str, widths: dict, gan_cfg: dict, device: torch.device) -> list[Row]:
     """One D + G update as the release ran it (fp32, NCHW), then as the workflow runs it."""
     _, C = networks(widths, device)
-    cfg = {**gan_cfg, **{k: widths[k] for k in ("nz1", "nz2", "width", "d_width")}}
+    cfg = {**gan_cfg, **{k: widths[k] for k in ("nz1", "nz2", "width", "d_width", "composition", "upsampling")}}
     real = torch.rand(cfg["batch_size"], CHANNELS, SIZE, SIZE) * 2 - 1
     labels = torch.arange(cfg["batch_size"]) % 2
     rows = []
@@ -189,7 +228,7 @@ def explanation_rows(name: str, widths: dict, explain_cfg: dict, batch: int, dev
     images = torch.rand(batch, CHANNELS, SIZE, SIZE) * 2 - 1
     codes = (torch.randn(batch, G.nz1), torch.randn(batch, G.nz2))
     rows = []
-    for method in EXPLAINERS:
+    for method in explain_cfg["methods"]:
         explainer = build_explainer(method, C, G, {**explain_cfg, "batch_size": batch})
 
         def explain():
@@ -201,9 +240,12 @@ def explanation_rows(name: str, widths: dict, explain_cfg: dict, batch: int, dev
 
 
 def default_widths(config: dict) -> dict:
+    """The default run's network sizes and designs."""
     gan = config["defaults"]["gan"]
     return {"nz1": gan["nz1"], "nz2": gan["nz2"], "width": gan["width"], "d_width": gan["d_width"],
-            "classifier_width": config["defaults"]["classifier"]["width"]}
+            "classifier_width": config["defaults"]["classifier"]["width"],
+            "encoder_width": config["defaults"]["encoder"]["width"], "composition": gan["composition"],
+            "upsampling": gan["upsampling"]}
 
 
 def print_table(rows: list[Row], limits: dict[str, float]) -> None:
@@ -243,27 +285,39 @@ def main(argv: list[str] | None = None) -> int:
                         help="the config whose default widths and settings are measured")
     parser.add_argument("--batch", type=int, default=128, help="images per batched inversion call (default 128)")
     parser.add_argument("--out", type=Path, help="also write the rows as CSV")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny networks, the default design only, short timings: checks that every case runs")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.quick:
+        global MIN_SECONDS
+        MIN_SECONDS = 0.0  # one timed call per case
     device = pick_device(args.device)
     hardware.allow_tf32(device)
     config = yaml.safe_load(args.config.read_text())
     defaults = config["defaults"]
+    if args.quick:
+        defaults = {**defaults, **{section: {**defaults[section], **quick} for section, quick in QUICK_SETTINGS.items()}}
     print(f"# {hardware.describe(device)}; torch {torch.__version__}; Python {sys.version.split()[0]}")
     limits = {"fp32": matmul_limit(torch.float32, device), "bf16": matmul_limit(torch.bfloat16, device)}
     print(f"matmul limit: fp32 {limits['fp32'] / 1e9:,.0f} GFLOP/s, bf16 {limits['bf16'] / 1e9:,.0f} GFLOP/s"
           + ("" if hardware.has_fast_bf16(device) else " (no fast bf16 here: `precision: auto` picks fp32)") + "\n")
+    designs = [("default width", default_widths(config) | (QUICK if args.quick else {}))]
+    designs += [] if args.quick else [("release width", default_widths(config) | RELEASE)]
     rows = []
-    for name, widths in (("default width", default_widths(config)), ("release width", {**RELEASE})):
+    for name, widths in designs:
         rows += inversion_rows(name, widths, defaults["inversion"], args.batch, device)
-        if name == "default width":
+        if name == "default width" and not args.quick:
             rows += compiled_inversion_rows(name, widths, defaults["inversion"], args.batch, device)
         rows += gan_rows(name, widths, defaults["gan"], device)
+        if name == "default width":
+            rows += encoder_rows(name, widths, defaults["encoder"], device)
         rows += explanation_rows(name, widths, defaults["explain"], EXPLAIN_BATCH, device)
         print(f"({name} measured)", file=sys.stderr)
     print_table(rows, limits)
-    print_targets({row.case: row for row in rows}, limits, args.batch)
+    if not args.quick:
+        print_targets({row.case: row for row in rows}, limits, args.batch)
     if args.out:
         import pandas as pd
 

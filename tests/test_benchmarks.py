@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ("G(z1, z2)", "C's probability", "C's input gradient", "inversion codes after 5 Adam steps")
 # float64 rounding of one kernel is about 1e-16 relative; the batch-invariance tests of
@@ -22,3 +24,14 @@ def test_rounding_probe_reports_every_kernel_and_a_float64_floor_under_the_tests
     assert all(value >= 0 for pair in rows.values() for value in pair)
     floor = {kernel: rows[kernel, "float64"][1] for kernel in KERNELS}
     assert max(floor.values()) < FLOAT64_FLOOR, f"float64 rounds more than the tests assume on this CPU: {floor}"
+
+
+def test_speed_benchmark_times_what_the_shipped_config_runs():
+    run = subprocess.run([sys.executable, "benchmarks/speed.py", "--threads", "1", "--quick", "--batch", "4"],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    cases = [line.split(" | ")[0].removeprefix("| ") for line in run.stdout.splitlines() if line.startswith("| default")]
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["defaults"]
+    assert "default width: inversion, batched 4, encoder start, channels-last" in cases  # init: encoder
+    assert "default width: encoder training step, batch 4" in cases
+    assert [case.removeprefix("default width: explain, ") for case in cases if ": explain, " in case] == \
+        config["explain"]["methods"]
