@@ -4,8 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from medxgan.data.manifest import (MANIFEST_COLUMNS, TWIN_COLUMN, ManifestError, load_image, load_split, read_manifest,
-                                   write_manifest)
+from medxgan.data.manifest import (MANIFEST_COLUMNS, TWIN_COLUMN, ImageSet, ManifestError, load_image, load_split,
+                                   read_manifest, write_manifest)
 
 NEG, POS = "normal", "opacity"
 SIZE = 32
@@ -94,9 +94,10 @@ def test_label_filter_and_subset(folder):
     everything = load_split(manifest, "train", NEG, POS, SIZE, 1)
     picked = everything.subset(everything.labels == 1)
     assert picked.ids == positives.ids and torch.equal(picked.images, positives.images)
-    for field in ("labels", "masks", "has_mask", "rows", "twins", "has_twin"):
+    for field in ("labels", "masks", "has_mask", "rows", "has_twin"):
         assert torch.equal(getattr(picked, field), getattr(positives, field)), field
     assert everything.subset(torch.tensor([2])).ids == ["img/colour.png"]
+    assert everything.twins is None and picked.twins is None  # no twins: no second image-sized tensor
 
 
 def test_write_manifest_keeps_only_manifest_columns(folder):
@@ -393,9 +394,13 @@ def test_twins_are_loaded_beside_their_images(twin_folder, channels):
     assert picked.has_twin.tolist() == [True] and torch.equal(picked.twins[0], data.twins[1])
 
 
-def test_a_set_without_twins_has_none(folder):
-    data = load_split(write_rows(folder, ROWS), "train", NEG, POS, SIZE, 1)
-    assert not data.has_twin.any() and data.twins.shape == data.images.shape and not data.twins.any()
+def test_a_set_without_twins_holds_none():
+    images = torch.zeros(2, 1, SIZE, SIZE)
+    data = ImageSet(images, torch.ones(2, dtype=torch.long), torch.zeros(2, SIZE, SIZE, dtype=torch.bool),
+                    torch.zeros(2, dtype=torch.bool), ["a", "b"], torch.arange(2))
+    assert data.twins is None and data.has_twin.tolist() == [False, False]
+    with pytest.raises(ValueError, match="needs their twins"):
+        ImageSet(images, data.labels, data.masks, data.has_mask, data.ids, data.rows, has_twin=torch.ones(2).bool())
 
 
 @pytest.mark.parametrize("with_twins", [True, False])

@@ -166,16 +166,16 @@ class ImageSet:
     has_mask: torch.Tensor  # bool (N,)
     ids: list[str]  # the manifest's 'path' values
     rows: torch.Tensor  # int64 (N,) 0-based data-row index in the manifest
-    # Healthy twins (see TWIN_COLUMN), like images; all zeros where there is none. Left out (None), a
-    # set has no twins: most data, and every set built before twins existed.
+    # Healthy twins (see TWIN_COLUMN) like images, all zeros where an image has none; None where no image
+    # has one (most data), so a large set without twins holds no second copy of its images' size.
     twins: torch.Tensor | None = None
-    has_twin: torch.Tensor | None = None  # bool (N,)
+    has_twin: torch.Tensor | None = None  # bool (N,); left out, no image has a twin
 
     def __post_init__(self):
-        if self.twins is None:
-            self.twins = torch.zeros_like(self.images)
         if self.has_twin is None:
             self.has_twin = torch.zeros(len(self.labels), dtype=torch.bool)
+        if self.has_twin.any() and self.twins is None:
+            raise ValueError("an ImageSet whose has_twin marks images needs their twins")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -187,8 +187,8 @@ class ImageSet:
             index = index.nonzero().flatten()
         index = index.long()
         return ImageSet(self.images[index], self.labels[index], self.masks[index], self.has_mask[index],
-                        [self.ids[i] for i in index.tolist()], self.rows[index], self.twins[index],
-                        self.has_twin[index])
+                        [self.ids[i] for i in index.tolist()], self.rows[index],
+                        None if self.twins is None else self.twins[index], self.has_twin[index])
 
 
 # --- reading image files -----------------------------------------------------------------
@@ -348,6 +348,7 @@ def load_split(manifest: str | Path, split: str, negative: str, positive: str, i
         masks.append(blank_mask if row.mask_file is None else load_mask(row.mask_file, where, image_size))
         twins.append(no_twin if row.twin_file is None
                      else load_twin(row.twin_file, row.image_file, where, image_size, channels))
+    has_twin = chosen["twin_file"].notna().to_numpy()
     return ImageSet(
         images=torch.from_numpy(np.stack(images)),
         labels=torch.tensor(chosen["target"].to_numpy(), dtype=torch.int64),
@@ -355,8 +356,8 @@ def load_split(manifest: str | Path, split: str, negative: str, positive: str, i
         has_mask=torch.tensor(chosen["mask_file"].notna().to_numpy(), dtype=torch.bool),
         ids=chosen["path"].tolist(),
         rows=torch.tensor(chosen.index.to_numpy(), dtype=torch.int64),
-        twins=torch.from_numpy(np.stack(twins)),
-        has_twin=torch.tensor(chosen["twin_file"].notna().to_numpy(), dtype=torch.bool),
+        twins=torch.from_numpy(np.stack(twins)) if has_twin.any() else None,
+        has_twin=torch.tensor(has_twin, dtype=torch.bool),
     )
 
 
