@@ -186,3 +186,61 @@ def test_headline_numbers_are_the_summary_s_means_and_intervals_nested_for_dvc()
     fewer = headline(summary[summary.metric != "mask_auroc"])
     assert "classifier" not in fewer
     assert "mask_auroc" not in fewer["on_lesion"] and "pointing_game" in fewer["on_lesion"]
+
+
+# --- healthy twins --------------------------------------------------------------------------
+
+TWIN_METRICS = {"negative_twin_mse_in_lesion", "negative_twin_mse_outside_lesion", "twin_difference_spearman",
+                "twin_difference_mass"}
+LESION_BRIGHTNESS = 0.5
+
+
+def with_twins(data: ImageSet, twinned: torch.Tensor) -> ImageSet:
+    """`data` where the `twinned` images have a healthy twin: the image with its lesion square dimmed."""
+    twins = data.images.clone()
+    twins[:, :, 4:10, 4:10] -= LESION_BRIGHTNESS
+    twins[~twinned] = 0.0
+    return ImageSet(data.images, data.labels, data.masks, data.has_mask, data.ids, data.rows, twins, twinned)
+
+
+def test_twin_rows_score_the_negative_realisation_and_every_heatmap_against_the_twin():
+    twinned = torch.tensor([True, False, True, True, False, True])
+    data = with_twins(image_set(with_masks=True), twinned)
+    codes = latents(data) | {"negative": data.twins.clone()}  # G(z1, 0) is exactly the twin ...
+    codes["negative"][0] = data.images[0]  # ... except on img0, where the lesion stays
+    truth = (data.images - data.twins).abs().mean(dim=1)
+    maps = {"truth": truth, "elsewhere": heatmaps(data)["elsewhere"]}
+    table, _ = evaluate_explanations(RegionClassifier(4, 10), data, maps, codes, CFG, seed=0, device="cpu")
+    twin_rows = table[table.metric.isin(TWIN_METRICS)]
+    assert set(twin_rows.id) == {"img0", "img2", "img3", "img5"}
+    assert (twin_rows.groupby(["method", "metric"]).size() == 4).all()
+    assert set(twin_rows.method) == {INVERSION_METHOD, "truth", "elsewhere", RANDOM_METHOD}
+    scores = twin_rows.set_index(["method", "metric", "id"]).value.sort_index()
+    assert scores[INVERSION_METHOD, "negative_twin_mse_in_lesion"].to_dict() == pytest.approx(
+        {"img0": LESION_BRIGHTNESS**2, "img2": 0.0, "img3": 0.0, "img5": 0.0})
+    assert (scores[INVERSION_METHOD, "negative_twin_mse_outside_lesion"] == 0.0).all()
+    assert scores["truth", "twin_difference_spearman"].tolist() == pytest.approx([1.0] * 4)
+    assert scores["truth", "twin_difference_mass"].tolist() == pytest.approx([1.0] * 4)
+    assert (scores["elsewhere", "twin_difference_mass"] < 0.1).all()
+    assert scores[RANDOM_METHOD, "twin_difference_spearman"].abs().max() < 0.3
+    # the summary, the comparisons and the headline take the new rows in their stride
+    summary = summarise(table, CFG, seed=0)
+    assert TWIN_METRICS <= set(summary.metric)
+    assert "twin_difference_mass" in set(compare_methods(table).metric)
+    assert set(headline(summary)["truth"]) == set(HEADLINE_METRICS)
+
+
+def test_without_twins_there_are_no_twin_rows_and_no_warnings(caplog):
+    data = image_set(with_masks=True)
+    with caplog.at_level(logging.WARNING):
+        table, _ = evaluate_explanations(RegionClassifier(4, 10), data, heatmaps(data), latents(data), CFG, 0, "cpu")
+    assert not table.metric.isin(TWIN_METRICS).any()
+    assert caplog.records == []
+
+
+def test_twins_without_masks_score_the_heatmaps_but_not_the_lesion_error():
+    data = with_twins(image_set(with_masks=False), torch.ones(N, dtype=torch.bool))
+    codes = latents(data) | {"negative": data.twins.clone()}
+    table, _ = evaluate_explanations(RegionClassifier(4, 10), data, heatmaps(data), codes, CFG, 0, "cpu")
+    scored = set(table[table.metric.isin(TWIN_METRICS)].metric)
+    assert scored == {"twin_difference_spearman", "twin_difference_mass"}

@@ -4,7 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from medxgan.data.manifest import MANIFEST_COLUMNS, ManifestError, load_split, read_manifest, write_manifest
+from medxgan.data.manifest import (MANIFEST_COLUMNS, TWIN_COLUMN, ImageSet, ManifestError, load_image, load_split,
+                                   read_manifest, write_manifest)
 
 NEG, POS = "normal", "opacity"
 SIZE = 32
@@ -53,11 +54,12 @@ ROWS = [
 
 def test_read_manifest_adds_columns(folder):
     table = read_manifest(write_rows(folder, ROWS), NEG, POS)
-    assert list(table.columns) == [*MANIFEST_COLUMNS, "line", "target", "image_file", "mask_file"]
+    assert list(table.columns) == [*MANIFEST_COLUMNS, "line", "target", "image_file", "mask_file", "twin_file"]
     assert list(table["target"]) == [0, 1, 1, 0] and table["target"].dtype == np.int64
     assert list(table["line"]) == [2, 3, 4, 5]
     assert table.loc[1, "mask_file"] == (folder / "img" / "mask.png").resolve()
     assert table.loc[0, "mask_file"] is None and table.loc[0, "mask_path"] == ""
+    assert table["twin_file"].isna().all()  # a manifest without the twin column has no twins
     assert all(path.is_absolute() for path in table["image_file"])
 
 
@@ -92,9 +94,10 @@ def test_label_filter_and_subset(folder):
     everything = load_split(manifest, "train", NEG, POS, SIZE, 1)
     picked = everything.subset(everything.labels == 1)
     assert picked.ids == positives.ids and torch.equal(picked.images, positives.images)
-    for field in ("labels", "masks", "has_mask", "rows"):
+    for field in ("labels", "masks", "has_mask", "rows", "has_twin"):
         assert torch.equal(getattr(picked, field), getattr(positives, field)), field
     assert everything.subset(torch.tensor([2])).ids == ["img/colour.png"]
+    assert everything.twins is None and picked.twins is None  # no twins: no second image-sized tensor
 
 
 def test_write_manifest_keeps_only_manifest_columns(folder):
@@ -357,3 +360,68 @@ def test_a_mask_stored_as_zero_and_one_is_read_as_a_mask(folder, dtype):
     rows_, columns = SQUARE
     expected[rows_.start // SCALE:rows_.stop // SCALE, columns.start // SCALE:columns.stop // SCALE] = True
     assert torch.equal(images.masks[0], expected)
+
+
+# --- healthy twins ---------------------------------------------------------------------------
+
+COLOUR_SIZE = (61, 45)  # img/colour.jpg's (width, height)
+
+
+def write_twin_rows(folder, twin_of_positive="img/twin.png"):
+    """ROWS with the optional twin column: the training positive img/colour.jpg (line 3) has a twin."""
+    twins = ["", twin_of_positive, "", ""]
+    manifest = folder / "manifest.csv"
+    pd.DataFrame([(*row, twin) for row, twin in zip(ROWS, twins)],
+                 columns=[*MANIFEST_COLUMNS, TWIN_COLUMN]).to_csv(manifest, index=False)
+    return manifest
+
+
+@pytest.fixture
+def twin_folder(folder):
+    save_image(folder / "img" / "twin.png", COLOUR_SIZE, "RGB")
+    return folder
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_twins_are_loaded_beside_their_images(twin_folder, channels):
+    data = load_split(write_twin_rows(twin_folder), "train", NEG, POS, SIZE, channels)
+    assert data.has_twin.tolist() == [False, True, False]
+    assert data.twins.shape == data.images.shape and data.twins.dtype == torch.float32
+    expected = load_image(twin_folder / "img" / "twin.png", "", SIZE, channels)
+    assert torch.equal(data.twins[1], torch.from_numpy(expected))
+    assert not data.twins[0].any() and not data.twins[2].any()
+    picked = data.subset(torch.tensor([1]))
+    assert picked.has_twin.tolist() == [True] and torch.equal(picked.twins[0], data.twins[1])
+
+
+def test_a_set_without_twins_holds_none():
+    images = torch.zeros(2, 1, SIZE, SIZE)
+    data = ImageSet(images, torch.ones(2, dtype=torch.long), torch.zeros(2, SIZE, SIZE, dtype=torch.bool),
+                    torch.zeros(2, dtype=torch.bool), ["a", "b"], torch.arange(2))
+    assert data.twins is None and data.has_twin.tolist() == [False, False]
+    with pytest.raises(ValueError, match="needs their twins"):
+        ImageSet(images, data.labels, data.masks, data.has_mask, data.ids, data.rows, has_twin=torch.ones(2).bool())
+
+
+@pytest.mark.parametrize("with_twins", [True, False])
+def test_a_manifest_round_trips_with_and_without_the_twin_column(twin_folder, with_twins):
+    manifest = write_twin_rows(twin_folder) if with_twins else write_rows(twin_folder, ROWS)
+    out = twin_folder / "copy.csv"
+    write_manifest(read_manifest(manifest, NEG, POS), out)
+    assert out.read_text() == manifest.read_text()
+    assert (TWIN_COLUMN in out.read_text().splitlines()[0]) == with_twins
+
+
+def test_missing_twin_names_file_and_line(twin_folder):
+    manifest = write_twin_rows(twin_folder, "img/no_twin.png")
+    with pytest.raises(ManifestError, match=r"manifest\.csv, line 3: column 'healthy_twin_path': healthy twin file "
+                                             r".*no_twin\.png not found"):
+        read_manifest(manifest, NEG, POS)
+
+
+def test_a_twin_of_another_size_names_file_line_and_sizes(twin_folder):
+    save_image(twin_folder / "img" / "small_twin.png", (20, 20), "RGB")
+    manifest = write_twin_rows(twin_folder, "img/small_twin.png")
+    with pytest.raises(ManifestError, match=r"manifest\.csv, line 3: column 'healthy_twin_path': healthy twin "
+                                             r".*small_twin\.png is 20x20 pixels, its image .*colour\.jpg is 61x45"):
+        load_split(manifest, "train", NEG, POS, SIZE, 1)

@@ -46,6 +46,8 @@ def test_a_clean_manifest_passes_with_its_counts(clean):
     report = check(clean)
     assert report["warnings"] == [] and report["rows"] == 22
     assert report["counts"]["train/tumor"] + report["counts"]["train/no_tumor"] == 12
+    positives = sum(n for key, n in report["counts"].items() if key.split("/")[1] == POS)
+    assert report["healthy_twins"] == report["masks"] == positives
 
 
 def test_the_same_file_in_train_and_test_is_an_error_naming_the_lines(edit):
@@ -101,3 +103,33 @@ def test_masks_on_negatives_and_empty_masks_are_warnings(edit, caplog):
     assert any("negative images with a lesion mask" in w for w in report["warnings"])
     assert any("mask is empty" in w for w in report["warnings"])
     assert "mask is empty" in caplog.text
+
+
+def test_a_twin_of_another_size_is_an_error_and_a_twin_on_a_negative_a_warning(edit, tmp_path):
+    def small_twin(table, folder):
+        twin = table.loc[first(table, "test", POS), "healthy_twin_path"]
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(folder / twin)
+        return table
+    with pytest.raises(ManifestError, match=r"line \d+: column 'healthy_twin_path': healthy twin .* is 32x32 pixels, "
+                                             r"its image .* is 64x64"):
+        check(edit(small_twin))
+    shutil.rmtree(tmp_path / "data")
+
+    def twin_on_negative(table, folder):
+        table.loc[first(table, "test", NEG), "healthy_twin_path"] = table.loc[first(table, "test", POS), "healthy_twin_path"]
+        return table
+    report = check(edit(twin_on_negative))
+    assert any("negative images with a healthy twin" in w for w in report["warnings"])
+
+
+def test_twins_and_their_content_count_in_the_content_digest(edit, clean, tmp_path):
+    with_twins = check(clean)["content_sha256"]
+    digest_without = check(edit(lambda table, folder: table.drop(columns="healthy_twin_path")))["content_sha256"]
+    assert digest_without != with_twins
+    shutil.rmtree(tmp_path / "data")
+
+    def other_twin(table, folder):
+        twin = folder / table.loc[first(table, "test", POS), "healthy_twin_path"]
+        Image.fromarray(255 - np.asarray(Image.open(twin))).save(twin)
+        return table
+    assert check(edit(other_twin))["content_sha256"] not in (with_twins, digest_without)

@@ -4,15 +4,17 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from scipy.stats import bootstrap, mannwhitneyu, wilcoxon
+from scipy.stats import bootstrap, mannwhitneyu, spearmanr, wilcoxon
 from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 from torchvision.transforms.functional import gaussian_blur
 
 from medxgan.metrics import (
-    baseline_image, bootstrap_ci, curve_auc, deletion_curve, insertion_curve, mask_auroc, mass_in_lesion,
-    min_max_normalise, paired_wilcoxon, perturb_top_k, pointing_game, probability_drop, reconstruction_mse, reconstruction_ssim,
-    _step_counts, relevance_rank_accuracy, relevance_ranks, top_k_count, top_k_dice, top_k_iou,
+    IMAGE_RANGE, LESION_SUPPORT_THRESHOLD, baseline_image, bootstrap_ci, curve_auc, deletion_curve, insertion_curve,
+    mask_auroc, mass_in_lesion, min_max_normalise, paired_wilcoxon, perturb_top_k, pixel_spearman, pointing_game,
+    probability_drop, reconstruction_mse, reconstruction_ssim, _step_counts, relevance_rank_accuracy, relevance_ranks,
+    squared_error_in_and_outside, top_k_count, top_k_dice, top_k_iou, twin_difference, twin_difference_mass,
+    twin_difference_spearman,
 )
 from medxgan.models import positive_probability
 from helpers import RegionClassifier
@@ -410,3 +412,81 @@ def test_paired_wilcoxon_needs_two_non_zero_paired_differences():
     a, b = [0.1, 0.5, float("nan"), 0.9, 0.3, 0.8], [0.2, 0.1, 0.4, 0.3, float("nan"), 0.1]
     # NaN on either side drops the pair, and only that pair
     assert paired_wilcoxon(a, b) == pytest.approx(wilcoxon([0.1 - 0.2, 0.5 - 0.1, 0.9 - 0.3, 0.8 - 0.1]).pvalue)
+
+
+# --- healthy twins: the lesion's true effect -----------------------------------------------------
+
+GREY_LEVEL = IMAGE_RANGE / 255  # one 8-bit grey level on the [-1, 1] scale
+
+
+def twins_and_lesions(n: int = 8, channels: int = 1, side: int = 32, seed: int = 0):
+    """Random images, and their twins: the images without a smooth, bright lesion of varying strength
+    in a square of each image."""
+    generator = torch.Generator().manual_seed(seed)
+    twins = torch.rand(n, channels, side, side, generator=generator) * 1.5 - 1
+    lesions = torch.zeros(n, 1, side, side)
+    lesions[:, :, 8:20, 10:24] = 0.05 + 0.4 * torch.rand(n, 1, 12, 14, generator=generator)
+    return (twins + lesions).clamp(-1, 1), twins
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_heatmap_equal_to_the_twin_difference_scores_one(channels):
+    images, twins = twins_and_lesions(channels=channels)
+    differences = twin_difference(images, twins)
+    assert differences.shape == (8, 32, 32)
+    torch.testing.assert_close(twin_difference_spearman(differences, differences), torch.ones(8))
+    torch.testing.assert_close(twin_difference_mass(differences, differences), torch.ones(8))
+
+
+def test_a_random_heatmap_agrees_with_the_twin_difference_by_chance_only():
+    images, twins = twins_and_lesions(n=32)
+    differences = twin_difference(images, twins)
+    heatmaps = torch.rand(32, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert twin_difference_spearman(heatmaps, differences).mean().abs() < 0.05
+    # chance level of the mass is the changed pixels' share of the image
+    changed_share = (differences > LESION_SUPPORT_THRESHOLD).flatten(1).float().mean(dim=1)
+    torch.testing.assert_close(twin_difference_mass(heatmaps, differences).mean(), changed_share.mean(), atol=0.03,
+                               rtol=0)
+
+
+def test_twin_difference_spearman_is_scipys_per_image():
+    images, twins = twins_and_lesions(n=3)
+    differences = twin_difference(images, twins)
+    heatmaps = differences + 0.3 * torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2))
+    expected = [spearmanr(h.flatten(), d.flatten()).statistic for h, d in zip(heatmaps, differences)]
+    torch.testing.assert_close(twin_difference_spearman(heatmaps, differences), torch.tensor(expected).float())
+    torch.testing.assert_close(pixel_spearman(heatmaps, differences), torch.tensor(expected).float())
+
+
+def test_twin_scores_are_nan_where_the_twin_is_the_image():
+    images, twins = twins_and_lesions(n=2)
+    twins[1] = images[1]
+    differences = twin_difference(images, twins)
+    heatmaps = torch.rand(2, 32, 32, generator=torch.Generator().manual_seed(3))
+    for scores in (twin_difference_spearman(heatmaps, differences), twin_difference_mass(heatmaps, differences)):
+        assert not scores[0].isnan() and scores[1].isnan()
+
+
+def test_the_lesion_support_is_a_whole_grey_level_of_difference():
+    """PNG rounding of two equal images leaves no difference; a change below half a grey level is not
+    the lesion's, one of a whole level is."""
+    twins = torch.zeros(1, 1, SIZE, SIZE)
+    images = twins.clone()
+    images[:, :, :4] += 0.4 * GREY_LEVEL  # rows 0-3: below the threshold
+    images[:, :, 4:8] += GREY_LEVEL  # rows 4-7: the lesion
+    heatmaps = torch.zeros(1, SIZE, SIZE)
+    heatmaps[:, :8] = 1.0  # half its mass on the faint rows, half on the lesion's
+    torch.testing.assert_close(twin_difference_mass(heatmaps, twin_difference(images, twins)), torch.tensor([0.5]))
+
+
+def test_squared_error_in_and_outside_the_mask():
+    targets = torch.rand(3, 2, SIZE, SIZE, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    masks = square_masks(3)
+    masks[2] = False  # no lesion: nothing inside to score
+    predictions = targets.clone()
+    predictions[:, 0][masks] += 0.5  # one channel of two wrong inside the lesion: 0.25 / 2
+    predictions[1, :, 0, 0] -= 0.2  # image 1 also wrong at one pixel outside it
+    inside, outside = squared_error_in_and_outside(predictions, targets, masks)
+    torch.testing.assert_close(inside[:2], torch.full((2,), 0.125))
+    assert inside[2].isnan()
+    torch.testing.assert_close(outside, torch.tensor([0.0, 0.04 / (SIZE * SIZE - 36), 0.0]))

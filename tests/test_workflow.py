@@ -62,6 +62,10 @@ def test_default_dag_on_both_synthetic_datasets(workdir: Path, tmp_path_factory)
         assert {"pointing_game", "mass_in_lesion", "mask_auroc", "relevance_rank_accuracy", "deletion_auc",
                 "reconstruction_ssim", "oracle_reconstruction_called_positive", "oracle_negative_called_negative",
                 "reconstruction_mse_in_lesion", "lesion_area_share"} <= set(metrics.metric)
+        # the phantoms' healthy twins reach the evaluation: every method is scored against them
+        twin_scores = metrics[metrics.metric.isin(["twin_difference_spearman", "twin_difference_mass"])]
+        assert set(twin_scores.method) == set(metrics.method) - {"medxgan inversion"}
+        assert {"negative_twin_mse_in_lesion", "negative_twin_mse_outside_lesion"} <= set(metrics.metric)
         assert {"ci_low", "ci_high"} <= set(metrics.columns)
         assert (root / "metrics_comparisons.csv").stat().st_size > 0
         curves = pd.read_csv(root / "metrics_curves.csv")

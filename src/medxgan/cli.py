@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def inputs(p, *names):
         helps = {
-            "manifest": "the dataset's manifest.csv (columns path,label,split,mask_path,patient_id)",
+            "manifest": "the dataset's manifest.csv (columns path,label,split,mask_path,patient_id[,healthy_twin_path])",
             "classifier": "classifier weights (.safetensors from train-classifier)",
             "generator": "generator weights (.safetensors from train-gan)",
             "inversion": "latents.safetensors from invert",

@@ -89,6 +89,43 @@ def lesion_fidelity(data: ImageSet, latents: dict[str, torch.Tensor]) -> dict[st
     }
 
 
+def twin_fidelity(data: ImageSet, latents: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Is the negative realisation G(z1, 0) the same patient without the lesion? Per test positive with
+    a healthy twin and a mask: the squared error of G(z1, 0) against the twin inside the lesion (did
+    the lesion go?) and outside it (did the rest stay?)."""
+    judged = data.has_twin & data.has_mask
+    inside, outside = metrics.squared_error_in_and_outside(latents["negative"][judged], data.twins[judged],
+                                                           data.masks[judged])
+    return {"negative_twin_mse_in_lesion": inside, "negative_twin_mse_outside_lesion": outside}
+
+
+def twin_agreement(heatmaps: torch.Tensor, data: ImageSet) -> dict[str, torch.Tensor]:
+    """Agreement of each heatmap of a test positive with a healthy twin with what its lesion truly
+    changed, |x - twin|: rank correlation, and the heatmap's share on the changed pixels."""
+    twinned = data.has_twin
+    differences = metrics.twin_difference(data.images[twinned], data.twins[twinned])
+    return {"twin_difference_spearman": metrics.twin_difference_spearman(heatmaps[twinned], differences),
+            "twin_difference_mass": metrics.twin_difference_mass(heatmaps[twinned], differences)}
+
+
+def twin_scores(data: ImageSet, heatmaps: dict[str, torch.Tensor],
+                latents: dict[str, torch.Tensor]) -> list[pd.DataFrame]:
+    """The rows of the twin judges (`twin_fidelity`, `twin_agreement` per method), for the test positives
+    that have a healthy twin; none, silently, where none has (most data has no twins)."""
+    def ids_where(chosen: torch.Tensor) -> list[str]:
+        return [data.ids[i] for i in chosen.nonzero().flatten().tolist()]
+
+    frames = []
+    if (data.has_twin & data.has_mask).any():
+        frames += [_rows(ids_where(data.has_twin & data.has_mask), INVERSION_METHOD, name, v)
+                   for name, v in twin_fidelity(data, latents).items()]
+    if data.has_twin.any():
+        for method, maps in heatmaps.items():
+            frames += [_rows(ids_where(data.has_twin), method, name, v)
+                       for name, v in twin_agreement(maps.cpu(), data).items()]
+    return frames
+
+
 def localisation(heatmaps: torch.Tensor, masks: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
     """Agreement of each heatmap with its lesion mask, for the metrics named in cfg['metrics']."""
     chosen = cfg["metrics"]
@@ -147,6 +184,7 @@ def evaluate_explanations(classifier, data: ImageSet, heatmaps: dict[str, torch.
         scores, curves = faithfulness(classifier, images, maps.to(device), cfg)
         frames += [_rows(data.ids, method, name, v.cpu()) for name, v in scores.items()]
         curve_frames += [_curve_rows(data.ids, method, kind, curve) for kind, curve in curves.items()]
+    frames += twin_scores(data, heatmaps, latents)
     curves = pd.concat(curve_frames, ignore_index=True) if curve_frames else pd.DataFrame(columns=CURVE_COLUMNS)
     return pd.concat(frames, ignore_index=True), curves
 

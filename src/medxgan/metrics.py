@@ -2,7 +2,9 @@
 
 Heatmaps are non-negative (N, H, W) tensors, masks boolean (N, H, W) lesion masks, images (N, C, H, W)
 in [-1, 1]. Pixels are ranked by heatmap value, highest first; equal values keep row-major order, so
-every ranking (and every top-k region built from it) is deterministic. The statistics at the end turn
+every ranking (and every top-k region built from it) is deterministic. Where an image has a healthy
+twin (the same image without its lesion, as the phantoms have), |image - twin| is the lesion's true
+effect, and heatmaps and negative realisations are scored against it. The statistics at the end turn
 per-image scores into an interval or a paired test.
 """
 
@@ -22,6 +24,11 @@ from medxgan.models import positive_probability
 
 IMAGE_RANGE = 2.0  # images span [-1, 1]
 BASELINES = ("mean", "blur")
+EIGHT_BIT_MAX = 255
+# |image - twin| above half an 8-bit grey level marks the lesion's own support: a twin is its image
+# without the lesion, stored alike, so elsewhere the two hold the same grey levels (a difference of 0),
+# and a whole grey level of difference (IMAGE_RANGE / EIGHT_BIT_MAX) is the lesion's doing.
+LESION_SUPPORT_THRESHOLD = 0.5 * IMAGE_RANGE / EIGHT_BIT_MAX
 
 
 def pointing_game(heatmaps: Tensor, masks: Tensor) -> Tensor:
@@ -112,11 +119,18 @@ def min_max_normalise(heatmaps: Tensor) -> Tensor:
     return ((flat - low) / torch.where(span > 0, span, 1.0)).view_as(heatmaps)  # constant map: 0 / 1
 
 
+def pixel_spearman(a: Tensor, b: Tensor) -> Tensor:
+    """(N,) Spearman rank correlation over pixels of two (N, H, W) stacks, image by image (torchmetrics:
+    tied values get their average rank, which matters for maps with large exactly-zero areas; a
+    constant map scores 0, not NaN)."""
+    # torchmetrics treats columns as outputs: one column per image gives one correlation per image.
+    return spearman_corrcoef(a.flatten(1).T, b.flatten(1).T)
+
+
 def heatmap_similarity(clean: Tensor, noisy: Tensor) -> dict[str, Tensor]:
     """Per image (N,) similarity of two (N, H, W) heatmap stacks.
 
-    "spearman": rank correlation over pixels (torchmetrics: tied values get their average rank, which
-    matters for heatmaps with large exactly-zero areas; a constant heatmap scores 0, not NaN).
+    "spearman": rank correlation over pixels (`pixel_spearman`).
     "ssim": SSIM of the min-max normalised heatmaps with data_range 1.0, so heatmaps on different
     scales compare (torchmetrics' default 11-pixel Gaussian window).
     """
@@ -124,11 +138,40 @@ def heatmap_similarity(clean: Tensor, noisy: Tensor) -> dict[str, Tensor]:
     if clean.shape != noisy.shape or clean.dim() != 3:
         raise ValueError(f"need two (N, H, W) heatmap stacks of one shape, got {tuple(clean.shape)} "
                          f"and {tuple(noisy.shape)}")
-    # torchmetrics treats columns as outputs: one column per image gives one correlation per image.
-    spearman = spearman_corrcoef(noisy.flatten(1).T, clean.flatten(1).T)
+    spearman = pixel_spearman(noisy, clean)
     ssim = structural_similarity_index_measure(min_max_normalise(noisy)[:, None], min_max_normalise(clean)[:, None],
                                                data_range=1.0, reduction="none")
     return {"spearman": spearman, "ssim": ssim}
+
+
+def twin_difference(images: Tensor, twins: Tensor) -> Tensor:
+    """(N, H, W) |image - healthy twin|, averaged over channels: what the lesion changed, and where."""
+    return (images.float() - twins.float()).abs().mean(dim=1).cpu()
+
+
+def twin_difference_spearman(heatmaps: Tensor, differences: Tensor) -> Tensor:
+    """Rank correlation of each heatmap with its image's `twin_difference`: does the heatmap rank pixels
+    as the lesion changed them? NaN where the twin equals the image (nothing to rank against)."""
+    heatmaps, differences = heatmaps.detach().float().cpu(), differences.float().cpu()
+    changed = differences.flatten(1).amax(dim=1) > differences.flatten(1).amin(dim=1)
+    return torch.where(changed, pixel_spearman(heatmaps, differences), float("nan"))
+
+
+def twin_difference_mass(heatmaps: Tensor, differences: Tensor,
+                         threshold: float = LESION_SUPPORT_THRESHOLD) -> Tensor:
+    """Share of each heatmap's mass where the lesion changed the image (`twin_difference` above
+    `threshold`); NaN where it changed nothing; 0.0 for an all-zero heatmap, as `mass_in_lesion`."""
+    support = differences.cpu() > threshold
+    return torch.where(support.flatten(1).any(dim=1), mass_in_lesion(heatmaps.detach().cpu(), support), float("nan"))
+
+
+def squared_error_in_and_outside(predictions: Tensor, targets: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    """Per image, the mean squared error (averaged over channels) inside the mask and outside it; NaN
+    where the region is empty."""
+    error = (predictions.float() - targets.float()).pow(2).mean(dim=1).flatten(1).cpu()
+    inside = masks.flatten(1).float().cpu()
+    outside = 1 - inside
+    return (error * inside).sum(dim=1) / inside.sum(dim=1), (error * outside).sum(dim=1) / outside.sum(dim=1)
 
 
 def baseline_image(images: Tensor, kind: str, blur_kernel_size: int = 11, blur_sigma: float = 5.0) -> Tensor:

@@ -15,14 +15,15 @@ def manifest_of(wildcards):
 
 
 def files_of_user_manifest(wildcards):
-    """The images and masks a user's manifest lists (read where they are, so no rule makes them).
+    """The images, masks and healthy twins a user's manifest lists (read where they are, so no rule makes them).
     A built-in or downloaded dataset's files are made with its manifest by a rule, so they follow it."""
     if "manifest" not in config["datasets"][wildcards.dataset]:
         return []
     manifest = Path(manifest_of(wildcards))
     try:
         with manifest.open(newline="") as rows:
-            named = [row.get(column) for row in csv.DictReader(rows) for column in ("path", "mask_path")]
+            named = [row.get(column) for row in csv.DictReader(rows)
+                     for column in ("path", "mask_path", "healthy_twin_path")]  # the twin column is optional
     except (OSError, UnicodeDecodeError, csv.Error):
         return []  # the manifest check names what is wrong with the manifest
     # Paths are relative to the manifest's folder, as every step reads them; the check reports missing ones.

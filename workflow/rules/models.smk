@@ -4,7 +4,7 @@
 rule check_manifest:
     input:
         manifest=manifest_of,
-        files=files_of_user_manifest,  # a replaced image or mask reruns the check and all that follows
+        files=files_of_user_manifest,  # a replaced image, mask or healthy twin reruns the check and all that follows
     output:
         report="results/{dataset}/manifest_check.json",
     log:

@@ -1,5 +1,9 @@
 """The manifest: one CSV listing every image with its label, split, optional mask and patient.
 
+An optional column `healthy_twin_path` names a positive's healthy twin: the same image without
+its lesion (the built-in phantoms have one), against which the evaluation scores the negative
+realisation G(z1, 0) and every heatmap. A manifest without the column reads as before.
+
 Paths in a manifest are relative to the manifest's folder (absolute paths also work). Every
 problem is reported as a ManifestError naming the manifest, the line as an editor shows it
 (the header is line 1) and the column or file at fault. A manifest without `val` rows gets a
@@ -26,6 +30,8 @@ from medxgan.utils import atomic_path
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ("path", "label", "split", "mask_path", "patient_id")
+TWIN_COLUMN = "healthy_twin_path"
+OPTIONAL_COLUMNS = (TWIN_COLUMN,)  # read and written where a manifest has them
 SPLITS = ("train", "val", "test")
 LABEL_CHOICES = ("positive", "negative")
 FIRST_DATA_LINE = 2  # line 1 is the header
@@ -63,8 +69,18 @@ def _read_table(manifest: Path) -> pd.DataFrame:
     return table[~blank].reset_index(drop=True)
 
 
-def _check_row(row, manifest: Path, negative: str, positive: str) -> tuple[Path, Path | None]:
-    """Validate one row; return its image file and mask file (None without a mask)."""
+def _listed_file(manifest: Path, where: str, column: str, value: str, what: str) -> Path | None:
+    """The file a row's `column` names, which must exist; None where the cell is empty."""
+    if not value:
+        return None
+    file = (manifest.parent / value).resolve()
+    if not file.is_file():
+        raise ManifestError(f"{where}: column {column!r}: {what} file {file} not found")
+    return file
+
+
+def _check_row(row, manifest: Path, negative: str, positive: str) -> tuple[Path, Path | None, Path | None]:
+    """Validate one row; return its image file, mask file and healthy twin file (None where absent)."""
     where = f"{manifest}, line {row.line}"
     if not row.path:
         raise ManifestError(f"{where}: column 'path' is empty")
@@ -72,15 +88,9 @@ def _check_row(row, manifest: Path, negative: str, positive: str) -> tuple[Path,
         raise ManifestError(f"{where}: column 'split' has {row.split!r}; expected one of {', '.join(SPLITS)}")
     if row.label not in (negative, positive):
         raise ManifestError(f"{where}: column 'label' has {row.label!r}; expected {negative!r} or {positive!r}")
-    image_file = (manifest.parent / row.path).resolve()
-    if not image_file.is_file():
-        raise ManifestError(f"{where}: column 'path': image file {image_file} not found")
-    if not row.mask_path:
-        return image_file, None
-    mask_file = (manifest.parent / row.mask_path).resolve()
-    if not mask_file.is_file():
-        raise ManifestError(f"{where}: column 'mask_path': mask file {mask_file} not found")
-    return image_file, mask_file
+    return (_listed_file(manifest, where, "path", row.path, "image"),
+            _listed_file(manifest, where, "mask_path", row.mask_path, "mask"),
+            _listed_file(manifest, where, TWIN_COLUMN, getattr(row, TWIN_COLUMN, ""), "healthy twin"))
 
 
 def _training_groups(train: pd.DataFrame) -> list[str]:
@@ -127,7 +137,8 @@ def read_manifest(manifest: str | Path, negative: str, positive: str, seed: int 
     """Read and validate a manifest.
 
     Adds columns 'target' (0 negative, 1 positive), 'line' (the CSV line number), and
-    'image_file' / 'mask_file' (absolute Paths; mask_file None where there is no mask).
+    'image_file' / 'mask_file' / 'twin_file' (absolute Paths; mask_file None where there is no
+    mask, twin_file None where there is no healthy twin, as in a manifest without the column).
     Empty cells are empty strings. With a `seed`, a manifest without 'val' rows gets them drawn
     from 'train' (`draw_validation`); without one, the splits are read as written.
     """
@@ -139,8 +150,9 @@ def read_manifest(manifest: str | Path, negative: str, positive: str, seed: int 
     if seed is not None:
         table = draw_validation(table, seed, manifest, (negative, positive))
     table["target"] = (table["label"] == positive).astype(np.int64)
-    table["image_file"] = [image_file for image_file, _ in files]
-    table["mask_file"] = pd.Series([mask_file for _, mask_file in files], index=table.index, dtype=object)
+    table["image_file"] = [image_file for image_file, _, _ in files]
+    table["mask_file"] = pd.Series([mask_file for _, mask_file, _ in files], index=table.index, dtype=object)
+    table["twin_file"] = pd.Series([twin_file for _, _, twin_file in files], index=table.index, dtype=object)
     return table
 
 
@@ -154,6 +166,16 @@ class ImageSet:
     has_mask: torch.Tensor  # bool (N,)
     ids: list[str]  # the manifest's 'path' values
     rows: torch.Tensor  # int64 (N,) 0-based data-row index in the manifest
+    # Healthy twins (see TWIN_COLUMN) like images, all zeros where an image has none; None where no image
+    # has one (most data), so a large set without twins holds no second copy of its images' size.
+    twins: torch.Tensor | None = None
+    has_twin: torch.Tensor | None = None  # bool (N,); left out, no image has a twin
+
+    def __post_init__(self):
+        if self.has_twin is None:
+            self.has_twin = torch.zeros(len(self.labels), dtype=torch.bool)
+        if self.has_twin.any() and self.twins is None:
+            raise ValueError("an ImageSet whose has_twin marks images needs their twins")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -165,7 +187,8 @@ class ImageSet:
             index = index.nonzero().flatten()
         index = index.long()
         return ImageSet(self.images[index], self.labels[index], self.masks[index], self.has_mask[index],
-                        [self.ids[i] for i in index.tolist()], self.rows[index])
+                        [self.ids[i] for i in index.tolist()], self.rows[index],
+                        None if self.twins is None else self.twins[index], self.has_twin[index])
 
 
 # --- reading image files -----------------------------------------------------------------
@@ -246,9 +269,9 @@ def resize_pixels(image: Image.Image, size: int, channels: int) -> Image.Image:
     return image.resize((size, size), Image.Resampling.BILINEAR)
 
 
-def load_image(file: Path, where: str, image_size: int, channels: int) -> np.ndarray:
+def load_image(file: Path, where: str, image_size: int, channels: int, what: str = "image") -> np.ndarray:
     """(channels, image_size, image_size) float32 in [-1, 1], read by `open_image`."""
-    pixels = resize_pixels(open_image(file, where), image_size, channels)
+    pixels = resize_pixels(open_image(file, where, what), image_size, channels)
     array = np.asarray(pixels, dtype=np.float32) / HALF_PIXEL_RANGE - 1
     if array.ndim == 2:
         return np.repeat(array[None], channels, axis=0)  # grey: one plane, or repeated for RGB
@@ -264,10 +287,36 @@ def load_mask(file: Path, where: str, image_size: int) -> np.ndarray:
     return np.asarray(grey.resize((image_size, image_size), Image.Resampling.NEAREST)) > 0
 
 
+def _pixel_size(file: Path, where: str, what: str) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding its pixels."""
+    try:
+        with Image.open(file) as image:
+            return image.size
+    except READ_ERRORS as err:
+        raise ManifestError(f"{where}: cannot read {what} {file}: {err}") from err
+
+
+def check_twin_size(twin_file: Path, image_file: Path, where: str) -> None:
+    """A healthy twin is its image without the lesion, so it must have the image's pixel size: a
+    twin resized from another size would differ everywhere, not only where the lesion is."""
+    twin_width, twin_height = _pixel_size(twin_file, where, "healthy twin")
+    width, height = _pixel_size(image_file, where, "image")
+    if (twin_width, twin_height) != (width, height):
+        raise ManifestError(f"{where}: column {TWIN_COLUMN!r}: healthy twin {twin_file} is {twin_width}x{twin_height} "
+                            f"pixels, its image {image_file} is {width}x{height}; a twin must be the same image "
+                            "without the lesion")
+
+
+def load_twin(twin_file: Path, image_file: Path, where: str, image_size: int, channels: int) -> np.ndarray:
+    """A healthy twin, checked against its image's size and read exactly as images are."""
+    check_twin_size(twin_file, image_file, where)
+    return load_image(twin_file, where, image_size, channels, "healthy twin")
+
+
 def load_split(manifest: str | Path, split: str, negative: str, positive: str, image_size: int,
                channels: int, label: str | None = None, positions: slice | None = None,
                seed: int | None = None) -> ImageSet:
-    """Load one split's images (and masks) resized to image_size and scaled to [-1, 1].
+    """Load one split's images (and masks and healthy twins) resized to image_size and scaled to [-1, 1].
 
     label None keeps both classes; 'positive' or 'negative' keeps one. `positions` keeps a slice of
     the chosen rows (one chunk of a sharded step): only those images are read. `seed` as in
@@ -289,13 +338,17 @@ def load_split(manifest: str | Path, split: str, negative: str, positive: str, i
     if positions is not None:
         chosen = chosen.iloc[positions]
 
-    images, masks = [], []
+    images, masks, twins = [], [], []
     blank_mask = np.zeros((image_size, image_size), dtype=bool)
+    no_twin = np.zeros((channels, image_size, image_size), dtype=np.float32)
     for row in tqdm(chosen.itertuples(), total=len(chosen), desc=f"loading {split}", unit="image",
                     disable=len(chosen) < PROGRESS_MIN_IMAGES):
         where = f"{manifest}, line {row.line}"
         images.append(load_image(row.image_file, where, image_size, channels))
         masks.append(blank_mask if row.mask_file is None else load_mask(row.mask_file, where, image_size))
+        twins.append(no_twin if row.twin_file is None
+                     else load_twin(row.twin_file, row.image_file, where, image_size, channels))
+    has_twin = chosen["twin_file"].notna().to_numpy()
     return ImageSet(
         images=torch.from_numpy(np.stack(images)),
         labels=torch.tensor(chosen["target"].to_numpy(), dtype=torch.int64),
@@ -303,13 +356,16 @@ def load_split(manifest: str | Path, split: str, negative: str, positive: str, i
         has_mask=torch.tensor(chosen["mask_file"].notna().to_numpy(), dtype=torch.bool),
         ids=chosen["path"].tolist(),
         rows=torch.tensor(chosen.index.to_numpy(), dtype=torch.int64),
+        twins=torch.from_numpy(np.stack(twins)) if has_twin.any() else None,
+        has_twin=torch.tensor(has_twin, dtype=torch.bool),
     )
 
 
 def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write the manifest columns of `df` (and only those) atomically."""
+    """Write the manifest columns of `df` (and only those, optional ones where `df` has them) atomically."""
     missing = [column for column in MANIFEST_COLUMNS if column not in df.columns]
     if missing:
         raise ValueError(f"cannot write manifest {path}: missing column(s) {', '.join(missing)}")
+    optional = [column for column in OPTIONAL_COLUMNS if column in df.columns]
     with atomic_path(path) as tmp:
-        df.loc[:, list(MANIFEST_COLUMNS)].to_csv(tmp, index=False)
+        df.loc[:, [*MANIFEST_COLUMNS, *optional]].to_csv(tmp, index=False)

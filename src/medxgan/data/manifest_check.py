@@ -8,9 +8,11 @@ errors (the run stops, naming the CSV lines):
 - an image listed with both labels;
 - a class missing from train, or no positive test image (nothing to explain);
 - a path that leaves the manifest's folder;
+- a healthy twin whose pixel size differs from its image's;
 warnings (the run goes on):
 - a class missing from val, or no negative test image (the counterfactual checks need them);
 - a mask on a negative image; an all-zero mask on a positive (its localisation scores would be 0);
+- a healthy twin on a negative image (only positives are compared with their twins);
 - positive test images without masks (no localisation scores for them).
 """
 
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medxgan.data.manifest import ManifestError, load_mask, read_manifest
+from medxgan.data.manifest import ManifestError, check_twin_size, load_mask, read_manifest
 from medxgan.utils import file_sha256
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,16 @@ def _errors(table: pd.DataFrame, manifest: Path, negative: str, positive: str) -
     outside = table[[not Path(f).is_relative_to(folder) for f in table["image_file"]]]
     if len(outside):
         errors.append(f"paths leave the manifest's folder {folder} (lines {_lines(outside)})")
+    return errors + _twin_size_errors(table)
+
+
+def _twin_size_errors(table: pd.DataFrame) -> list[str]:
+    errors = []
+    for row in table[table["twin_file"].notna()].itertuples():
+        try:
+            check_twin_size(row.twin_file, row.image_file, f"line {row.line}")
+        except ManifestError as error:
+            errors.append(str(error))
     return errors
 
 
@@ -69,6 +81,9 @@ def _warnings(table: pd.DataFrame, negative: str, positive: str, image_size: int
     masked_negatives = table[(table["label"] == negative) & table["mask_file"].notna()]
     if len(masked_negatives):
         warnings.append(f"negative images with a lesion mask (lines {_lines(masked_negatives)})")
+    twinned_negatives = table[(table["label"] == negative) & table["twin_file"].notna()]
+    if len(twinned_negatives):
+        warnings.append(f"negative images with a healthy twin, which nothing reads (lines {_lines(twinned_negatives)})")
     positives = table[table["label"] == positive]
     empty = positives[[f is not None and not load_mask(f, str(f), image_size).any() for f in positives["mask_file"]]]
     if len(empty):
@@ -94,14 +109,17 @@ def check_manifest(manifest: str | Path, negative: str, positive: str, image_siz
     return {"manifest": str(manifest.resolve()), "rows": len(table), "warnings": warnings,
             "counts": {f"{split}/{label}": int(n) for (split, label), n in counts.items()},
             "masks": int(table["mask_file"].notna().sum()), "images": int(np.unique(table["image_file"].astype(str)).size),
+            "healthy_twins": int(table["twin_file"].notna().sum()),
             "content_sha256": _content_digest(table)}
 
 
 def _content_digest(table: pd.DataFrame) -> str:
-    """One SHA-256 over every row's path, label, split and image and mask content: it changes
-    exactly when what the run reads changes."""
+    """One SHA-256 over every row's path, label, split and image, mask and healthy twin content: it
+    changes exactly when what the run reads changes. A row without a twin adds no field for it, so
+    a manifest without twins keeps the digest it had before twins existed."""
     digest = hashlib.sha256()
     for row in table.itertuples(index=False):
         mask = file_sha256(row.mask_file) if row.mask_file is not None else ""
-        digest.update(f"{row.path}\t{row.label}\t{row.split}\t{row.content}\t{mask}\n".encode())
+        twin = f"\t{file_sha256(row.twin_file)}" if row.twin_file is not None else ""
+        digest.update(f"{row.path}\t{row.label}\t{row.split}\t{row.content}\t{mask}{twin}\n".encode())
     return digest.hexdigest()

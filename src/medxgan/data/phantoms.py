@@ -3,7 +3,9 @@
 Every phantom draws its anatomy from the generator first and its lesion afterwards, so one
 seed with positive=True and with positive=False gives the same anatomy with and without the
 lesion. Positives therefore differ from negatives only by the lesion, and a test can check
-that the mask covers what the lesion changed.
+that the mask covers what the lesion changed. The same holds within one draw: every positive
+comes with its healthy twin, the same picture and noise with the lesion left out, which is the
+exact image a negative realisation G(z1, 0) should reach.
 
 Geometry is expressed in a frame where the image spans [-1, 1] on both axes (y downwards);
 a random pose (rotation, scale, shift) maps it onto the pixels, so every size draws the same
@@ -22,7 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from medxgan.data.manifest import MANIFEST_COLUMNS, SPLITS, write_manifest
+from medxgan.data.manifest import MANIFEST_COLUMNS, SPLITS, TWIN_COLUMN, write_manifest
 
 Range = tuple[float, float]
 
@@ -246,6 +248,23 @@ def _finish(picture: np.ndarray, noise: np.ndarray) -> np.ndarray:
     return np.clip(picture + noise, 0.0, 1.0).astype(np.float32)
 
 
+class Phantom(NamedTuple):
+    """One drawn phantom."""
+
+    image: np.ndarray  # float32 (size, size) in [0, 1]
+    mask: np.ndarray  # bool (size, size): the lesion; all False for a negative
+    twin: np.ndarray | None  # a positive's healthy twin: its picture and noise without the lesion; None for a negative
+
+
+def _healthy(anatomy: Anatomy) -> Phantom:
+    return Phantom(_finish(anatomy.picture, anatomy.noise), np.zeros(anatomy.picture.shape, bool), None)
+
+
+def _with_lesion(anatomy: Anatomy, lesion: np.ndarray, mask: np.ndarray) -> Phantom:
+    # The twin is finished from the very arrays the image is, so the two differ only where the lesion is.
+    return Phantom(_finish(anatomy.picture + lesion, anatomy.noise), mask, _finish(anatomy.picture, anatomy.noise))
+
+
 # --- chest radiograph ------------------------------------------------------------------
 
 
@@ -328,15 +347,14 @@ def _cxr_opacities(rng, anatomy: Anatomy) -> tuple[np.ndarray, np.ndarray]:
     return brightening, mask
 
 
-def cxr_phantom(rng: np.random.Generator, size: int, positive: bool) -> tuple[np.ndarray, np.ndarray]:
+def cxr_phantom(rng: np.random.Generator, size: int, positive: bool) -> Phantom:
     """Chest-radiograph phantom; positives carry 1-3 ground-glass opacities in the lungs.
 
-    Returns the image (float32, [0, 1]) and the opacity mask: where an opacity's smooth
-    envelope is above MASK_FRACTION of its peak.
+    The mask is where an opacity's smooth envelope is above MASK_FRACTION of its peak; a
+    positive's twin is the same radiograph without the opacities.
     """
     anatomy = cxr_anatomy(rng, size)
-    lesion, mask = _cxr_opacities(rng, anatomy) if positive else (0.0, np.zeros((size, size), bool))
-    return _finish(anatomy.picture + lesion, anatomy.noise), mask
+    return _with_lesion(anatomy, *_cxr_opacities(rng, anatomy)) if positive else _healthy(anatomy)
 
 
 # --- brain MRI --------------------------------------------------------------------------
@@ -414,23 +432,22 @@ def _mri_tumour(rng, anatomy: Anatomy) -> tuple[np.ndarray, np.ndarray]:
     return change, weight > MASK_FRACTION
 
 
-def mri_phantom(rng: np.random.Generator, size: int, positive: bool) -> tuple[np.ndarray, np.ndarray]:
+def mri_phantom(rng: np.random.Generator, size: int, positive: bool) -> Phantom:
     """Axial brain-MRI phantom; positives carry a tumour (bright rim, dark core, oedema halo).
 
-    Returns the image (float32, [0, 1]) and the tumour mask: the rim and core (where the
-    tumour's blending weight is above MASK_FRACTION); the faint oedema halo is left out, as
-    tumour masks in public sets (e.g. figshare) mark the tumour itself.
+    The mask is the rim and core (where the tumour's blending weight is above MASK_FRACTION);
+    the faint oedema halo is left out, as tumour masks in public sets (e.g. figshare) mark the
+    tumour itself. A positive's twin is the same slice without the tumour and its oedema.
     """
     anatomy = mri_anatomy(rng, size)
-    lesion, mask = _mri_tumour(rng, anatomy) if positive else (0.0, np.zeros((size, size), bool))
-    return _finish(anatomy.picture + lesion, anatomy.noise), mask
+    return _with_lesion(anatomy, *_mri_tumour(rng, anatomy)) if positive else _healthy(anatomy)
 
 
 # --- datasets ---------------------------------------------------------------------------
 
 
 class PhantomKind(NamedTuple):
-    generate: Callable[[np.random.Generator, int, bool], tuple[np.ndarray, np.ndarray]]
+    generate: Callable[[np.random.Generator, int, bool], Phantom]
     negative: str
     positive: str
 
@@ -461,14 +478,15 @@ def _write_split(phantom: PhantomKind, folder: Path, split: str, count: int, ima
     rows = []
     for index, positive in enumerate(positive_flags(seed, split, count, positive_fraction)):
         name = f"{split}_{index:05d}"
-        image, mask = phantom.generate(image_rng(seed, split, index), image_size, bool(positive))
-        _save_png(image, folder / "images" / f"{name}.png")
-        mask_path = ""
+        drawn = phantom.generate(image_rng(seed, split, index), image_size, bool(positive))
+        _save_png(drawn.image, folder / "images" / f"{name}.png")
+        mask_path = twin_path = ""
         if positive:
-            mask_path = f"masks/{name}.png"
-            _save_png(mask.astype(np.float32), folder / mask_path)
+            mask_path, twin_path = f"masks/{name}.png", f"twins/{name}.png"
+            _save_png(drawn.mask.astype(np.float32), folder / mask_path)
+            _save_png(drawn.twin, folder / twin_path)
         rows.append({"path": f"images/{name}.png", "label": phantom.positive if positive else phantom.negative,
-                     "split": split, "mask_path": mask_path, "patient_id": name})
+                     "split": split, "mask_path": mask_path, "patient_id": name, TWIN_COLUMN: twin_path})
     return rows
 
 
@@ -485,7 +503,7 @@ def _replace_dir(built: Path, target: Path) -> None:
 
 def write_phantom_dataset(kind: str, out_dir: Path, image_size: int, counts: dict[str, int],
                           positive_fraction: float, seed: int) -> Path:
-    """Write a phantom dataset (PNG images, PNG masks for positives, manifest.csv) to out_dir.
+    """Write a phantom dataset (PNG images; for positives PNG masks and healthy twins; manifest.csv) to out_dir.
 
     Image i of a split is generated from (seed, split, i) alone. The dataset is built in a
     temporary sibling folder and swapped in whole, so out_dir is never half written.
@@ -505,11 +523,12 @@ def write_phantom_dataset(kind: str, out_dir: Path, image_size: int, counts: dic
     try:
         (building / "images").mkdir()
         (building / "masks").mkdir()
+        (building / "twins").mkdir()
         rows = []
         for split in SPLITS:
             if split in counts:
                 rows += _write_split(phantom, building, split, counts[split], image_size, positive_fraction, seed)
-        write_manifest(pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)), building / "manifest.csv")
+        write_manifest(pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, TWIN_COLUMN]), building / "manifest.csv")
         _replace_dir(building, out_dir)
     finally:
         if building.exists():
