@@ -22,8 +22,9 @@ def files_of_user_manifest(wildcards):
     manifest = Path(manifest_of(wildcards))
     try:
         with manifest.open(newline="") as rows:
-            named = [row.get(column) for row in csv.DictReader(rows)
-                     for column in ("path", "mask_path", "healthy_twin_path")]  # the twin column is optional
+            named = [
+                row.get(column) for row in csv.DictReader(rows) for column in ("path", "mask_path", "healthy_twin_path")
+            ]  # the twin column is optional
     except (OSError, UnicodeDecodeError, csv.Error):
         return []  # the manifest check names what is wrong with the manifest
     # Paths are relative to the manifest's folder, as every step reads them; the check reports missing ones.
