@@ -44,8 +44,8 @@ pull: setup  ## data, weights and results from the DVC remote, marked up to date
 dvc.yaml: setup  ## regenerate dvc.yaml from the Snakemake DAG (after changing rules or datasets)
 	python workflow/make_dvc_yaml.py
 
-readme:  ## copy results/summary.md (after `make run`) into the README's results section
-	python workflow/readme_results.py
+readme:  ## copy results/summary.md (after `make run`) into docs/results.md, between its two markers
+	python workflow/readme_results.py --page docs/results.md
 
 clean:  ## remove generated data and results (keeps the environment)
 	rm -rf results/* data/synthetic-* .snakemake

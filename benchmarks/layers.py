@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/speed.py
 from speed import RELEASE, ROOT, default_widths, flops, matmul_limit, networks, rate  # noqa: E402
 
 from medxgan import hardware  # noqa: E402
-from medxgan.utils import pick_device  # noqa: E402
+from medxgan.torch_utils import pick_device  # noqa: E402
 
 
 def layer_inputs(G: nn.Module, C: nn.Module, batch: int, device: torch.device) -> list[tuple[str, nn.Module, torch.Tensor]]:

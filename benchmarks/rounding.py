@@ -29,7 +29,7 @@ from torch import nn
 
 from medxgan import hardware
 from medxgan.inversion import invert
-from medxgan.models import build_classifier, build_generator, positive_probability
+from medxgan.nets.networks import build_classifier, build_generator, positive_probability
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, CHANNELS = 64, 1

@@ -35,12 +35,13 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from medxgan import hardware
-from medxgan.encoder import Encoder, encoder_losses
+from medxgan.nets.encoder import Encoder
+from medxgan.train.encoder import encoder_losses
 from medxgan.explainers import build_explainer
 from medxgan.inversion import inversion_loss, invert_batch
-from medxgan.models import SimpleCNN, build_generator
-from medxgan.training import GANTrainer
-from medxgan.utils import pick_device
+from medxgan.nets.networks import SimpleCNN, build_generator
+from medxgan.train.gan import GANTrainer
+from medxgan.torch_utils import pick_device
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, CHANNELS = 64, 1

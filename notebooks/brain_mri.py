@@ -28,10 +28,10 @@ from pathlib import Path
 
 from IPython.display import display
 
-from medxgan import reporting
+from medxgan.report import tables
 
 RESULTS = Path("results") if Path("results").is_dir() else Path("..") / "results"
-DATASETS = reporting.datasets_of_family(RESULTS, "brain_mri")
+DATASETS = tables.datasets_of_family(RESULTS, "brain_mri")
 print("datasets:", ", ".join(DATASETS) or "none in this run")
 
 # %% [markdown]
@@ -41,11 +41,11 @@ print("datasets:", ", ".join(DATASETS) or "none in this run")
 # texture or skull outline: the interpolation figure below shows what z2 actually changes.
 
 # %%
-reporting.model_table(RESULTS, DATASETS) if DATASETS else None
+tables.model_table(RESULTS, DATASETS) if DATASETS else None
 
 # %%
 for name in DATASETS:
-    for section in reporting.notebook_sections(RESULTS, name):
+    for section in tables.notebook_sections(RESULTS, name):
         display(section)
 
 # %% [markdown]

@@ -32,10 +32,10 @@ from pathlib import Path
 
 from IPython.display import display
 
-from medxgan import reporting
+from medxgan.report import tables
 
 RESULTS = Path("results") if Path("results").is_dir() else Path("..") / "results"
-DATASETS = reporting.datasets_of_family(RESULTS, "chest_xray")
+DATASETS = tables.datasets_of_family(RESULTS, "chest_xray")
 print("datasets:", ", ".join(DATASETS) or "none in this run")
 
 # %% [markdown]
@@ -44,11 +44,11 @@ print("datasets:", ", ".join(DATASETS) or "none in this run")
 # check decodes random z1 with z2 = 0 (should be called normal) and with random z2 (abnormal).
 
 # %%
-reporting.model_table(RESULTS, DATASETS) if DATASETS else None
+tables.model_table(RESULTS, DATASETS) if DATASETS else None
 
 # %%
 for name in DATASETS:
-    for section in reporting.notebook_sections(RESULTS, name):
+    for section in tables.notebook_sections(RESULTS, name):
         display(section)
 
 # %% [markdown]

@@ -28,13 +28,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from medxgan import reporting
+from medxgan.report import tables
 from medxgan.api import MedXGAN
 from medxgan.data.manifest import load_split
 from medxgan.explainers import EXPLAINERS
 
 ROOT = Path(".") if Path("results").is_dir() else Path("..")
-DATASET = reporting.summary_table(ROOT / "results").dataset.iloc[-1]  # the last dataset the run summarised
+DATASET = tables.summary_table(ROOT / "results").dataset.iloc[-1]  # the last dataset the run summarised
 explainer = MedXGAN.from_bundle(ROOT / "results" / DATASET / "bundle")
 C, G, data = explainer.classifier, explainer.generator, explainer.settings["data"]
 # The inversion records its manifest relative to the repository root (absolute when it lies elsewhere).
@@ -54,7 +54,7 @@ print(f"C's positive probability for the image: {explainer.probabilities(image.i
 codes = explainer.invert(image.images, image.rows)
 for title, key in [("reconstruction G(z1, z2)", "p_reconstruction"), ("negative realisation G(z1, 0)", "p_negative")]:
     print(f"{title}: C's positive probability {codes[key].item():.3f}")
-print(f"reconstruction SSIM {codes['ssim'].item():.3f}")
+print(f"reconstruction SSIM {codes.ssim.item():.3f}")
 
 # %% [markdown]
 # ## Every explanation through one call
@@ -62,8 +62,8 @@ print(f"reconstruction SSIM {codes['ssim'].item():.3f}")
 
 # %%
 heatmaps = explainer.explain(image.images, methods=list(EXPLAINERS), codes=codes)
-panels = [("original", image.images[0, 0]), ("reconstruction", codes["reconstruction"][0, 0]),
-          ("negative realisation", codes["negative"][0, 0])] + [(n, h[0]) for n, h in heatmaps.items()]
+panels = [("original", image.images[0, 0]), ("reconstruction", codes.reconstruction[0, 0]),
+          ("negative realisation", codes.negative[0, 0])] + [(n, h[0]) for n, h in heatmaps.items()]
 fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6))
 for ax, (title, picture) in zip(axes, panels):
     ax.imshow(picture, cmap="gray" if title in ("original", "reconstruction", "negative realisation") else "inferno")
@@ -78,6 +78,6 @@ plt.show()
 
 # %%
 latent_ig = EXPLAINERS["latent_ig"](C, G, n_steps=64)
-total = latent_ig.attributions(codes["z1"], codes["z2"]).sum().item()
-gap = (codes["p_reconstruction"] - codes["p_negative"]).item()
+total = latent_ig.attributions(codes.z1, codes.z2).sum().item()
+gap = (codes.p_reconstruction - codes.p_negative).item()
 print(f"sum of attributions {total:.4f}; probability gap {gap:.4f}")

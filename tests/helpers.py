@@ -1,6 +1,8 @@
 """Small building blocks shared by the tests."""
 
 import torch
+
+from medxgan.inversion import InversionRecord
 from torch import nn
 
 
@@ -37,3 +39,13 @@ def calibrate_gan_pair(generator: nn.Module, classifier: nn.Module, n: int = 64)
     calibrate_batch_norm(generator, z1, z2)
     with torch.no_grad():
         calibrate_batch_norm(classifier, generator(z1, z2))
+
+
+def inversion_record(images: torch.Tensor, **fields) -> InversionRecord:
+    """An inversion record of `images`: every field a neutral value (a perfect reconstruction that C
+    calls positive, a negative realisation it calls negative) unless given."""
+    n = len(images)
+    neutral = {"rows": torch.arange(n), "z1": torch.zeros(n, 1), "z2": torch.zeros(n, 1), "loss": torch.zeros(n),
+               "p_image": torch.ones(n), "p_reconstruction": torch.ones(n), "p_negative": torch.zeros(n),
+               "mse": torch.zeros(n), "ssim": torch.ones(n), "reconstruction": images.clone(), "negative": images.clone()}
+    return InversionRecord(**(neutral | fields))

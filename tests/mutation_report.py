@@ -44,7 +44,7 @@ def statuses(mutants: Path) -> dict[str, str]:
 
 
 def module_of(mutant: str) -> str:
-    """medxgan.metrics.x_pointing_game__mutmut_3 -> medxgan.metrics"""
+    """medxgan.evaluate.metrics.x_pointing_game__mutmut_3 -> medxgan.evaluate.metrics"""
     return mutant.rsplit(".", 1)[0]
 
 

@@ -5,8 +5,8 @@ import torch
 import torchvision
 
 from medxgan.api import MedXGAN, default_settings
-from medxgan.models import Generator
-from medxgan.user_classifier import to_model_input
+from medxgan.nets.networks import Generator
+from medxgan.nets.user import to_model_input
 
 PREPROCESS = {"range": [0, 1], "size": 48, "channels": 3, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
@@ -30,7 +30,7 @@ def test_a_users_network_is_explained_through_its_own_preprocessing(parts):
         expected = net(to_model_input(images, {**PREPROCESS})).softmax(1)[:, 1]
     torch.testing.assert_close(explainer.probabilities(images), expected)
     codes = explainer.invert(images)
-    assert codes["reconstruction"].shape == images.shape and codes["ssim"].shape == (3,)
+    assert codes.reconstruction.shape == images.shape and codes.ssim.shape == (3,)
     maps = explainer.explain(images, methods=["difference", "gradcam", "ig"], codes=codes)
     assert {name: m.shape for name, m in maps.items()} == {name: (3, 64, 64) for name in ("difference", "gradcam", "ig")}
     torch.testing.assert_close(explainer.attribute(images, target=1),

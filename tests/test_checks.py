@@ -7,16 +7,13 @@ from torch import nn
 from safetensors.torch import save_file
 from torchvision.models import inception_v3
 
-from medxgan.checks import (
-    INCEPTION_SIZE, cascading_randomisation, frechet_distance, inception_features, load_inception, parameterised_layers,
-    penultimate_features, proximity, sanity_check,
-)
+from medxgan.evaluate.checks import INCEPTION_SIZE, cascading_randomisation, frechet_distance, inception_features, load_inception, parameterised_layers, penultimate_features, proximity, sanity_check
 from medxgan.config import ConfigError
 from medxgan.data.manifest import ImageSet
-from medxgan.evaluation import counterfactual_table
+from medxgan.evaluate.scoring import counterfactual_table
 from medxgan.explainers import IntegratedGradients
-from medxgan.models import Generator, SimpleCNN
-from helpers import calibrate_batch_norm
+from medxgan.nets.networks import Generator, SimpleCNN
+from helpers import calibrate_batch_norm, inversion_record
 
 NZ1, NZ2, SIZE, N_IMAGES = 8, 4, 64, 5
 # SimpleCNN's parameterised layers, output first: the order of the cascade.
@@ -181,8 +178,8 @@ def counterfactual_inputs(images: torch.Tensor):
 
     noisy = images + 0.05 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
     p_negative = torch.linspace(0.1, 0.9, n)  # C's positive probability for each G(z1, 0)
-    return image_set(images), image_set(images.flip(-1)), {"reconstruction": noisy, "negative": images.flip(-1),
-                                                             "p_negative": p_negative}
+    return image_set(images), image_set(images.flip(-1)), inversion_record(
+        images, reconstruction=noisy, negative=images.flip(-1), p_negative=p_negative)
 
 
 @pytest.fixture(scope="module")

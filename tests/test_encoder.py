@@ -5,9 +5,11 @@ import torch
 
 from medxgan.data.manifest import load_split
 from medxgan.data.phantoms import PHANTOMS, write_phantom_dataset
-from medxgan.encoder import Encoder, encoder_losses, reconstruction_mse, train_encoder
+from medxgan.nets.encoder import Encoder
+from medxgan.train.encoder import encoder_losses, reconstruction_mse, train_encoder
 from medxgan.inversion import invert
-from medxgan.models import Generator, SimpleCNN, dcgan_init, load_model, save_model
+from medxgan.nets.networks import Generator, SimpleCNN, dcgan_init
+from medxgan.artifacts import load_model, save_model
 
 NZ1, NZ2, SIZE = 8, 4, 64
 DATA_CFG = {"image_size": SIZE, "channels": 1}

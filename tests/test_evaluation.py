@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import RegionClassifier
+from helpers import RegionClassifier, inversion_record
+from medxgan.inversion import InversionRecord
 from medxgan.data.manifest import ImageSet
-from medxgan.evaluation import (HEADLINE_METRICS, INVERSION_METHOD, RANDOM_METHOD, adjusted_p_values,
-                                compare_methods, evaluate_explanations, headline, summarise)
+from medxgan.evaluate.scoring import HEADLINE_METRICS, adjusted_p_values, compare_methods, evaluate_explanations, headline, summarise
+from medxgan.names import INVERSION_METHOD, RANDOM_METHOD
 
 SIZE, N = 16, 6
 ALL_METRICS = ["pointing_game", "mass_in_lesion", "mask_auroc", "relevance_rank_accuracy", "top_k_iou", "top_k_dice",
@@ -29,10 +30,10 @@ def image_set(with_masks: bool) -> ImageSet:
                     [f"img{i}" for i in range(N)], torch.arange(N))
 
 
-def latents(data: ImageSet) -> dict[str, torch.Tensor]:
+def latents(data: ImageSet) -> InversionRecord:
     p = torch.linspace(0.2, 0.9, N)
-    return {"mse": torch.full((N,), 0.01), "ssim": torch.full((N,), 0.9), "p_image": p, "p_reconstruction": p,
-            "p_negative": 1 - p, "reconstruction": data.images.clone()}
+    return inversion_record(data.images, mse=torch.full((N,), 0.01), ssim=torch.full((N,), 0.9), p_image=p,
+                            p_reconstruction=p, p_negative=1 - p)
 
 
 def heatmaps(data: ImageSet) -> dict[str, torch.Tensor]:
@@ -90,8 +91,7 @@ def test_localisation_pairs_each_heatmap_with_its_own_mask_by_id():
     maps[1, 12:16, 0:4] = 1.0  # image 1: away from both lesions (scored against image 2's, it would give 0, 0)
     maps[2, 8:12, 8:12] = 2.0  # image 2: the peak on its lesion (16 px x 2) and as much mass outside it
     maps[2, 0:2, 0:16] = 1.0  # (32 px x 1): pointing 1, mass 1/2
-    codes = {"mse": torch.zeros(3), "ssim": torch.ones(3), "p_image": torch.ones(3), "p_reconstruction": torch.ones(3),
-             "p_negative": torch.zeros(3), "reconstruction": images.clone()}
+    codes = inversion_record(images)
     cfg = {**CFG, "metrics": ["pointing_game", "mass_in_lesion"]}
     table, _ = evaluate_explanations(RegionClassifier(4, 10), data, {"built": maps}, codes, cfg, seed=0, device="cpu")
     scores = table[table.method == "built"].set_index(["metric", "id"]).value
@@ -136,7 +136,7 @@ def test_adjusted_p_values_control_the_false_discovery_rate_and_skip_untested():
 def test_lesion_fidelity_separates_the_error_inside_the_lesion_from_the_rest():
     data = image_set(with_masks=True)
     codes = latents(data)
-    codes["reconstruction"][:, :, 4:10, 4:10] += 0.5  # wrong only inside the lesion
+    codes.reconstruction[:, :, 4:10, 4:10] += 0.5  # wrong only inside the lesion
     per_image, _ = evaluate_explanations(RegionClassifier(), data, heatmaps(data), codes, CFG, seed=0, device="cpu")
     fidelity = per_image[per_image.method == INVERSION_METHOD].groupby("metric").value
     assert fidelity.mean()["reconstruction_mse_in_lesion"] == pytest.approx(0.25)
@@ -152,13 +152,13 @@ def test_oracle_verdicts_appear_only_with_an_oracle():
     assert not without.metric.str.startswith("oracle").any()
     oracle = {"p_oracle_image": torch.ones(N), "p_oracle_reconstruction": torch.tensor([0.9, 0.9, 0.9, 0.2, 0.9, 0.9]),
               "p_oracle_negative": torch.full((N,), 0.1)}
-    per_image, _ = evaluate_explanations(RegionClassifier(), data, heatmaps(data), codes | oracle, CFG, seed=0,
+    per_image, _ = evaluate_explanations(RegionClassifier(), data, heatmaps(data), codes.with_(**oracle), CFG, seed=0,
                                          device="cpu")
     rows = per_image[per_image.method == INVERSION_METHOD].set_index(["metric", "id"]).value
     assert rows["oracle_reconstruction_called_positive"].tolist() == [1, 1, 1, 0, 1, 1]
     assert rows["oracle_negative_called_negative"].tolist() == [1] * N
     # valid for both judges only where C also calls the reconstruction positive and the negative negative
-    c_valid = (codes["p_reconstruction"] >= 0.5) & (codes["p_negative"] < 0.5)
+    c_valid = (codes.p_reconstruction >= 0.5) & (codes.p_negative < 0.5)
     assert rows["oracle_and_classifier_validity"].tolist() == (c_valid & torch.tensor([1, 1, 1, 0, 1, 1]).bool()).float().tolist()
 
 
@@ -166,8 +166,8 @@ def test_headline_numbers_are_the_summary_s_means_and_intervals_nested_for_dvc()
     """metrics.json (DVC's metrics): C's test scores, the inversion's fidelity and each method's
     localisation and faithfulness, as {mean, ci_low, ci_high} rounded to 4 decimals; nothing else."""
     data = image_set(with_masks=True)
-    codes = latents(data) | {"p_oracle_image": torch.ones(N), "p_oracle_reconstruction": torch.ones(N),
-                             "p_oracle_negative": torch.zeros(N)}
+    codes = latents(data).with_(p_oracle_image=torch.ones(N), p_oracle_reconstruction=torch.ones(N),
+                                 p_oracle_negative=torch.zeros(N))
     per_image, _ = evaluate_explanations(RegionClassifier(4, 10), data, heatmaps(data), codes, CFG, 0, "cpu")
     summary = summarise(per_image, CFG, seed=0)
     numbers = headline(summary, {"test": {"accuracy": 0.912345, "auroc": None, "n": 16}, "provenance": {"cpu": "x"}})
@@ -206,8 +206,8 @@ def with_twins(data: ImageSet, twinned: torch.Tensor) -> ImageSet:
 def test_twin_rows_score_the_negative_realisation_and_every_heatmap_against_the_twin():
     twinned = torch.tensor([True, False, True, True, False, True])
     data = with_twins(image_set(with_masks=True), twinned)
-    codes = latents(data) | {"negative": data.twins.clone()}  # G(z1, 0) is exactly the twin ...
-    codes["negative"][0] = data.images[0]  # ... except on img0, where the lesion stays
+    codes = latents(data).with_(negative=data.twins.clone())  # G(z1, 0) is exactly the twin ...
+    codes.negative[0] = data.images[0]  # ... except on img0, where the lesion stays
     truth = (data.images - data.twins).abs().mean(dim=1)
     maps = {"truth": truth, "elsewhere": heatmaps(data)["elsewhere"]}
     table, _ = evaluate_explanations(RegionClassifier(4, 10), data, maps, codes, CFG, seed=0, device="cpu")
@@ -240,7 +240,7 @@ def test_without_twins_there_are_no_twin_rows_and_no_warnings(caplog):
 
 def test_twins_without_masks_score_the_heatmaps_but_not_the_lesion_error():
     data = with_twins(image_set(with_masks=False), torch.ones(N, dtype=torch.bool))
-    codes = latents(data) | {"negative": data.twins.clone()}
+    codes = latents(data).with_(negative=data.twins.clone())
     table, _ = evaluate_explanations(RegionClassifier(4, 10), data, heatmaps(data), codes, CFG, 0, "cpu")
     scored = set(table[table.metric.isin(TWIN_METRICS)].metric)
     assert scored == {"twin_difference_spearman", "twin_difference_mass"}

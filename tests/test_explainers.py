@@ -6,13 +6,9 @@ import torch
 import torchvision
 from torch import nn
 
-from medxgan.explainers import (
-    EXPLAINERS, GENERATIVE_METHODS, BlurIntegratedGradients, CounterfactualIntegratedGradients, DifferenceMap,
-    GenerativeExplainer, GradCAM, IntegratedGradients, Interpolation, LatentIG, LatentIGToImage, LatentShift,
-    RealImageExplainer, build_explainer, to_grey,
-)
-from medxgan import methods
-from medxgan.models import Generator, SimpleCNN, positive_probability
+from medxgan.explainers import EXPLAINERS, GENERATIVE_METHODS, BlurIntegratedGradients, CounterfactualIntegratedGradients, DifferenceMap, GenerativeExplainer, GradCAM, IntegratedGradients, Interpolation, LatentIG, LatentIGToImage, LatentShift, RealImageExplainer, build_explainer, to_grey
+from medxgan import names as methods
+from medxgan.nets.networks import Generator, SimpleCNN, positive_probability
 from helpers import RegionClassifier, calibrate_gan_pair
 
 NZ1, NZ2, SIZE = 8, 4, 64

@@ -4,9 +4,10 @@ import pytest
 import torch
 from helpers import RegionClassifier, calibrate_gan_pair
 
-from medxgan import figures, metrics
+from medxgan.report import figures
+from medxgan.evaluate import metrics
 from medxgan.data.manifest import ImageSet
-from medxgan.models import Generator, ResidualCNN, SimpleCNN, positive_probability
+from medxgan.nets.networks import Generator, ResidualCNN, SimpleCNN, positive_probability
 
 NZ1, NZ2, SIZE, COUNT, SEED = 8, 4, 64, 3, 5
 FRACTION = 0.1

@@ -6,9 +6,10 @@ import copy
 import pytest
 import torch
 
-from medxgan.models import (Generator, MaskedGenerator, ProjectionDiscriminator, build_from_spec, build_generator,
-                            load_model, save_model)
-from medxgan.training import GANTrainer, mask_area, proximity
+from medxgan.nets.networks import Generator, MaskedGenerator, ProjectionDiscriminator, build_generator
+from medxgan.nets.kinds import build_from_spec
+from medxgan.artifacts import load_model, save_model
+from medxgan.train.gan import GANTrainer, mask_area, proximity
 
 NZ1, NZ2, SIZE = 8, 4, 64
 GAN_CFG = {"nz1": NZ1, "nz2": NZ2, "lambda_cls": 1.0, "width": 0.0625, "d_width": 0.0625, "d_dropout": 0.0,

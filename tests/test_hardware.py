@@ -10,9 +10,9 @@ import torch
 from medxgan import hardware
 from medxgan.explainers import DifferenceMap
 from medxgan.inversion import invert
-from medxgan.metrics import pointing_game
-from medxgan.models import Generator, SimpleCNN, positive_probability
-from medxgan.training import GANTrainer
+from medxgan.evaluate.metrics import pointing_game
+from medxgan.nets.networks import Generator, SimpleCNN, positive_probability
+from medxgan.train.gan import GANTrainer
 from helpers import calibrate_gan_pair
 
 NZ1, NZ2, SIZE = 8, 4, 64
@@ -120,7 +120,7 @@ def test_inversion_depends_on_the_thread_count_only_by_rounding(gan_pair):
 
 
 def test_help_loads_neither_torch_nor_the_plotting_stack():
-    code = ("import sys\nfrom medxgan.cli import build_parser\nbuild_parser()\n"
+    code = ("import sys\nfrom medxgan.pipeline.cli import build_parser\nbuild_parser()\n"
             "print(sorted(m for m in ('torch', 'matplotlib', 'captum', 'pandas') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"

@@ -5,12 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from medxgan import cli
+from medxgan.pipeline import cli
 from medxgan.data.manifest import load_split
 from medxgan.data.phantoms import write_phantom_dataset
-from medxgan.models import InputFileError, build_classifier, build_generator, load_model, save_model
-from medxgan.steps import load_inversion
-from medxgan.utils import save_tensors
+from medxgan.artifacts import InputFileError, load_model, save_model
+from medxgan.nets.networks import build_classifier, build_generator
+from medxgan.artifacts import read_inversion
+from medxgan.inversion import InversionRecord
+from medxgan.files import save_tensors
 
 DATA = {"image_size": 64, "channels": 1, "negative": "no_tumor", "positive": "tumor"}
 LABELS = [DATA["negative"], DATA["positive"]]
@@ -69,9 +71,10 @@ def test_an_inversion_of_other_images_is_refused(tmp_path):
     manifest = write_phantom_dataset("synthetic-mri", tmp_path / "mri", 64, {"train": 4, "val": 2, "test": 6}, 0.5, seed=0)
     data = load_split(manifest, "test", "no_tumor", "tumor", 64, 1, label="positive")
     other = tmp_path / "latents.safetensors"
-    save_tensors({"rows": data.rows + 1, "z1": torch.zeros(len(data), 4)}, other)
+    record = InversionRecord(data.rows + 1, *[torch.zeros(len(data)) for _ in range(9)], torch.zeros(len(data), 1, 64, 64))
+    save_tensors(record.tensors(), other)
     with pytest.raises(InputFileError, match=r"latents\.safetensors was computed on other images"):
-        load_inversion(other, data)
+        read_inversion(other, data)
     save_tensors({"heatmaps": torch.zeros(len(data), 64, 64)}, other)
     with pytest.raises(InputFileError, match=r"latents\.safetensors holds no inversion results"):
-        load_inversion(other, data)
+        read_inversion(other, data)

@@ -8,8 +8,8 @@ from torch import nn
 import medxgan.inversion as inversion
 from medxgan.inversion import (POSITIVE_SEARCH_START, Inversion, check_encoder, invert, invert_batch, invert_batches, inversion_loss,
                                negative_counterfactuals, positive_realisation, starting_codes)
-from medxgan.encoder import Encoder
-from medxgan.models import Generator, SimpleCNN, positive_probability
+from medxgan.nets.encoder import Encoder
+from medxgan.nets.networks import Generator, SimpleCNN, positive_probability
 from helpers import calibrate_gan_pair
 
 NZ1, NZ2, SIZE = 8, 4, 64

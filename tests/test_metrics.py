@@ -9,14 +9,10 @@ from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 from torchvision.transforms.functional import gaussian_blur
 
-from medxgan.metrics import (
-    IMAGE_RANGE, LESION_SUPPORT_THRESHOLD, baseline_image, bootstrap_ci, curve_auc, deletion_curve, insertion_curve,
-    mask_auroc, mass_in_lesion, min_max_normalise, paired_wilcoxon, perturb_top_k, pixel_spearman, pointing_game,
-    probability_drop, reconstruction_mse, reconstruction_ssim, _step_counts, relevance_rank_accuracy, relevance_ranks,
-    squared_error_in_and_outside, top_k_count, top_k_dice, top_k_iou, twin_difference, twin_difference_mass,
-    twin_difference_spearman,
-)
-from medxgan.models import positive_probability
+from medxgan.data.manifest import IMAGE_RANGE
+from medxgan.inversion import reconstruction_mse, reconstruction_ssim
+from medxgan.evaluate.metrics import LESION_SUPPORT_THRESHOLD, baseline_image, bootstrap_ci, curve_auc, deletion_curve, insertion_curve, mask_auroc, mass_in_lesion, min_max_normalise, paired_wilcoxon, perturb_top_k, pixel_spearman, pointing_game, probability_drop, _step_counts, relevance_rank_accuracy, relevance_ranks, squared_error_in_and_outside, top_k_count, top_k_dice, top_k_iou, twin_difference, twin_difference_mass, twin_difference_spearman
+from medxgan.nets.networks import positive_probability
 from helpers import RegionClassifier
 
 SIZE = 16

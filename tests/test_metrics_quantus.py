@@ -12,7 +12,7 @@ import pytest
 import quantus
 import torch
 
-from medxgan import metrics
+from medxgan.evaluate import metrics
 
 SIZE = 32
 

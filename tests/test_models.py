@@ -8,10 +8,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from medxgan.hardware import channels_last
-from medxgan.models import (
-    Discriminator, Generator, SimpleCNN, VGG16Classifier, build_classifier, dcgan_init, load_model,
-    load_state_dict, save_model,
-)
+from medxgan.nets.networks import Discriminator, Generator, SimpleCNN, VGG16Classifier, build_classifier, dcgan_init
+from medxgan.artifacts import load_model, save_model
+from medxgan.files import load_state_dict
 from helpers import calibrate_batch_norm
 
 NZ1, NZ2 = 8, 4

@@ -3,12 +3,13 @@
 import pytest
 import torch
 
+from helpers import inversion_record
 from medxgan.config import ConfigError
 from medxgan.data.manifest import load_split
 from medxgan.data.phantoms import PHANTOMS, write_phantom_dataset
-from medxgan.models import ResidualCNN, SimpleCNN, positive_probability
-from medxgan.oracle import check_independent, oracle_probabilities, train_oracle
-from medxgan.training import train_classifier
+from medxgan.nets.networks import ResidualCNN, SimpleCNN, positive_probability
+from medxgan.train.oracle import check_independent, oracle_probabilities, train_oracle
+from medxgan.train.classifier import train_classifier
 
 SIZE = 64
 DATA_CFG = {"image_size": SIZE, "channels": 1}
@@ -51,7 +52,7 @@ def test_oracle_probabilities_of_images_reconstructions_and_negatives():
     torch.manual_seed(0)
     oracle = ResidualCNN(channels=1, width=0.25).eval()
     images = torch.rand(5, 1, SIZE, SIZE) * 2 - 1
-    latents = {"reconstruction": images.flip(3), "negative": -images}
+    latents = inversion_record(images, reconstruction=images.flip(3), negative=-images)
     probabilities = oracle_probabilities(oracle, images, latents, batch_size=2)
     with torch.no_grad():
         assert torch.allclose(probabilities["p_oracle_image"], positive_probability(oracle, images))

@@ -13,8 +13,8 @@ from PIL import Image
 
 from medxgan.data.manifest import MANIFEST_COLUMNS, read_manifest, write_manifest
 from medxgan.inversion import invert
-from medxgan.metrics import mask_auroc, mass_in_lesion, pointing_game, relevance_rank_accuracy, top_k_iou
-from medxgan.models import Generator, SimpleCNN
+from medxgan.evaluate.metrics import mask_auroc, mass_in_lesion, pointing_game, relevance_rank_accuracy, top_k_iou
+from medxgan.nets.networks import Generator, SimpleCNN
 from helpers import calibrate_gan_pair
 
 SIDE = 8

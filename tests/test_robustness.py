@@ -8,8 +8,8 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from helpers import RegionClassifier
 from medxgan.explainers import IntegratedGradients
-from medxgan.metrics import heatmap_similarity, min_max_normalise
-from medxgan.robustness import add_noise, max_sensitivity, noise_robustness
+from medxgan.evaluate.metrics import heatmap_similarity, min_max_normalise
+from medxgan.evaluate.robustness import add_noise, max_sensitivity, noise_robustness
 
 SIZE = 32  # RegionClassifier's default region, rows/cols 8..24, fits inside
 

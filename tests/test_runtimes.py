@@ -2,7 +2,7 @@
 
 import pytest
 
-from medxgan.runtimes import RUN_WIDE, collect
+from medxgan.report.runtimes import RUN_WIDE, collect
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 

@@ -13,11 +13,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from medxgan import steps
+from medxgan.artifacts import read_heatmaps
+from medxgan.pipeline import cli
 from medxgan.config import ConfigError, dataset_settings, load_config, merge
 from medxgan.data.phantoms import write_phantom_dataset
 from medxgan.explainers import EXPLAINERS
-from medxgan.models import Generator, SimpleCNN, save_model
+from medxgan.nets.networks import Generator, SimpleCNN
+from medxgan.artifacts import save_model
 from medxgan.shards import ShardError, check_chunk, chunk_ranges, chunk_size, parse_chunk
 from helpers import calibrate_gan_pair
 from test_workflow import REPO, TINY, snakemake
@@ -61,6 +63,18 @@ def test_a_chunk_starts_and_ends_on_batch_boundaries():
         parse_chunk("12:8")
 
 
+def medxgan(step: str, settings: dict, models: dict, **options) -> None:
+    """`medxgan STEP --settings ... --manifest ... --classifier ... --generator ... --OPTION VALUE ...`,
+    as the Snakefile runs it, its error raised."""
+    argv = [step]
+    if settings is not None:
+        argv += ["--settings", json.dumps(settings)]
+    for name, value in {**models, **options}.items():
+        values = value if isinstance(value, list) else [value]
+        argv += [f"--{name.replace('_', '-')}", *(f"{v[0]}:{v[1]}" if isinstance(v, tuple) else str(v) for v in values)]
+    cli.run(cli.build_parser().parse_args(argv))
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """A small phantom dataset, a tiny calibrated C and G saved as the workflow saves them, and
@@ -75,7 +89,8 @@ def study(tmp_path_factory):
     save_model(classifier, root / "classifier.safetensors",
                {"kind": "classifier", "arch": "simple_cnn", "image_size": SIZE, "channels": 1, "width": 0.25})
     settings = merge(dataset_settings(load_config(REPO / "config" / "config.yaml"), "synthetic-mri"), SMALL)
-    assert steps.count_test_positives(manifest, settings) == 12
+    medxgan("count-test-positives", settings, {"manifest": manifest}, out=root / "count.json")
+    assert json.loads((root / "count.json").read_text())["test_positives"] == 12
     models = {"manifest": manifest, "classifier": root / "classifier.safetensors",
               "generator": root / "generator.safetensors"}
     return root, settings, models
@@ -86,8 +101,8 @@ def invert_in_chunks(study, out: Path) -> list[Path]:
     folders = []
     for start, stop in chunk_ranges(12, CHUNK):
         folders.append(out / f"chunks/{start}-{stop}")
-        steps.invert_step(settings, **models, out_dir=folders[-1], chunk=(start, stop))
-    steps.gather_inversion_step(folders, out)
+        medxgan("invert", settings, models, out_dir=folders[-1], chunk=(start, stop))
+    medxgan("gather-inversion", None, {}, chunks=folders, out_dir=out)
     return folders
 
 
@@ -95,7 +110,7 @@ def invert_in_chunks(study, out: Path) -> list[Path]:
 def inversions(study):
     """The inversion run as one job and as chunks gathered."""
     root, settings, models = study
-    steps.invert_step(settings, **models, out_dir=root / "whole")
+    medxgan("invert", settings, models, out_dir=root / "whole")
     invert_in_chunks(study, root / "sharded")
     return root / "whole", root / "sharded"
 
@@ -120,19 +135,19 @@ def test_sharded_explanations_equal_unsharded_byte_for_byte(method, study, inver
     root, settings, models = study
     latents = inversions[0] / "latents.safetensors"
     whole = root / f"{method}.safetensors"
-    steps.explain_step(settings, **models, inversion=latents, method=method, out=whole)
+    medxgan("explain", settings, models, inversion=latents, method=method, out=whole)
     chunks = [root / f"chunks/{method}/{start}-{stop}.safetensors" for start, stop in chunk_ranges(12, CHUNK)]
     for path, (start, stop) in zip(chunks, chunk_ranges(12, CHUNK)):
-        steps.explain_step(settings, **models, inversion=latents, method=method, out=path, chunk=(start, stop))
-    steps.gather_explanations_step(chunks, root / f"{method}-sharded.safetensors")
+        medxgan("explain", settings, models, inversion=latents, method=method, out=path, chunk=(start, stop))
+    medxgan("gather-explanations", None, {}, chunks=chunks, out=root / f"{method}-sharded.safetensors")
     assert (root / f"{method}-sharded.safetensors").read_bytes() == whole.read_bytes()
-    assert steps.load_heatmaps([root / f"{method}-sharded.safetensors"])[method].shape == (12, SIZE, SIZE)
+    assert read_heatmaps([root / f"{method}-sharded.safetensors"])[method].shape == (12, SIZE, SIZE)
 
 
 def test_a_chunk_off_the_batch_grid_is_refused(study, tmp_path):
     root, settings, models = study
     with pytest.raises(ConfigError, match=r"inversion\.batch_size \(4\)"):
-        steps.invert_step(settings, **models, out_dir=tmp_path, chunk=(2, 6))
+        medxgan("invert", settings, models, out_dir=tmp_path, chunk=(2, 6))
     assert not (tmp_path / "latents.safetensors").exists()
 
 
@@ -141,14 +156,14 @@ def test_gather_names_a_missing_or_misplaced_chunk(study, inversions, tmp_path):
     latents = inversions[0] / "latents.safetensors"
     chunks = [tmp_path / f"{start}-{stop}.safetensors" for start, stop in chunk_ranges(12, CHUNK)]
     for path, chunk in zip(chunks, chunk_ranges(12, CHUNK)):
-        steps.explain_step(settings, **models, inversion=latents, method="difference", out=path, chunk=chunk)
+        medxgan("explain", settings, models, inversion=latents, method="difference", out=path, chunk=chunk)
     out = tmp_path / "difference.safetensors"
     with pytest.raises(ShardError, match="end at image 8, not at the last one"):
-        steps.gather_explanations_step(chunks[:1], out)
+        medxgan("gather-explanations", None, {}, chunks=chunks[:1], out=out)
     with pytest.raises(ShardError, match=re.escape(f"{chunks[1]} holds images 8:12 of 12, but the chunks before it end at image 0")):
-        steps.gather_explanations_step(chunks[::-1], out)
+        medxgan("gather-explanations", None, {}, chunks=chunks[::-1], out=out)
     with pytest.raises(ShardError, match="not one chunk"):
-        steps.gather_explanations_step([latents], out)
+        medxgan("gather-explanations", None, {}, chunks=[latents], out=out)
     assert not out.exists()
 
 
@@ -205,10 +220,10 @@ def test_workflow_reruns_only_the_failed_chunk_and_matches_one_job(sharded_workd
     results = work / "results" / "synthetic-mri"
     models = {"manifest": manifest, "classifier": results / "classifier/model.safetensors",
               "generator": results / "gan/generator.safetensors"}
-    steps.invert_step(settings, **models, out_dir=work / "whole")
+    medxgan("invert", settings, models, out_dir=work / "whole")
     for name in ("latents.safetensors", "inversion.csv"):
         assert (results / "inversion" / name).read_bytes() == (work / "whole" / name).read_bytes(), name
-    steps.explain_step(settings, **models, inversion=work / "whole/latents.safetensors", method="latent_ig",
+    medxgan("explain", settings, models, inversion=work / "whole/latents.safetensors", method="latent_ig",
                        out=work / "whole/latent_ig.safetensors")
     assert (results / "explanations/latent_ig.safetensors").read_bytes() == \
         (work / "whole/latent_ig.safetensors").read_bytes()

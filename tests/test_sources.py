@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from medxgan import cli
+from medxgan.pipeline import cli
 from medxgan.config import SOURCE_DEFAULTS, merge
 from medxgan.data import sources
 from medxgan.data.download import DataSourceError

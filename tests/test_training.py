@@ -11,9 +11,11 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from medxgan.data.manifest import ImageSet, load_split
 from medxgan.data.phantoms import PHANTOMS, write_phantom_dataset
-from medxgan.models import Generator, SimpleCNN, build_from_spec
-from medxgan.training import (GANTrainer, batch_indices, disentanglement_check, evaluate_classifier, mask_area,
-                              proximity, random_flips, sample_codes, train_classifier)
+from medxgan.nets.networks import Generator, SimpleCNN
+from medxgan.nets.kinds import build_from_spec
+from medxgan.train.gan import GANTrainer, disentanglement_check, mask_area, proximity
+from medxgan.torch_utils import batch_indices, sample_codes
+from medxgan.train.classifier import evaluate_classifier, random_flips, train_classifier
 
 SIZE = 64
 DATA_CFG = {"image_size": SIZE, "channels": 1}
@@ -283,7 +285,7 @@ def fit_until_killed(classifier, train, checkpoint, monkeypatch, **overrides) ->
 
 def test_each_checkpoint_logs_the_losses_of_its_own_step(frozen_classifier, phantoms, uninterrupted, tmp_path, caplog):
     reference, _ = uninterrupted
-    with caplog.at_level(logging.INFO, logger="medxgan.training"):
+    with caplog.at_level(logging.INFO, logger="medxgan.train.gan"):
         fit(frozen_classifier, phantoms["train"], tmp_path / "checkpoint.pt")
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     every = GAN_CFG["checkpoint_every"]
@@ -298,7 +300,7 @@ def test_a_killed_gan_run_resumes_exactly(frozen_classifier, phantoms, uninterru
     checkpoint = tmp_path / "b" / "checkpoint.pt"
     fit_until_killed(frozen_classifier, phantoms["train"], checkpoint, monkeypatch)
 
-    with caplog.at_level(logging.INFO, logger="medxgan.training"):
+    with caplog.at_level(logging.INFO, logger="medxgan.train.gan"):
         resumed = fit(frozen_classifier, phantoms["train"], checkpoint)
     assert f"at step {KILL_AFTER}" in caplog.text
     assert len(resumed.losses) == GAN_CFG["steps"]
@@ -335,7 +337,7 @@ def test_a_checkpoint_with_other_settings_is_not_resumed(frozen_classifier, phan
     checkpoint = tmp_path / "checkpoint.pt"
     other = fit(frozen_classifier, phantoms["train"], checkpoint, steps=4, lambda_cls=2.0)
     assert torch.load(checkpoint, weights_only=True)["step"] == 4
-    with caplog.at_level(logging.WARNING, logger="medxgan.training"):  # the same step count, another lambda_cls
+    with caplog.at_level(logging.WARNING, logger="medxgan.train.gan"):  # the same step count, another lambda_cls
         fresh = fit(frozen_classifier, phantoms["train"], checkpoint, steps=4)
     assert "other settings" in caplog.text
     assert fresh.losses == reference.losses[:4]  # trained afresh, as the uninterrupted run began
@@ -471,7 +473,7 @@ def test_the_specs_rebuild_the_trained_networks(frozen_classifier):
 def test_a_finished_run_is_resumed_not_trained_again(frozen_classifier, phantoms, uninterrupted, tmp_path, caplog):
     trainer, checkpoint = uninterrupted
     shutil.copy(checkpoint, tmp_path / "checkpoint.pt")
-    with caplog.at_level(logging.INFO, logger="medxgan.training"):
+    with caplog.at_level(logging.INFO, logger="medxgan.train.gan"):
         steps = counted_optimiser_steps(lambda: fit(frozen_classifier, phantoms["train"], tmp_path / "checkpoint.pt"))
     assert steps == 0 and "resumed from" in caplog.text and "afresh" not in caplog.text
 
@@ -552,7 +554,7 @@ def test_a_truncated_checkpoint_is_moved_aside_and_training_starts_afresh(frozen
     reference, full = uninterrupted
     checkpoint = tmp_path / "checkpoint.pt"
     checkpoint.write_bytes(full.read_bytes()[:1000])  # a write cut short
-    with caplog.at_level(logging.WARNING, logger="medxgan.training"):
+    with caplog.at_level(logging.WARNING, logger="medxgan.train.gan"):
         fresh = fit(frozen_classifier, phantoms["train"], checkpoint)
     assert "cannot be read" in caplog.text and (tmp_path / "checkpoint.pt.unreadable").is_file()
     assert fresh.losses == reference.losses

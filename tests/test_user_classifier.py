@@ -10,9 +10,8 @@ from torch import nn
 
 from medxgan.config import ConfigError
 from medxgan.explainers import build_explainer
-from medxgan.models import load_model, save_model
-from medxgan.user_classifier import (STATE_DICT, TORCHSCRIPT, UserClassifier, from_model_input, import_classifier,
-                                     to_model_input)
+from medxgan.artifacts import load_model, save_model
+from medxgan.nets.user import STATE_DICT, TORCHSCRIPT, UserClassifier, from_model_input, import_classifier, to_model_input
 
 DATA_CFG = {"image_size": 32, "channels": 1}
 IMAGENET = {"range": [0, 1], "size": 48, "channels": 3, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}

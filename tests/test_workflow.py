@@ -18,7 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from medxgan import methods
+from medxgan import names as methods
 from medxgan.config import merge, user_dataset_name
 from medxgan.data.phantoms import write_phantom_dataset
 
@@ -248,7 +248,7 @@ def explain_new_images_with_the_bundle(workdir: Path, bundle: Path) -> None:
 def _train_briefly(net, manifest: Path, spec: dict) -> None:
     """A few epochs of the user's own training, on phantoms the workflow never sees."""
     from medxgan.data.manifest import load_split
-    from medxgan.user_classifier import to_model_input
+    from medxgan.nets.user import to_model_input
 
     data = load_split(manifest, "train", "normal", "opacity", 64, 1)
     optimizer = torch.optim.Adam(net.parameters(), 1e-3)

@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medxgan import metrics
+from medxgan.artifacts import load_model
 from medxgan.config import SECTIONS, dataset_settings, load_config
 from medxgan.explainers import GENERATIVE_METHODS, build_explainer
-from medxgan.inversion import invert, negative_counterfactuals
-from medxgan.models import load_model, positive_probability
-from medxgan.user_classifier import UserClassifier, input_settings
-from medxgan.utils import pick_device
+from medxgan.inversion import InversionRecord, negative_counterfactuals, reconstruct
+from medxgan.nets.networks import positive_probability
+from medxgan.nets.user import UserClassifier, input_settings
+from medxgan.torch_utils import pick_device
 
 DEFAULT_METHODS = ("difference", "latent_ig", "ig_counterfactual", "gradcam", "ig")
 
@@ -84,21 +84,14 @@ class MedXGAN:
         with torch.no_grad():
             return positive_probability(self.classifier, images.to(self.device)).cpu()
 
-    def invert(self, images: torch.Tensor, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def invert(self, images: torch.Tensor, rows: torch.Tensor | None = None) -> InversionRecord:
         """Codes z1, z2 with G(z1, z2) close to each image; the reconstruction G(z1, z2), the negative
-        realisation G(z1, 0), C's probabilities for all three, and the reconstruction's MSE and SSIM.
-        `rows` seed each image's random starts (default 0..N-1)."""
+        realisation G(z1, 0), C's probabilities for all three, and the reconstruction's MSE and SSIM
+        (the invert step's record). `rows` seed each image's random starts (default 0..N-1)."""
         rows = torch.arange(len(images)) if rows is None else rows
-        s, G, C = self.settings, self.generator, self.classifier
-        codes = invert(G, C, images, rows, s["inversion"], s["seed"], s.get("precision", "fp32"), self.encoder)
-        with torch.no_grad():
-            z1, z2 = codes.z1.to(self.device), codes.z2.to(self.device)
-            reconstruction, negative = G(z1, z2).cpu(), G(z1, torch.zeros_like(z2)).cpu()
-        return {"z1": codes.z1, "z2": codes.z2, "loss": codes.loss, "p_image": codes.p_image,
-                "reconstruction": reconstruction, "negative": negative,
-                "p_reconstruction": self.probabilities(reconstruction), "p_negative": self.probabilities(negative),
-                "mse": metrics.reconstruction_mse(reconstruction, images), "ssim": metrics.reconstruction_ssim(
-                    reconstruction, images)}
+        s = self.settings
+        return reconstruct(self.generator, self.classifier, images, rows, s["inversion"], s["seed"],
+                           s.get("precision", "fp32"), self.encoder)
 
     def positive_realisations(self, images: torch.Tensor, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """For images C calls negative: the anatomy's reconstruction G(z1, 0), the smallest change
@@ -107,12 +100,12 @@ class MedXGAN:
         return negative_counterfactuals(self.generator, self.classifier, images, rows, self.settings, self.encoder)
 
     def explain(self, images: torch.Tensor, methods=DEFAULT_METHODS, target: int = 1,
-                codes: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                codes: InversionRecord | None = None) -> dict[str, torch.Tensor]:
         """Heatmaps (N, H, W) of each method; the generative ones reuse `codes` from `invert` when
         given, and invert the images once otherwise."""
         if codes is None and any(method in GENERATIVE_METHODS for method in methods):
             codes = self.invert(images)
-        latents = None if codes is None else (codes["z1"], codes["z2"])  # pixel-space methods ignore them
+        latents = None if codes is None else codes.codes  # pixel-space methods ignore them
         return {method: build_explainer(method, self.classifier, self.generator, self.settings["explain"])
                 .attribute(images, target=target, latents=latents) for method in methods}
 

@@ -13,9 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from medxgan.models import read_spec
-from medxgan.utils import file_sha256
-
+from medxgan.artifacts import read_spec
+from medxgan.files import file_sha256
 
 CLASSIFIER, GENERATOR, ENCODER = "classifier.safetensors", "generator.safetensors", "encoder.safetensors"
 SETTINGS, CARD, CHECKSUMS = "settings.json", "MODEL_CARD.md", "SHA256SUMS"

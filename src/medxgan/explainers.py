@@ -9,7 +9,6 @@ from an earlier inversion or computed by an `inverter` callable.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from typing import Callable, Iterator
 
@@ -20,33 +19,20 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 from tqdm import TqdmWarning
 
+from medxgan.torch_utils import frozen, module_device
+
 with warnings.catch_warnings():  # captum imports tqdm.auto, which warns inside Jupyter without ipywidgets
     warnings.filterwarnings("ignore", category=TqdmWarning)
     import captum.attr
 
+
 Latents = tuple[Tensor, Tensor]
+
+
 GREY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # RGB -> grey, as in the released difference map
+
+
 LATENT_SHIFT_FLOOR = 0.05  # Latent Shift's search also stops once C's probability is below this (as the original)
-
-
-@contextlib.contextmanager
-def frozen(*modules: nn.Module) -> Iterator[None]:
-    """Eval mode and no weight gradients inside the block; every flag is restored afterwards."""
-    submodules = [m for module in modules for m in module.modules()]
-    parameters = [p for module in modules for p in module.parameters()]
-    modes = [m.training for m in submodules]
-    grad_flags = [p.requires_grad for p in parameters]
-    try:
-        for m in submodules:
-            m.training = False
-        for p in parameters:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for m, mode in zip(submodules, modes):
-            m.training = mode
-        for p, flag in zip(parameters, grad_flags):
-            p.requires_grad_(flag)
 
 
 def to_grey(images: Tensor) -> Tensor:
@@ -57,11 +43,6 @@ def to_grey(images: Tensor) -> Tensor:
         weights = images.new_tensor(GREY_WEIGHTS).view(1, -1, 1, 1)
         return (images * weights).sum(dim=1)
     raise ValueError(f"grey conversion needs 1 or 3 channels, got {images.shape[1]}")
-
-
-def module_device(module: nn.Module) -> torch.device:
-    """Device of the module's first parameter (CPU for a module without parameters)."""
-    return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
 def _target_probability(classifier: nn.Module, images: Tensor, target: int) -> Tensor:
@@ -401,6 +382,8 @@ EXPLAINERS: dict[str, type[Explainer]] = {
     "ig": IntegratedGradients,
     "ig_blur": BlurIntegratedGradients,
 }
+
+
 GENERATIVE_METHODS = tuple(name for name, cls in EXPLAINERS.items() if issubclass(cls, GenerativeExplainer))
 
 

@@ -6,7 +6,7 @@ exact arithmetic a batch gives each image the result it would get alone. In floa
 kernels round differently at another batch size and Adam's steps amplify that (see
 benchmarks/rounding.py); a fixed batch composition (`invert_batches`) keeps results bit-identical.
 With an encoder E (inversion.init: encoder), each image's first restart starts at E(x) instead
-(medxgan.encoder).
+(medxgan.train.encoder).
 
 Under precision "bf16" the networks' forward passes run in bf16 autocast; the loss, Adam's state
 and the codes stay in the networks' parameter dtype (float32 in the workflow). Networks converted
@@ -17,16 +17,19 @@ to float64 invert in float64: the tests do so where rounding must not move a res
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics.functional.image import structural_similarity_index_measure
 
+from medxgan.data.manifest import IMAGE_RANGE
+from medxgan.files import progress
 from medxgan.hardware import autocast
-from medxgan.models import positive_probability
-from medxgan.utils import progress
+from medxgan.nets.networks import positive_probability
+from medxgan.torch_utils import module_device
 
 POSITIVE_SEARCH_START = 1e-2  # scale of the first z2 of the positive-realisation search
 
@@ -40,6 +43,56 @@ class Inversion:
 
     def as_tensors(self) -> dict[str, torch.Tensor]:
         return {"z1": self.z1, "z2": self.z2, "loss": self.loss, "p_image": self.p_image}
+
+
+@dataclass
+class InversionRecord:
+    """What inverting a set of images leaves for the explanations, scores and figures: each image's
+    manifest row, codes, the reconstruction G(z1, z2) and negative realisation G(z1, 0), C's
+    positive probability for all three, the reconstruction's error and, once an oracle has judged
+    them (`medxgan.train.oracle`), the oracle's probabilities."""
+
+    rows: torch.Tensor              # (N,) manifest rows: they seed each image's restarts
+    z1: torch.Tensor                # (N, nz1)
+    z2: torch.Tensor                # (N, nz2)
+    loss: torch.Tensor              # (N,) the inversion objective of the kept restart
+    p_image: torch.Tensor           # (N,) C's positive probability for x, G(z1, z2), G(z1, 0)
+    p_reconstruction: torch.Tensor
+    p_negative: torch.Tensor
+    mse: torch.Tensor               # (N,) of G(z1, z2) against x
+    ssim: torch.Tensor
+    reconstruction: torch.Tensor    # (N, C, H, W) G(z1, z2)
+    negative: torch.Tensor          # (N, C, H, W) G(z1, 0)
+    p_oracle_image: torch.Tensor | None = None
+    p_oracle_reconstruction: torch.Tensor | None = None
+    p_oracle_negative: torch.Tensor | None = None
+
+    @property
+    def codes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.z1, self.z2
+
+    @property
+    def judged_by_oracle(self) -> bool:
+        return self.p_oracle_image is not None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The record's tensors by field name, those not set left out (what is written to disk)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def subset(self, positions) -> InversionRecord:
+        return InversionRecord(**{name: tensor[positions] for name, tensor in self.tensors().items()})
+
+    def with_(self, **changes) -> InversionRecord:
+        return replace(self, **changes)
+
+
+def reconstruction_mse(reconstructions: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    return (reconstructions - images).pow(2).flatten(1).mean(dim=1).cpu()
+
+
+def reconstruction_ssim(reconstructions: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    return structural_similarity_index_measure(reconstructions, images, data_range=IMAGE_RANGE,
+                                               reduction="none").cpu()
 
 
 def starting_codes(rows: torch.Tensor, restarts: int, nz1: int, nz2: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +129,7 @@ def invert_batch(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.T
     """The best codes of each image over its restarts. `negative`: z2 is held at 0 and only z1 is
     searched, the anatomy of an image C calls negative (see `positive_realisation`)."""
     check_encoder(cfg, encoder)
-    device, dtype = next(G.parameters()).device, next(G.parameters()).dtype
+    device, dtype = module_device(G), next(G.parameters()).dtype
     restarts = cfg["restarts"]
     images = images.to(device, dtype)
     with torch.no_grad():
@@ -135,6 +188,28 @@ def invert(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor,
     return Inversion(*(torch.cat([getattr(p, name) for p in parts]) for name in ("z1", "z2", "loss", "p_image")))
 
 
+def reconstruct(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, cfg: dict, seed: int,
+                precision: str = "fp32", encoder: nn.Module | None = None) -> InversionRecord:
+    """Invert the images (`invert_batches`) and record their reconstructions, negative realisations
+    and scores: the one path the pipeline's invert step and `MedXGAN.invert` share. Everything is
+    computed one inversion batch at a time, so a chunk gets exactly the numbers the whole set gets.
+    The images and scores kept are float32, whatever precision the search ran in."""
+    device, parts = module_device(G), []
+    for batch, result in invert_batches(G, C, images, rows, cfg, seed, precision, encoder):
+        z1, z2 = result.z1.to(device), result.z2.to(device)
+        with torch.no_grad():
+            reconstruction = G(z1, z2).cpu()
+            negative = G(z1, torch.zeros_like(z2)).cpu()
+            p_reconstruction = positive_probability(C, reconstruction.to(device)).cpu()
+            p_negative = positive_probability(C, negative.to(device)).cpu()
+        parts.append(InversionRecord(
+            rows[batch], result.z1, result.z2, result.loss, result.p_image, p_reconstruction, p_negative,
+            reconstruction_mse(reconstruction, images[batch]), reconstruction_ssim(reconstruction, images[batch]),
+            reconstruction, negative))
+    return InversionRecord(**{f.name: torch.cat([getattr(part, f.name) for part in parts])
+                              for f in fields(InversionRecord) if f.default is not None})
+
+
 def positive_realisation(G: nn.Module, C: nn.Module, z1: torch.Tensor, cfg: dict, seed: int,
                          precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """For anatomies z1 of images C calls negative: z2* with C calling G(z1, z2*) positive, and
@@ -143,7 +218,7 @@ def positive_realisation(G: nn.Module, C: nn.Module, z1: torch.Tensor, cfg: dict
     C would take as pathology in this anatomy. Without a flip within `cfg['positive_steps']`, z2*
     is the last z2. The start is a tiny seeded draw, not exactly 0, where a masked G's gate has no
     gradient."""
-    device = next(G.parameters()).device
+    device = module_device(G)
     start = torch.randn(len(z1), G.nz2, generator=torch.Generator().manual_seed(seed)) * POSITIVE_SEARCH_START
     z1, z2 = z1.to(device), start.to(device).requires_grad_()
     optimizer = torch.optim.Adam([z2], lr=cfg["positive_lr"])
@@ -173,7 +248,7 @@ def negative_counterfactuals(G: nn.Module, C: nn.Module, images: torch.Tensor, r
     precision = s.get("precision", "fp32")
     codes = invert(G, C, images, rows, s["inversion"], s["seed"], precision, encoder, negative=True)
     z2, flipped = positive_realisation(G, C, codes.z1, s["inversion"], s["seed"], precision)
-    device = next(G.parameters()).device
+    device = module_device(G)
     with torch.no_grad():
         z1 = codes.z1.to(device)
         negative, positive = G(z1, torch.zeros_like(z2).to(device)), G(z1, z2.to(device))

@@ -42,7 +42,7 @@ rule train_classifier:
     resources:
         gpu=1,
         mem_mb=8000,
-        runtime=60,  # minutes, the paper's largest set on one GPU (README, "Reproducing the paper")
+        runtime=60,  # minutes, the paper's largest set on one GPU (docs/paper.md)
     params:
         settings=settings("data", "classifier"),
     shell:

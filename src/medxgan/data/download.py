@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 
 import requests
 
-from medxgan.utils import progress, provenance, write_json
+from medxgan.files import progress, provenance, write_json
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from medxgan.data.download import DataSourceError
 from medxgan.data.preparation import Collected, PrepareOptions, Record, drop, prepare
 from medxgan.data.sources.layout import IMAGE_SUFFIXES, is_junk, require_folders, subfolders
-from medxgan.utils import portable_path
+from medxgan.files import portable_path
 
 SPLIT_FOLDERS = {"train": "train", "test": "test"}
 MASKS = "masks"

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from medxgan.config import SOURCE_DEFAULTS
 from medxgan.data.splits import VAL_STREAM, pick_groups
-from medxgan.utils import atomic_path
+from medxgan.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ LABEL_CHOICES = ("positive", "negative")
 FIRST_DATA_LINE = 2  # line 1 is the header
 IMAGE_MODES = {1: "L", 3: "RGB"}
 HALF_PIXEL_RANGE = 127.5  # maps 8-bit 0..255 onto -1..1
+IMAGE_RANGE = 2.0  # so images span [-1, 1]
 PIXEL_MAX = 255.0  # deeper images are read onto the 8-bit scale (as floats), so one formula maps all onto -1..1
 SIXTEEN_BIT_MAX = 65535
 DEEP_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # PIL's modes for 16-bit, 32-bit and float grey

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from medxgan.data.manifest import ManifestError, check_twin_size, load_mask, read_manifest
-from medxgan.utils import file_sha256
+from medxgan.files import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,17 @@ import pandas as pd
 from PIL import Image
 
 from medxgan.data.download import DataSourceError, file_hash
-from medxgan.data.manifest import (PIXEL_MAX, READ_ERRORS, SIXTEEN_BIT_MAX, as_grey, open_image, resize_pixels,
-                                   write_manifest)
+from medxgan.data.manifest import (
+    PIXEL_MAX,
+    READ_ERRORS,
+    SIXTEEN_BIT_MAX,
+    as_grey,
+    open_image,
+    resize_pixels,
+    write_manifest,
+)
 from medxgan.data.splits import TEST_STREAM, VAL_STREAM, pick_groups
-from medxgan.utils import progress, provenance, write_json
+from medxgan.files import progress, provenance, write_json
 
 log = logging.getLogger(__name__)
 

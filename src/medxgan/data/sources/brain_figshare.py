@@ -18,7 +18,7 @@ from PIL import Image
 
 from medxgan.data.download import DataSourceError, FigshareArticleRoute, FigshareRoute, extract_zip
 from medxgan.data.preparation import Collected, Record, drop
-from medxgan.utils import progress
+from medxgan.files import progress
 
 NAME = "brain-figshare"
 ARTICLE, VERSION = 1512427, 5

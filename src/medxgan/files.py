@@ -1,4 +1,5 @@
-"""Small helpers shared by every step: seeding, device choice, atomic writes, provenance."""
+"""Files: atomic writes, JSON, checksums, tensors and weights on disk, provenance records, progress
+bars. Torch loads only where a function needs it, so result readers stay light."""
 
 from __future__ import annotations
 
@@ -6,26 +7,13 @@ import contextlib
 import json
 import os
 import platform
-import random
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import torch
 
-
-def seed_everything(seed: int) -> None:
-    """Seed every random source the pipeline uses (Python, NumPy, torch on CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    """CUDA when present (or asked for), CPU otherwise."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 @contextlib.contextmanager
@@ -93,11 +81,15 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def provenance(seed: int | None = None, device: torch.device | None = None, precision: str | None = None) -> dict:
     """Seeds, versions, hardware and number format, recorded next to every result."""
-    import medxgan
+    from importlib.metadata import version
+
+    import numpy as np
+    import torch
+
     from medxgan.hardware import cpu_bf16_features, cpu_model
 
     info = {
-        "medxgan": medxgan.__version__,
+        "medxgan": version("medxgan"),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
@@ -126,3 +118,17 @@ def progress(iterable=None, **kwargs):
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("disable", "ipykernel" in sys.modules)
     return tqdm(iterable, **kwargs)
+
+
+def load_state_dict(path: str | Path) -> dict:
+    """Weights from .safetensors, or from a torch file without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,11 +1,11 @@
-"""medxgan.reporting: the tables read back from results/ for the summary, README and notebooks."""
+"""medxgan.report.tables: the tables read back from results/ for the summary, the docs and notebooks."""
 
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from medxgan import reporting
+from medxgan.report import tables
 
 
 @pytest.fixture
@@ -28,17 +28,17 @@ def checks_dir(tmp_path: Path) -> Path:
 
 
 def test_checks_table_averages_per_method_and_marks_what_does_not_apply(checks_dir: Path):
-    table = reporting.checks_table(checks_dir, "ds")
+    table = tables.checks_table(checks_dir, "ds")
     assert list(table.index) == ["latent_ig", "difference"]  # the order the check wrote
     assert table.loc["latent_ig", "Spearman under noise σ = 0.1"] == pytest.approx(0.8)
     assert "Spearman under noise σ = 0" not in table.columns  # the clean heatmap is the reference
     assert table.loc["difference", "max-sensitivity"] == pytest.approx(0.4)
     assert table.loc["latent_ig", "Spearman after randomising all of C"] == pytest.approx(0.25)  # the last step
-    assert table.loc["difference", "Spearman after randomising all of C"] == reporting.NOT_APPLICABLE
+    assert table.loc["difference", "Spearman after randomising all of C"] == tables.NOT_APPLICABLE
 
 
 def test_counterfactual_table_shows_intervals_only_where_there_are_any(checks_dir: Path):
-    values = reporting.counterfactual_table(checks_dir, "ds")["value"]
+    values = tables.counterfactual_table(checks_dir, "ds")["value"]
     assert values["validity"] == "0.900 [0.800, 1.000]"
     assert values["frechet_distance_classifier_features:a_vs_b"] == "12.346"
 
@@ -46,8 +46,8 @@ def test_counterfactual_table_shows_intervals_only_where_there_are_any(checks_di
 def test_datasets_of_family_reads_the_summary(tmp_path: Path):
     pd.DataFrame({"dataset": ["a", "a", "b", "c"], "family": ["brain_mri", "brain_mri", "chest_xray", ""]}
                  ).to_csv(tmp_path / "summary.csv", index=False)
-    assert reporting.datasets_of_family(tmp_path, "brain_mri") == ["a"]
-    assert reporting.datasets_of_family(tmp_path, "chest_xray") == ["b"]
+    assert tables.datasets_of_family(tmp_path, "brain_mri") == ["a"]
+    assert tables.datasets_of_family(tmp_path, "chest_xray") == ["b"]
 
 
 def test_peer_table_puts_the_best_method_using_g_against_the_strongest_pixel_space_peer(tmp_path: Path):
@@ -59,7 +59,7 @@ def test_peer_table_puts_the_best_method_using_g_against_the_strongest_pixel_spa
     pd.DataFrame([{"method": method, "metric": metric, "mean": mean, "std": 0.1, "n": 10,
                    "ci_low": mean - 0.05, "ci_high": mean + 0.05} for (metric, method), mean in means.items()]
                  ).to_csv(tmp_path / "ds" / "metrics.csv", index=False)
-    table = reporting.peer_table(tmp_path, "ds")
+    table = tables.peer_table(tmp_path, "ds")
     assert list(table.index) == ["pointing_game", "mass_in_lesion"]
     assert table.loc["pointing_game", "best that uses G"] == "ig_counterfactual 0.900 [0.850, 0.950]"
     assert table.loc["pointing_game", "strongest pixel-space peer"] == "ig 0.950 [0.900, 1.000]"  # random is no peer

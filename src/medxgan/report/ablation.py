@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from medxgan.evaluation import INVERSION_METHOD, RANDOM_METHOD
-from medxgan.methods import PIXEL_SPACE
-from medxgan.runtimes import read_benchmark
+from medxgan.names import INVERSION_METHOD, PIXEL_SPACE, RANDOM_METHOD
+from medxgan.report.runtimes import read_benchmark
 
 C_ONLY = "(C only)"  # the variant column of the methods that do not read G, taken from the main run
 C_ONLY_METHODS = PIXEL_SPACE + (RANDOM_METHOD,)

@@ -7,18 +7,16 @@ for Grad-CAM.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 from torchvision.models.vgg import VGG, make_layers
 
-from medxgan.config import ConfigError
-from medxgan.hardware import channels_last
+from medxgan.files import load_state_dict
 
 CLASSIFIER_ARCHS = ("simple_cnn", "vgg16", "residual_cnn")
+
+
 VGG16_LAYERS = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
@@ -27,7 +25,11 @@ def _ch(channels: int, width: float) -> int:
 
 
 UPSAMPLINGS = ("transposed", "resize")
+
+
 COMPOSITIONS = ("plain", "masked")
+
+
 DISCRIMINATORS = ("unconditional", "projection")
 
 
@@ -300,108 +302,6 @@ def build_classifier(arch: str, image_size: int, channels: int, width: float = 1
     raise ValueError(f"unknown classifier arch {arch!r} (expected one of {', '.join(CLASSIFIER_ARCHS)})")
 
 
-def load_state_dict(path: str | Path) -> dict:
-    """Weights from .safetensors, or from a torch file without unpickling arbitrary objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def positive_probability(classifier: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """C's probability of the positive class, shape (N,)."""
     return classifier(images).softmax(dim=1)[:, 1]
-
-
-def build_from_spec(spec: dict, allowed_factory: str | bool = True) -> nn.Module:
-    """Rebuild a network from the spec stored in its weights file; `allowed_factory` says which
-    user factory (code) a user classifier's spec may name (medxgan.user_classifier.network)."""
-    kind = spec["kind"]
-    if kind == "classifier":
-        return build_classifier(spec["arch"], spec["image_size"], spec["channels"], spec["width"])
-    if kind == "generator":  # files written before these options have the release's design
-        return build_generator(spec.get("composition", "plain"), spec["nz1"], spec["nz2"], spec["image_size"],
-                               spec["channels"], spec["width"], spec.get("upsampling", "transposed"))
-    if kind == "user_classifier":
-        from medxgan.user_classifier import build
-
-        return build(spec, allowed_factory)
-    if kind == "encoder":
-        from medxgan.encoder import Encoder
-
-        return Encoder(spec["nz1"], spec["nz2"], spec["image_size"], spec["channels"], spec["width"])
-    if kind == "discriminator":
-        return build_discriminator(spec.get("design", "unconditional"), spec["image_size"], spec["channels"],
-                                   spec["width"], spec["dropout"])
-    raise ValueError(f"unknown model kind {kind!r}")
-
-
-def save_model(model: nn.Module, path: str | Path, spec: dict) -> None:
-    """Weights as safetensors, with the spec needed to rebuild the network in the file's metadata."""
-    from medxgan.utils import save_tensors
-
-    save_tensors(model.state_dict(), path, {"spec": json.dumps(spec)})
-
-
-def read_spec(path: str | Path) -> dict:
-    """The spec `save_model` stored in a weights file's metadata."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    try:
-        with safe_open(str(path), "pt") as f:
-            metadata = f.metadata() or {}
-    except (SafetensorError, OSError) as error:  # truncated, or not a safetensors file at all
-        raise InputFileError(f"{path} is not a readable safetensors weights file ({error})") from None
-    if "spec" not in metadata:
-        raise InputFileError(f"{path} has no model spec in its metadata: was it written by medxgan?")
-    return json.loads(metadata["spec"])
-
-
-class InputFileError(ValueError):
-    """A file given to a step (weights, inversion results) is not what it needs; the message names the file."""
-
-
-# The kinds of network a step may be given for each role (a user's classifier stands in for C).
-ROLE_KINDS = {"classifier": ("classifier", "user_classifier"), "generator": ("generator",), "encoder": ("encoder",)}
-
-
-def check_spec(path: Path, spec: dict, role: str, data: dict) -> None:
-    """The network in `path` can play `role` on this run's images (data: image_size, channels and,
-    where the file records them, the dataset's two labels); else one line saying what it is."""
-    if spec.get("kind") not in ROLE_KINDS[role]:
-        raise InputFileError(f"{path} holds a {spec.get('kind')}, not a {role}")
-    for key, unit in (("image_size", "px images"), ("channels", "channel images")):
-        if key in spec and spec[key] != data[key]:
-            raise InputFileError(f"{path}: a {role} for {spec[key]}-{unit}, this run's data.{key} is {data[key]}")
-    labels = [str(data["negative"]), str(data["positive"])] if "negative" in data else None
-    if "labels" in spec and labels and spec["labels"] != labels:
-        raise InputFileError(f"{path}: a {role} trained on {spec['labels'][0]!r} vs {spec['labels'][1]!r}, "
-                             f"this run's dataset is {labels[0]!r} vs {labels[1]!r}")
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu", role: str | None = None,
-               data: dict | None = None, allowed_factory: str | bool = True) -> nn.Module:
-    """A network saved by `save_model`, in eval mode, with gradients switched off for its weights,
-    its convolutions in the faster channels-last layout. With a `role` and the run's `data`
-    settings, the file is checked first (`check_spec`). `allowed_factory`: True for the run's own
-    files; for a file from elsewhere, None or the one user factory the caller trusts."""
-    spec = read_spec(path)
-    if role is not None:
-        check_spec(Path(path), spec, role, data)
-    try:
-        model = build_from_spec(spec, allowed_factory)
-    except ConfigError as error:  # the same error, naming the file
-        raise ConfigError(f"{path}: {error}") from None
-    try:
-        model.load_state_dict(load_state_dict(path))
-    except RuntimeError as error:  # weights of other shapes than the spec says
-        raise InputFileError(f"{path}: its weights do not fit the network its spec describes ({error})") from None
-    channels_last(model)
-    return model.to(device).eval().requires_grad_(False)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medxgan.config import ConfigError
-from medxgan.utils import file_sha256
+from medxgan.files import file_sha256
 
 TORCHSCRIPT = "torchscript"
 STATE_DICT = "state_dict"
@@ -150,7 +150,7 @@ def output_count(state: dict[str, torch.Tensor]) -> int:
 
 def user_spec(cfg: dict, data_cfg: dict) -> dict:
     """The spec stored with the imported classifier, from which `build` rebuilds it."""
-    from medxgan.models import load_state_dict
+    from medxgan.files import load_state_dict
 
     path = Path(cfg["pretrained"]).resolve()
     if not path.is_file():
@@ -182,7 +182,7 @@ def build(spec: dict, allowed_factory: str | bool = ANY_FACTORY) -> UserClassifi
 
 def import_classifier(cfg: dict, data_cfg: dict) -> tuple[UserClassifier, dict]:
     """The user's classifier with its weights, frozen, and its spec."""
-    from medxgan.models import load_state_dict
+    from medxgan.files import load_state_dict
 
     spec = user_spec(cfg, data_cfg)
     classifier = build(spec)

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medxgan.evaluation import INVERSION_METHOD
-from medxgan.methods import PIXEL_SPACE, USES_G
+from medxgan.names import INVERSION_METHOD, PIXEL_SPACE, USES_G
 
 SUMMARY_DIGITS = 3
 # the localisation metrics the peer table compares, each with whether a higher value is better
@@ -137,7 +136,7 @@ def counterfactual_table(results: Path, dataset: str) -> pd.DataFrame:
 
 
 def summary_markdown(results: Path, datasets: list[str]) -> str:
-    """The README's results section: classifier, GAN, inversion, explanations and checks, per dataset."""
+    """The results section of docs/results.md: classifier, GAN, inversion, explanations and checks, per dataset."""
     lines = ["# medXGAN results", ""]
     for name in datasets:
         root = Path(results) / name

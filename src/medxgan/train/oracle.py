@@ -14,8 +14,10 @@ from torch import nn
 
 from medxgan.config import ConfigError
 from medxgan.data.manifest import ImageSet
-from medxgan.models import positive_probability
-from medxgan.training import train_classifier
+from medxgan.inversion import InversionRecord
+from medxgan.nets.networks import positive_probability
+from medxgan.torch_utils import module_device
+from medxgan.train.classifier import train_classifier
 
 
 def oracle_seed(seed: int, cfg: dict) -> int:
@@ -41,15 +43,15 @@ def train_oracle(train: ImageSet, val: ImageSet, cfg: dict, classifier_cfg: dict
 
 
 @torch.no_grad()
-def oracle_probabilities(oracle: nn.Module, images: torch.Tensor, latents: dict[str, torch.Tensor],
+def oracle_probabilities(oracle: nn.Module, images: torch.Tensor, latents: InversionRecord,
                          batch_size: int = 256) -> dict[str, torch.Tensor]:
     """The oracle's positive probability for each real image, its reconstruction G(z1, z2) and its
-    negative realisation G(z1, 0), under the names `evaluation.inversion_fidelity` reads."""
-    device = next(oracle.parameters()).device
+    negative realisation G(z1, 0): the oracle's fields of the inversion record."""
+    device = module_device(oracle)
 
     def probabilities(batch: torch.Tensor) -> torch.Tensor:
         return torch.cat([positive_probability(oracle, part.to(device)).cpu() for part in batch.split(batch_size)])
 
     return {"p_oracle_image": probabilities(images),
-            "p_oracle_reconstruction": probabilities(latents["reconstruction"]),
-            "p_oracle_negative": probabilities(latents["negative"])}
+            "p_oracle_reconstruction": probabilities(latents.reconstruction),
+            "p_oracle_negative": probabilities(latents.negative)}

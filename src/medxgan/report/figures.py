@@ -15,11 +15,14 @@ import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 
 from medxgan.data.manifest import ImageSet  # noqa: E402
-from medxgan.evaluation import INVERSION_METHOD, inversion_fidelity  # noqa: E402
+from medxgan.evaluate.metrics import min_max_normalise, perturb_top_k  # noqa: E402
+from medxgan.evaluate.scoring import inversion_fidelity
 from medxgan.explainers import Interpolation  # noqa: E402
-from medxgan.metrics import min_max_normalise, perturb_top_k  # noqa: E402
-from medxgan.models import positive_probability  # noqa: E402
-from medxgan.utils import atomic_path  # noqa: E402
+from medxgan.files import atomic_path
+from medxgan.inversion import InversionRecord
+from medxgan.names import INVERSION_METHOD  # noqa: E402
+from medxgan.nets.networks import positive_probability  # noqa: E402
+from medxgan.torch_utils import module_device  # noqa: E402
 
 # the pipeline figure's map columns: the paper's four, then the maps of the real image and the peers
 HEATMAP_COLUMNS = {"difference": "difference map", "gradcam": "Grad-CAM", "latent_ig": "Latent IG", "ig": "IG",
@@ -57,7 +60,7 @@ def example_indices(data: ImageSet, count: int) -> list[int]:
     return [candidates[i] for i in picks]
 
 
-def pipeline_rows(C, data: ImageSet, latents: dict, heatmaps: dict[str, torch.Tensor], examples: list[int]) -> plt.Figure:
+def pipeline_rows(C, data: ImageSet, latents: InversionRecord, heatmaps: dict[str, torch.Tensor], examples: list[int]) -> plt.Figure:
     """Original, reconstruction, negative realisation, difference, colorized map, Grad-CAM, LIG, IG,
     then the other maps of HEATMAP_COLUMNS that were computed."""
     maps = [(title, heatmaps[m]) for m, title in HEATMAP_COLUMNS.items() if m in heatmaps]
@@ -68,8 +71,8 @@ def pipeline_rows(C, data: ImageSet, latents: dict, heatmaps: dict[str, torch.Te
                              figsize=(CELL_INCHES * len(columns), CELL_INCHES * 1.25 * len(examples)))
     for row, i in enumerate(examples):
         original = _grey(data.images[i])
-        images = [(original, latents["p_image"][i]), (_grey(latents["reconstruction"][i]), latents["p_reconstruction"][i]),
-                  (_grey(latents["negative"][i]), latents["p_negative"][i])]
+        images = [(original, latents.p_image[i]), (_grey(latents.reconstruction[i]), latents.p_reconstruction[i]),
+                  (_grey(latents.negative[i]), latents.p_negative[i])]
         cells = [(img, _probability_label(float(p)), "gray", None) for img, p in images]
         cells += [(_normalised(h[i]), "", "inferno", None) for _, h in maps]
         if "difference" in heatmaps:
@@ -92,11 +95,11 @@ def pipeline_rows(C, data: ImageSet, latents: dict, heatmaps: dict[str, torch.Te
 
 
 @torch.no_grad()
-def interpolation_strip(C, G, latents: dict, examples: list[int], n_points: int) -> plt.Figure:
+def interpolation_strip(C, G, latents: InversionRecord, examples: list[int], n_points: int) -> plt.Figure:
     """G(z1, a z2) from the negative realisation (a = 0) to the reconstruction (a = 1), with C's probabilities."""
-    device = next(G.parameters()).device
+    device = module_device(G)
     interpolation = Interpolation(C, G, n_points=n_points)
-    z1, z2 = latents["z1"][examples].to(device), latents["z2"][examples].to(device)
+    z1, z2 = latents.z1[examples].to(device), latents.z2[examples].to(device)
     path = interpolation.path(z1, z2).cpu()  # (N, P, C, H, W)
     accumulated = interpolation.attribute(path[:, 0], latents=(z1, z2))
     probs = positive_probability(C, path.flatten(0, 1).to(device)).view(len(examples), n_points).cpu()
@@ -128,7 +131,7 @@ def disentanglement_samples(C, oracle, G, count: int, seed: int) -> dict[str, di
     rng = torch.Generator().manual_seed(seed)  # its own generator: the figure does not depend on what ran before
     z1 = torch.randn(count, G.nz1, generator=rng)
     codes = {"negative": torch.zeros(count, G.nz2), "positive": torch.randn(count, G.nz2, generator=rng)}
-    device = next(G.parameters()).device
+    device = module_device(G)
     samples = {}
     for name, z2 in codes.items():
         images = G(z1.to(device), z2.to(device))
@@ -169,7 +172,7 @@ def perturbed_examples(C, images: torch.Tensor, heatmaps: dict[str, torch.Tensor
     """Name -> (images, C's positive probabilities), both on the CPU: the originals under "original",
     and for each method of PERTURBATION_COLUMNS present the images with that method's top `fraction`
     of pixels set to the image mean, by the probability-drop metric's own function."""
-    device = next(C.parameters()).device
+    device = module_device(C)
     images = images.to(device)
     perturbed = {"original": images} | {method: perturb_top_k(images, heatmaps[method], fraction)
                                         for method in PERTURBATION_COLUMNS if method in heatmaps}
@@ -312,15 +315,15 @@ def robustness_curves(table: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def inversion_quality(data: ImageSet, latents: dict, worst: int) -> plt.Figure:
+def inversion_quality(data: ImageSet, latents: InversionRecord, worst: int) -> plt.Figure:
     """How faithful the inversion is: the distributions of reconstruction error and of C's agreement,
     and the `worst` reconstructions by MSE (the paper's failure cases)."""
-    order = latents["mse"].argsort(descending=True)[:worst].tolist()
+    order = latents.mse.argsort(descending=True)[:worst].tolist()
     fig = plt.figure(figsize=(max(9, 2.3 * len(order)), 2.8 + 2.1 * 3))
     grid = fig.add_gridspec(4, max(3, len(order)), height_ratios=[1.3, 1, 1, 1])
     top = [fig.add_subplot(grid[0, i * grid.ncols // 3:(i + 1) * grid.ncols // 3]) for i in range(3)]
-    sns.histplot(latents["mse"].numpy(), ax=top[0]).set(title="reconstruction MSE", xlabel="")
-    sns.histplot(latents["ssim"].numpy(), ax=top[1]).set(title="reconstruction SSIM", xlabel="")
+    sns.histplot(latents.mse.numpy(), ax=top[0]).set(title="reconstruction MSE", xlabel="")
+    sns.histplot(latents.ssim.numpy(), ax=top[1]).set(title="reconstruction SSIM", xlabel="")
     fidelity = inversion_fidelity(latents)
     shares = {label: fidelity[name].mean().item() for name, label in (
         ("reconstruction_called_positive", "G(z1, z2) called positive"),
@@ -328,9 +331,9 @@ def inversion_quality(data: ImageSet, latents: dict, worst: int) -> plt.Figure:
         ("classifier_agreement", "C agrees on x, G(z1, z2)"))}
     sns.barplot(x=list(shares.values()), y=list(shares), ax=top[2], orient="h").set(xlim=(0, 1), title="classifier")
     for col, i in enumerate(order):
-        cells = [("original", data.images[i], latents["p_image"][i]),
-                 ("reconstruction", latents["reconstruction"][i], latents["p_reconstruction"][i]),
-                 ("negative realisation", latents["negative"][i], latents["p_negative"][i])]
+        cells = [("original", data.images[i], latents.p_image[i]),
+                 ("reconstruction", latents.reconstruction[i], latents.p_reconstruction[i]),
+                 ("negative realisation", latents.negative[i], latents.p_negative[i])]
         for row, (title, image, p) in enumerate(cells, start=1):
             ax = fig.add_subplot(grid[row, col])
             ax.imshow(_grey(image), cmap="gray", vmin=0, vmax=1)
@@ -340,7 +343,7 @@ def inversion_quality(data: ImageSet, latents: dict, worst: int) -> plt.Figure:
             if col == 0:
                 ax.set_ylabel(title, fontsize=8)
             if row == 1:
-                ax.set_title(f"MSE {latents['mse'][i]:.3f}", fontsize=8)
+                ax.set_title(f"MSE {latents.mse[i]:.3f}", fontsize=8)
     fig.suptitle(f"Inversion of the test positives; the {len(order)} worst reconstructions below", fontsize=9)
     fig.tight_layout()
     return fig
@@ -369,7 +372,7 @@ ABLATION_PANELS = ("SSIM", "valid for C and oracle", "difference: pointing game"
 def ablation_summary(table: pd.DataFrame) -> plt.Figure:
     """Key measures per GAN variant: one point per seed, one colour per dataset; C-only methods'
     values as dashed lines for scale."""
-    from medxgan.ablation import C_ONLY, measure_names
+    from medxgan.report.ablation import C_ONLY, measure_names
 
     table = table.assign(measure=measure_names(table))
     variants = table[table.variant != C_ONLY]

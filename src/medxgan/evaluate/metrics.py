@@ -14,15 +14,15 @@ import numpy as np
 import torch
 from scipy.stats import bootstrap, wilcoxon
 from torch import Tensor, nn
+from torchmetrics.functional.classification import binary_auroc
 from torchmetrics.functional.image import structural_similarity_index_measure
 from torchmetrics.functional.regression import spearman_corrcoef
-from torchmetrics.functional.classification import binary_auroc
 from torchvision.transforms.functional import gaussian_blur
 
-from medxgan.explainers import frozen, module_device
-from medxgan.models import positive_probability
+from medxgan.data.manifest import IMAGE_RANGE
+from medxgan.nets.networks import positive_probability
+from medxgan.torch_utils import frozen, module_device
 
-IMAGE_RANGE = 2.0  # images span [-1, 1]
 BASELINES = ("mean", "blur")
 EIGHT_BIT_MAX = 255
 # |image - twin| above half an 8-bit grey level marks the lesion's own support: a twin is its image
@@ -199,15 +199,6 @@ def probability_drop(classifier: nn.Module, images: Tensor, heatmaps: Tensor, fr
     perturbed = perturb_top_k(images, heatmaps, fraction)
     with frozen(classifier), torch.no_grad():
         return (positive_probability(classifier, images) - positive_probability(classifier, perturbed)).cpu()
-
-
-def reconstruction_mse(reconstructions: Tensor, images: Tensor) -> Tensor:
-    return (reconstructions - images).pow(2).flatten(1).mean(dim=1).cpu()
-
-
-def reconstruction_ssim(reconstructions: Tensor, images: Tensor) -> Tensor:
-    return structural_similarity_index_measure(reconstructions, images, data_range=IMAGE_RANGE,
-                                               reduction="none").cpu()
 
 
 def _step_counts(steps: int, pixels: int) -> Tensor:

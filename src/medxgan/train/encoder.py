@@ -17,27 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from medxgan.data.manifest import ImageSet
-from medxgan.models import discriminator_layers
-from medxgan.training import batch_indices, sample_codes
-from medxgan.utils import progress
+from medxgan.files import progress
+from medxgan.nets.encoder import Encoder
+from medxgan.torch_utils import batch_indices, sample_codes
 
 log = logging.getLogger(__name__)
-
-
-class Encoder(nn.Module):
-    """The release's discriminator convolutions (batch norm, no dropout) and a linear head onto
-    (z1, z2)."""
-
-    def __init__(self, nz1: int, nz2: int, image_size: int = 64, channels: int = 3, width: float = 1.0):
-        super().__init__()
-        self.nz1, self.nz2 = nz1, nz2
-        layers, cin = discriminator_layers(channels, width, dropout=0.0, batch_norm=False)
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(cin * (image_size // 8) ** 2, nz1 + nz2)
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        codes = self.head(self.features(images).flatten(1))
-        return codes[:, :self.nz1], codes[:, self.nz1:]
 
 
 def encoder_losses(E: Encoder, G: nn.Module, real: torch.Tensor, labels: torch.Tensor,

@@ -16,18 +16,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medxgan import checks, metrics, robustness
 from medxgan.config import ConfigError
 from medxgan.data.manifest import ImageSet
-from medxgan.explainers import GENERATIVE_METHODS, build_explainer, module_device
-from medxgan.inversion import invert, negative_counterfactuals
-from medxgan.methods import READ_C_DIRECTLY
-from medxgan.models import positive_probability
+from medxgan.evaluate import checks, metrics, robustness
+from medxgan.explainers import GENERATIVE_METHODS, build_explainer
+from medxgan.inversion import InversionRecord, invert, negative_counterfactuals
+from medxgan.names import INVERSION_METHOD, RANDOM_METHOD, READ_C_DIRECTLY
+from medxgan.nets.networks import positive_probability
+from medxgan.torch_utils import module_device
 
 log = logging.getLogger(__name__)
 
-RANDOM_METHOD = "random"
-INVERSION_METHOD = "medxgan inversion"
 CONFIDENCE = 0.95  # of every interval reported
 LOCALISATION = {"pointing_game": metrics.pointing_game, "mass_in_lesion": metrics.mass_in_lesion,
                 "mask_auroc": metrics.mask_auroc, "relevance_rank_accuracy": metrics.relevance_rank_accuracy}
@@ -48,38 +47,38 @@ def _rows(ids: list[str], method: str, metric: str, values: torch.Tensor) -> pd.
     return pd.DataFrame({"id": ids, "method": method, "metric": metric, "value": values.double().numpy()})
 
 
-def inversion_fidelity(latents: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def inversion_fidelity(latents: InversionRecord) -> dict[str, torch.Tensor]:
     """How faithful the inversion is: medXGAN's explanations are only as good as this. With the
-    oracle's probabilities in `latents` (see `medxgan.oracle`), also whether an independent
+    oracle's probabilities in `latents` (see `medxgan.train.oracle`), also whether an independent
     classifier sees in G's images what C sees."""
-    called_positive = latents["p_image"] >= 0.5
+    called_positive = latents.p_image >= 0.5
     fidelity = {
-        "reconstruction_mse": latents["mse"],
-        "reconstruction_ssim": latents["ssim"],
-        "reconstruction_called_positive": (latents["p_reconstruction"] >= 0.5).float(),
-        "negative_called_negative": (latents["p_negative"] < 0.5).float(),
-        "classifier_agreement": ((latents["p_reconstruction"] >= 0.5) == called_positive).float(),
+        "reconstruction_mse": latents.mse,
+        "reconstruction_ssim": latents.ssim,
+        "reconstruction_called_positive": (latents.p_reconstruction >= 0.5).float(),
+        "negative_called_negative": (latents.p_negative < 0.5).float(),
+        "classifier_agreement": ((latents.p_reconstruction >= 0.5) == called_positive).float(),
     }
-    if "p_oracle_reconstruction" in latents:
+    if latents.judged_by_oracle:
         fidelity |= {
-            "oracle_calls_image_positive": (latents["p_oracle_image"] >= 0.5).float(),
-            "oracle_reconstruction_called_positive": (latents["p_oracle_reconstruction"] >= 0.5).float(),
-            "oracle_negative_called_negative": (latents["p_oracle_negative"] < 0.5).float(),
+            "oracle_calls_image_positive": (latents.p_oracle_image >= 0.5).float(),
+            "oracle_reconstruction_called_positive": (latents.p_oracle_reconstruction >= 0.5).float(),
+            "oracle_negative_called_negative": (latents.p_oracle_negative < 0.5).float(),
             # the counterfactual is valid for both judges: C and the oracle see the class change
-            "oracle_and_classifier_validity": ((latents["p_reconstruction"] >= 0.5) & (latents["p_negative"] < 0.5)
-                                               & (latents["p_oracle_reconstruction"] >= 0.5)
-                                               & (latents["p_oracle_negative"] < 0.5)).float(),
+            "oracle_and_classifier_validity": ((latents.p_reconstruction >= 0.5) & (latents.p_negative < 0.5)
+                                               & (latents.p_oracle_reconstruction >= 0.5)
+                                               & (latents.p_oracle_negative < 0.5)).float(),
         }
     return fidelity
 
 
-def lesion_fidelity(data: ImageSet, latents: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def lesion_fidelity(data: ImageSet, latents: InversionRecord) -> dict[str, torch.Tensor]:
     """Does the reconstruction get the lesion right, or only the rest of the image? Per masked
     test positive: the squared reconstruction error inside the lesion and outside it, and the
     lesion's share of the image (what a heatmap's mass in lesion is at chance)."""
     masked = data.has_mask
     masks = data.masks[masked].float()
-    error = (latents["reconstruction"][masked].float() - data.images[masked]).pow(2).mean(dim=1)  # over channels
+    error = (latents.reconstruction[masked].float() - data.images[masked]).pow(2).mean(dim=1)  # over channels
     inside = masks.flatten(1).sum(1)
     outside = (1 - masks).flatten(1).sum(1)
     return {
@@ -89,12 +88,12 @@ def lesion_fidelity(data: ImageSet, latents: dict[str, torch.Tensor]) -> dict[st
     }
 
 
-def twin_fidelity(data: ImageSet, latents: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def twin_fidelity(data: ImageSet, latents: InversionRecord) -> dict[str, torch.Tensor]:
     """Is the negative realisation G(z1, 0) the same patient without the lesion? Per test positive with
     a healthy twin and a mask: the squared error of G(z1, 0) against the twin inside the lesion (did
     the lesion go?) and outside it (did the rest stay?)."""
     judged = data.has_twin & data.has_mask
-    inside, outside = metrics.squared_error_in_and_outside(latents["negative"][judged], data.twins[judged],
+    inside, outside = metrics.squared_error_in_and_outside(latents.negative[judged], data.twins[judged],
                                                            data.masks[judged])
     return {"negative_twin_mse_in_lesion": inside, "negative_twin_mse_outside_lesion": outside}
 
@@ -109,7 +108,7 @@ def twin_agreement(heatmaps: torch.Tensor, data: ImageSet) -> dict[str, torch.Te
 
 
 def twin_scores(data: ImageSet, heatmaps: dict[str, torch.Tensor],
-                latents: dict[str, torch.Tensor]) -> list[pd.DataFrame]:
+                latents: InversionRecord) -> list[pd.DataFrame]:
     """The rows of the twin judges (`twin_fidelity`, `twin_agreement` per method), for the test positives
     that have a healthy twin; none, silently, where none has (most data has no twins)."""
     def ids_where(chosen: torch.Tensor) -> list[str]:
@@ -163,7 +162,7 @@ def _curve_rows(ids: list[str], method: str, kind: str, curves: torch.Tensor) ->
 
 
 def evaluate_explanations(classifier, data: ImageSet, heatmaps: dict[str, torch.Tensor],
-                          latents: dict[str, torch.Tensor], cfg: dict, seed: int,
+                          latents: InversionRecord, cfg: dict, seed: int,
                           device) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The tidy per-image scores, and the tidy deletion/insertion curves (one row per image x
     method x curve x fraction of pixels swapped)."""
@@ -267,17 +266,13 @@ def compare_methods(per_image: pd.DataFrame) -> pd.DataFrame:
 SANITY_METHODS = READ_C_DIRECTLY  # see checks.sanity_check
 
 
-def heatmaps_for(method: str, C, G, images: torch.Tensor, rows: torch.Tensor, s: dict,
-                 latents: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """One method's heatmaps; a generative method inverts the images first unless given their codes."""
-    explainer = build_explainer(method, C, G, s["explain"])
-    if method in GENERATIVE_METHODS and latents is None:
-        codes = invert(G, C, images, rows, s["inversion"], s["seed"], s["precision"])
-        latents = (codes.z1, codes.z2)
-    return explainer.attribute(images, target=1, latents=latents)
+def heatmaps_for(method: str, C, G, images: torch.Tensor, s: dict,
+                 latents: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """One method's heatmaps of the images whose codes are `latents` (None for pixel-space methods)."""
+    return build_explainer(method, C, G, s["explain"]).attribute(images, target=1, latents=latents)
 
 
-def sanity_table(C, G, data: ImageSet, latents: dict[str, torch.Tensor], s: dict) -> pd.DataFrame:
+def sanity_table(C, G, data: ImageSet, latents: InversionRecord, s: dict) -> pd.DataFrame:
     """Cascading randomisation of C for the methods that read C; latents stay those of the trained C.
     Empty, with a warning, for a classifier whose layers cannot be re-initialised (TorchScript)."""
     if not checks.parameterised_layers(C):
@@ -285,11 +280,11 @@ def sanity_table(C, G, data: ImageSet, latents: dict[str, torch.Tensor], s: dict
                     "does not expose: skipped")
         return pd.DataFrame(columns=["layer", "step", "image", "spearman", "ssim", "method"])
     rows = data.rows.tolist()
-    codes = (latents["z1"][:len(rows)], latents["z2"][:len(rows)])
+    codes = (latents.z1[:len(rows)], latents.z2[:len(rows)])
     frames = []
     for method in [m for m in SANITY_METHODS if m in s["explain"]["methods"]]:
         def explain(model, method=method):
-            return heatmaps_for(method, model, G, data.images, data.rows, s, latents=codes)
+            return heatmaps_for(method, model, G, data.images, s, latents=codes)
         frames.append(checks.sanity_check(explain, C, s["seed"]).assign(method=method))
     return pd.concat(frames, ignore_index=True)
 
@@ -310,7 +305,7 @@ def robustness_table(C, G, data: ImageSet, s: dict, encoder=None) -> pd.DataFram
             if method in GENERATIVE_METHODS and key not in inversions:
                 codes = invert(G, C, images, data.rows, s["inversion"], s["seed"], s["precision"], encoder)
                 inversions[key] = (codes.z1, codes.z2)
-            return heatmaps_for(method, C, G, images, data.rows, s, latents=inversions.get(key))
+            return heatmaps_for(method, C, G, images, s, latents=inversions.get(key))
         return explain
 
     frames = []
@@ -360,18 +355,18 @@ def negative_counterfactual_rows(C, G, negatives: ImageSet, s: dict, encoder=Non
              **dict(zip(("ci_low", "ci_high"), metrics.bootstrap_ci(v, seed=s["seed"])))} for name, v in per_image.items()]
 
 
-def counterfactual_table(C, positives: ImageSet, negatives: ImageSet, latents: dict[str, torch.Tensor],
+def counterfactual_table(C, positives: ImageSet, negatives: ImageSet, latents: InversionRecord,
                          s: dict) -> pd.DataFrame:
     """medXGAN's counterfactuals: validity (share of G(z1, 0) that C calls negative), proximity of
     G(z1, 0) to G(z1, z2), and realism as the Fréchet distance between generated and real test images
     in each feature space (named in the row), with the distance between real negatives and real
     positives for scale."""
-    per_image = {"validity": (latents["p_negative"] < 0.5).float(),
-                 **{f"proximity_{name}": v for name, v in checks.proximity(latents["negative"],
-                                                                         latents["reconstruction"]).items()}}
+    per_image = {"validity": (latents.p_negative < 0.5).float(),
+                 **{f"proximity_{name}": v for name, v in checks.proximity(latents.negative,
+                                                                         latents.reconstruction).items()}}
     rows = [{"metric": name, "mean": v.mean().item(),
              **dict(zip(("ci_low", "ci_high"), metrics.bootstrap_ci(v, seed=s["seed"])))} for name, v in per_image.items()]
-    image_sets = {"reconstructions": latents["reconstruction"], "negative_realisations": latents["negative"],
+    image_sets = {"reconstructions": latents.reconstruction, "negative_realisations": latents.negative,
                   "real_positives": positives.images, "real_negatives": negatives.images}
     for space, features_of in feature_spaces(C, s).items():
         features = {name: features_of(images) for name, images in image_sets.items()}

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from medxgan.metrics import heatmap_similarity
+from medxgan.evaluate.metrics import heatmap_similarity
 
 Explain = Callable[[Tensor], Tensor]
 IMAGE_MIN, IMAGE_MAX = -1.0, 1.0

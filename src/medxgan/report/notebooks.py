@@ -9,8 +9,8 @@ import jupytext
 import nbconvert
 from nbclient import NotebookClient
 
-from medxgan.reporting import SUMMARY_VARIABLE
-from medxgan.utils import atomic_path
+from medxgan.files import atomic_path
+from medxgan.report.tables import SUMMARY_VARIABLE
 
 CELL_TIMEOUT_S = 600
 

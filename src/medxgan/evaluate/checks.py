@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import inception_v3
 
-from medxgan.explainers import frozen, module_device
-from medxgan.metrics import heatmap_similarity, reconstruction_ssim
-from medxgan.models import load_state_dict
+from medxgan.evaluate.metrics import heatmap_similarity
+from medxgan.files import load_state_dict
+from medxgan.inversion import reconstruction_ssim
+from medxgan.torch_utils import frozen, module_device
 
 RANDOMISED_LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm2d)
 INCEPTION_SIZE = 299  # Inception v3's input resolution

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medxgan import figures
 from medxgan.api import DEFAULT_METHODS, MedXGAN
 from medxgan.data.manifest import ImageSet, ManifestError, load_image
 from medxgan.data.sources.layout import IMAGE_SUFFIXES
-from medxgan.utils import atomic_path, progress
+from medxgan.files import atomic_path, progress
+from medxgan.report import figures
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def explain_images(paths: list[Path], bundle: Path, out_dir: Path, methods=DEFAU
     if len(images):
         codes = explainer.invert(images)
         heatmaps = explainer.explain(images, methods, codes=codes)
-        negatives = (codes["p_image"] < 0.5).nonzero().flatten()
+        negatives = (codes.p_image < 0.5).nonzero().flatten()
         realisations = explainer.positive_realisations(images[negatives], negatives) if len(negatives) else None
         table = _write_explanations(explainer, _as_image_set(images, files), codes, heatmaps, out_dir)
         table = _write_positive_realisations(table, images, negatives, realisations, out_dir)
@@ -114,10 +114,10 @@ def _write_explanations(explainer: MedXGAN, data: ImageSet, codes: dict, heatmap
             _save_npy(maps[i].numpy(), out_dir / "heatmaps" / f"{name}_{method}.npy")
         figures.save(figures.pipeline_rows(explainer.classifier, data, codes, heatmaps, [i]),
                      out_dir / "figures" / f"{name}.png")
-        p_image, p_reconstruction = float(codes["p_image"][i]), float(codes["p_reconstruction"][i])
+        p_image, p_reconstruction = float(codes.p_image[i]), float(codes.p_reconstruction[i])
         rows.append({"file": file, "name": name, "p_negative": 1 - p_image, "p_positive": p_image,
                      "called_positive": p_image >= 0.5, "p_reconstruction": p_reconstruction,
-                     "p_negative_realisation": float(codes["p_negative"][i]),
-                     "reconstruction_mse": float(codes["mse"][i]), "reconstruction_ssim": float(codes["ssim"][i]),
+                     "p_negative_realisation": float(codes.p_negative[i]),
+                     "reconstruction_mse": float(codes.mse[i]), "reconstruction_ssim": float(codes.ssim[i]),
                      "classifier_agrees_on_reconstruction": (p_image >= 0.5) == (p_reconstruction >= 0.5)})
     return pd.DataFrame(rows)

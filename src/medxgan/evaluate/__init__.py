@@ -1,0 +1,1 @@
+"""Evaluation: explanations scored per image (metrics, scoring), their sanity and robustness checks."""

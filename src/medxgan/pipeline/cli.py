@@ -1,0 +1,71 @@
+"""`medxgan <step>`: the pipeline's steps as commands, each runnable by hand or from Snakemake.
+
+The parser is built from the steps' registry (`medxgan.pipeline.steps`): each step's name, help
+and arguments are declared once, beside its function. A step with settings takes them either as
+JSON (`--settings`, what the Snakefile passes) or from a config file and a dataset name
+(`--config config/config.yaml --dataset synthetic-mri`).
+
+Parsing imports nothing heavy (no torch, no plotting), so `--help` answers at once; each step loads
+its modules when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from medxgan.config import ConfigError
+from medxgan.pipeline import steps  # noqa: F401  (registers every step)
+from medxgan.pipeline.context import SETTINGS_ARGUMENTS, STEPS, Context
+from medxgan.shards import ShardError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medxgan",
+        description="medXGAN: explain a binary medical image classifier through a generative latent space, "
+                    "and compare with Grad-CAM and Integrated Gradients. Each subcommand is one pipeline step; "
+                    "`snakemake --cores N` runs them all in order.",
+    )
+    sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+    for step in STEPS.values():
+        command = sub.add_parser(step.name, help=step.help, description=step.help)
+        for argument in (*step.arguments, *(SETTINGS_ARGUMENTS if step.settings else ())):
+            command.add_argument(*argument.flags, **argument.options)
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    STEPS[args.step].function(Context(args))
+
+
+def _bad_input_errors() -> tuple[type[Exception], ...]:
+    """The errors that mean bad input, reported in one line without a traceback. Imported only
+    once a step failed (their modules load torch)."""
+    from medxgan.artifacts import InputFileError
+    from medxgan.data.download import DataSourceError
+    from medxgan.data.manifest import ManifestError
+
+    return ConfigError, ManifestError, ShardError, DataSourceError, InputFileError, FileNotFoundError
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except Exception as error:
+        if not isinstance(error, _bad_input_errors()):
+            raise
+        logging.getLogger("medxgan").error("%s failed: %s", args.step, error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

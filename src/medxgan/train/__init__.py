@@ -1,0 +1,1 @@
+"""Training: the classifier C and the oracle, medXGAN's G and D against the frozen C, the encoder."""
