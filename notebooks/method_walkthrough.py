@@ -53,7 +53,7 @@ print(f"C's positive probability for the image: {explainer.probabilities(image.i
 # %%
 codes = explainer.invert(image.images, image.rows)
 for title, key in [("reconstruction G(z1, z2)", "p_reconstruction"), ("negative realisation G(z1, 0)", "p_negative")]:
-    print(f"{title}: C's positive probability {codes[key].item():.3f}")
+    print(f"{title}: C's positive probability {getattr(codes, key).item():.3f}")
 print(f"reconstruction SSIM {codes.ssim.item():.3f}")
 
 # %% [markdown]
