@@ -78,8 +78,8 @@ def kernel_rows(G: nn.Module, C: nn.Module, precision: str, images: int, steps: 
             p = positive_probability(C, a)
         return torch.autograd.grad(p.float().sum(), a)[0]
 
-    cfg = {"init": "random", "restarts": 1, "steps": steps, "lr": 0.05, "mse_weight": 10.0, "bce_weight": 1.0,
-           "batch_size": images}
+    cfg = {"init": "random", "restarts": 1, "steps": steps, "lr": 0.05, "mse_weight": 10.0, "local_weight": 0.0,
+           "local_patches": [4, 8], "bce_weight": 1.0, "batch_size": images}
     rows = torch.arange(images)
 
     def inversion(a, r):

@@ -160,6 +160,20 @@ def test_ablation_variants_lay_base_then_their_own_overrides_over_the_dataset():
         variant_settings(config, "synthetic-cxr", "nope", 3, "gan")
 
 
+def test_variants_that_differ_only_downstream_share_the_first_ones_training():
+    from medxgan.config import variant_source
+
+    config = load_config(REPO / "config" / "config.yaml")
+    config["ablation"] = {"seeds": [0], "methods": ["difference"], "base": {},
+                          "variants": {"plain": {}, "longer": {"gan": {"steps": 9}},
+                                       "local": {"inversion": {"local_weight": 1.0}},
+                                       "longer-local": {"gan": {"steps": 9}, "inversion": {"local_weight": 1.0}}}}
+    gan = ("data", "gan", "precision")
+    sources = {v: variant_source(config, "synthetic-cxr", v, 0, *gan) for v in config["ablation"]["variants"]}
+    assert sources == {"plain": "plain", "longer": "longer", "local": "plain", "longer-local": "longer"}
+    assert variant_source(config, "synthetic-cxr", "local", 0, *gan, "inversion") == "local"
+
+
 SCHEMA_FILE = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 

@@ -16,7 +16,8 @@ from medxgan.train.gan import GANTrainer
 from helpers import calibrate_gan_pair
 
 NZ1, NZ2, SIZE = 8, 4, 64
-CFG = {"init": "random", "restarts": 2, "steps": 40, "lr": 0.05, "mse_weight": 10.0, "bce_weight": 1.0, "batch_size": 8}
+CFG = {"init": "random", "restarts": 2, "steps": 40, "lr": 0.05, "mse_weight": 10.0,
+       "local_weight": 0.0, "local_patches": [4, 8], "bce_weight": 1.0, "batch_size": 8}
 CPU = torch.device("cpu")
 
 
@@ -92,6 +93,7 @@ def test_bf16_gan_step_keeps_weights_and_optimiser_state_in_fp32(gan_pair):
     cfg = {"nz1": NZ1, "nz2": NZ2, "lambda_cls": 1.0, "width": 0.0625, "d_width": 0.0625, "d_dropout": 0.0,
            "steps": 2, "batch_size": 4, "lr": 2e-4, "betas": [0.5, 0.999], "checkpoint_every": 1,
            "upsampling": "transposed", "discriminator": "unconditional", "proximity_weight": 0.0,
+           "reconstruction_weight": 0.0,
            "composition": "plain", "mask_sparsity_weight": 0.0}
     trainer = GANTrainer(copy.deepcopy(classifier), cfg, {"image_size": SIZE, "channels": 1}, 0, CPU, "bf16")
     before = copy.deepcopy(trainer.G.state_dict())

@@ -7,13 +7,14 @@ from torch import nn
 
 import medxgan.inversion as inversion
 from medxgan.inversion import (POSITIVE_SEARCH_START, Inversion, check_encoder, invert, invert_batch, invert_batches, inversion_loss,
-                               negative_counterfactuals, positive_realisation, starting_codes)
+                               negative_counterfactuals, positive_realisation, starting_codes, worst_patch_error)
 from medxgan.nets.encoder import Encoder
 from medxgan.nets.networks import Generator, SimpleCNN, positive_probability
 from helpers import calibrate_gan_pair
 
 NZ1, NZ2, SIZE = 8, 4, 64
-CFG = {"init": "random", "restarts": 2, "steps": 60, "lr": 0.05, "mse_weight": 10.0, "bce_weight": 1.0, "batch_size": 4}
+CFG = {"init": "random", "restarts": 2, "steps": 60, "lr": 0.05, "mse_weight": 10.0, "local_weight": 0.0,
+       "local_patches": [4, 8], "bce_weight": 1.0, "batch_size": 4}
 ROWS = torch.tensor([10, 3, 7, 0])  # manifest rows, deliberately not 0..N-1
 # Batch invariance is exact in exact arithmetic (each image's loss is its own), but CPU kernels pick
 # other algorithms for other batch sizes, and 60 Adam steps amplify their rounding: in float32 an
@@ -148,7 +149,7 @@ def test_the_best_restart_is_kept(exact_models, exact_targets, monkeypatch):
     # single-restart seeds, and compare with inverting from each seed alone.
     generator, classifier = copy.deepcopy(exact_models)
     seeds = (2, 7, 6)  # chosen so that the best restart is 0, 1, 2 and 2 for the four images
-    single = {"init": "random", "restarts": 1, "steps": 30, "lr": 0.05, "mse_weight": 10.0, "bce_weight": 1.0, "batch_size": 4}
+    single = {**CFG, "restarts": 1, "steps": 30}
     alone = [invert(generator, classifier, exact_targets, ROWS, single, seed=s) for s in seeds]
 
     original = inversion.starting_codes
@@ -337,8 +338,7 @@ def test_negative_counterfactuals_pass_on_the_precision_and_the_encoder(models, 
     torch.manual_seed(1)
     encoder = Encoder(NZ1, NZ2, SIZE, channels=1, width=0.0625).eval()
     cfg = {**CFG, "init": "encoder", "steps": 8, "positive_steps": 4, "positive_lr": 0.1}
-    s = {"inversion": cfg, "seed": 3, "precision": "bf16"}
-    result = negative_counterfactuals(generator, classifier, targets, ROWS, s, encoder=encoder)
+    result = negative_counterfactuals(generator, classifier, targets, ROWS, cfg, 3, "bf16", encoder=encoder)
     codes = invert(generator, classifier, targets, ROWS, cfg, 3, "bf16", encoder, negative=True)
     z2, _ = positive_realisation(generator, classifier, codes.z1, cfg, 3, "bf16")
     assert torch.equal(result["z1"], codes.z1) and torch.equal(result["z2"], z2)
@@ -351,8 +351,7 @@ def test_negative_counterfactuals_search_the_positive_realisation_at_the_precisi
     generator, classifier = ShiftGenerator(), MeanClassifier()
     images = generator(torch.tensor([[-1.0, 0.0], [-2.0, 1.0]]), torch.zeros(2, 2)).detach()
     cfg = {**CFG, "steps": 3, "positive_steps": 2, "positive_lr": 0.05}
-    runs = {precision: negative_counterfactuals(generator, classifier, images, ROWS[:2],
-                                                {"inversion": cfg, "seed": 3, "precision": precision})
+    runs = {precision: negative_counterfactuals(generator, classifier, images, ROWS[:2], cfg, 3, precision)
             for precision in ("bf16", "fp32")}
     for precision, result in runs.items():
         z2, _ = positive_realisation(generator, classifier, result["z1"], cfg, 3, precision)
@@ -369,7 +368,7 @@ def test_a_saturated_classifier_costs_the_clamped_bce_not_an_infinite_one(logit,
     z1, z2 = torch.tensor([[1.0, 0.0]]), torch.zeros(1, 2)
     images = generator(z1, z2).detach()
     loss = inversion_loss(generator, classifier, z1, z2, images, torch.tensor([target]),
-                          {"mse_weight": 1.0, "bce_weight": 1.0})
+                          {"mse_weight": 1.0, "local_weight": 0.0, "local_patches": [4, 8], "bce_weight": 1.0})
     torch.testing.assert_close(loss, torch.tensor([-math.log(1e-6)]), rtol=1e-3, atol=0)
 
 
@@ -390,10 +389,10 @@ def test_negative_counterfactuals_are_the_negative_inversion_and_its_positive_re
     # z2* from positive_realisation on that anatomy, the images G(z1, 0) and G(z1, z2*), and the
     # map |G(z1, z2*) - G(z1, 0)| averaged over channels.
     generator, classifier = models
-    s = {"inversion": {**CFG, "positive_steps": 20, "positive_lr": 0.1}, "seed": 3}
-    result = negative_counterfactuals(generator, classifier, targets, ROWS, s)
-    codes = invert(generator, classifier, targets, ROWS, s["inversion"], 3, negative=True)
-    z2, flipped = positive_realisation(generator, classifier, codes.z1, s["inversion"], 3)
+    cfg = {**CFG, "positive_steps": 20, "positive_lr": 0.1}
+    result = negative_counterfactuals(generator, classifier, targets, ROWS, cfg, 3)
+    codes = invert(generator, classifier, targets, ROWS, cfg, 3, negative=True)
+    z2, flipped = positive_realisation(generator, classifier, codes.z1, cfg, 3)
     with torch.no_grad():
         negative, positive = generator(codes.z1, torch.zeros_like(z2)), generator(codes.z1, z2)
     assert torch.equal(result["z1"], codes.z1) and torch.equal(result["z2"], z2)
@@ -406,3 +405,39 @@ def test_negative_counterfactuals_are_the_negative_inversion_and_its_positive_re
     torch.testing.assert_close(result["difference"], difference)
     torch.testing.assert_close(result["change_l1"], difference.flatten(1).mean(1))
     torch.testing.assert_close(result["z2_norm"], z2.norm(dim=1))
+
+
+class FixedImage(nn.Module):
+    """A generator that draws the same image whatever the codes (plus 0 * the codes, so the
+    objective stays a function of them)."""
+
+    def __init__(self, image: torch.Tensor):
+        super().__init__()
+        self.image = image
+
+    def forward(self, z1, z2):
+        return self.image + 0 * (z1.sum() + z2.sum())
+
+
+def test_the_local_term_prefers_a_reconstruction_that_keeps_a_small_lesion():
+    """Two reconstructions of an 8x8 image with a 2x2 lesion: one misses the lesion (whole-image
+    MSE 0.0625), one keeps it but is off by 0.3 everywhere (MSE 0.09). The paper's objective
+    prefers the first; with the worst-patch term weighted in, the second."""
+    image = torch.zeros(1, 1, 8, 8)
+    image[..., 2:4, 2:4] = 1.0
+    losses = {}
+    for local_weight in (0.0, 1.0):
+        cfg = {**CFG, "local_weight": local_weight, "local_patches": [2, 4], "bce_weight": 0.0}
+        losses[local_weight] = [inversion_loss(FixedImage(candidate), MeanClassifier(), torch.zeros(1, 2),
+                                               torch.zeros(1, 2), image, torch.full((1,), 0.5), cfg).item()
+                                for candidate in (torch.zeros_like(image), image + 0.3)]
+    assert losses[0.0][0] < losses[0.0][1]
+    assert losses[1.0][0] > losses[1.0][1]
+
+
+def test_the_worst_patch_error_is_the_largest_patch_mean_averaged_over_sizes():
+    error = torch.zeros(2, 1, 8, 8)
+    error[0, 0, 0, 0] = 16.0  # one pixel: a 4x4 patch's mean 1, the 8x8 image's mean 0.25
+    error[1] = 2.0            # uniform: every patch's mean 2
+    torch.testing.assert_close(worst_patch_error(error, [4, 8]), torch.tensor([(1.0 + 0.25) / 2, 2.0]))
+    torch.testing.assert_close(worst_patch_error(error.repeat(1, 3, 1, 1), [4]), torch.tensor([1.0, 2.0]))

@@ -78,7 +78,8 @@ def test_the_manifest_reader_reads_back_what_the_writer_wrote(image_folder, rows
 
 
 NZ1, NZ2, N_IMAGES, BATCH = 6, 3, 8, 2
-INVERSION = {"init": "random", "restarts": 2, "steps": 6, "lr": 0.05, "mse_weight": 10.0, "bce_weight": 1.0,
+INVERSION = {"init": "random", "restarts": 2, "steps": 6, "lr": 0.05, "mse_weight": 10.0,
+             "local_weight": 0.0, "local_patches": [4, 8], "bce_weight": 1.0,
              "batch_size": BATCH}
 
 

@@ -13,7 +13,7 @@ from medxgan.data.manifest import ImageSet, load_split
 from medxgan.data.phantoms import PHANTOMS, write_phantom_dataset
 from medxgan.nets.networks import Generator, SimpleCNN
 from medxgan.nets.kinds import build_from_spec
-from medxgan.train.gan import GANTrainer, disentanglement_check, mask_area, proximity
+from medxgan.train.gan import GANTrainer, disentanglement_check, mask_area, proximity, reconstruction_terms
 from medxgan.torch_utils import batch_indices, sample_codes
 from medxgan.train.classifier import evaluate_classifier, random_flips, train_classifier
 
@@ -22,6 +22,7 @@ DATA_CFG = {"image_size": SIZE, "channels": 1}
 GAN_CFG = {"steps": 12, "checkpoint_every": 4, "width": 0.0625, "d_width": 0.0625, "d_dropout": 0.0, "nz1": 8, "nz2": 4, "batch_size": 8,
            "lambda_cls": 1.0, "lr": 2e-4, "betas": [0.5, 0.999], "disentanglement_samples": 8,
            "upsampling": "transposed", "discriminator": "unconditional", "proximity_weight": 0.0,
+           "reconstruction_weight": 0.0,
            "composition": "plain", "mask_sparsity_weight": 0.0}
 # 3 epochs of 8 steps: the training loss falls (measured 0.82 -> 0.58 for seed 0; 0.92 -> 0.43 and 0.97 -> 0.49
 # for seeds 1, 2), while eval-mode accuracy is still ~0.5 because batch-norm running statistics lag this early.
@@ -322,6 +323,35 @@ def test_a_killed_gan_run_with_dropout_resumes_exactly(frozen_classifier, phanto
     assert_same_state(resumed.D, reference.D)
 
 
+def test_a_killed_gan_run_with_an_encoder_resumes_exactly(frozen_classifier, phantoms, tmp_path, monkeypatch):
+    # The encoder trained beside G is part of the state: a checkpoint without it would resume G
+    # against a fresh E.
+    joint = {"reconstruction_weight": 5.0, "composition": "masked"}
+    reference = fit(frozen_classifier, phantoms["train"], tmp_path / "a" / "checkpoint.pt", **joint)
+    checkpoint = tmp_path / "b" / "checkpoint.pt"
+    fit_until_killed(frozen_classifier, phantoms["train"], checkpoint, monkeypatch, **joint)
+    resumed = fit(frozen_classifier, phantoms["train"], checkpoint, **joint)
+    assert resumed.losses == reference.losses
+    for network in ("G", "D", "E"):
+        assert_same_state(getattr(resumed, network), getattr(reference, network))
+
+
+def test_negatives_reconstruct_from_z1_alone(frozen_classifier, phantoms):
+    """With z2 held at 0 for negatives, their reconstruction error reaches E's z1 outputs and never
+    its z2 outputs; a positive's reaches both."""
+    cfg = {**GAN_CFG, "reconstruction_weight": 1.0, "composition": "masked"}
+    trainer = GANTrainer(frozen_classifier, cfg, DATA_CFG, seed=0, device="cpu")
+    train = phantoms["train"]
+    for label in (0, 1):
+        images = train.images[train.labels == label][:4]
+        trainer.E.zero_grad()
+        mse, _, _ = reconstruction_terms(trainer.G, trainer.E, trainer.C, images, torch.full((4,), label))
+        mse.backward()
+        z1_rows, z2_rows = trainer.E.head.weight.grad.split([cfg["nz1"], cfg["nz2"]])
+        assert z1_rows.abs().sum() > 0
+        assert (z2_rows.abs().sum() > 0) == (label == 1)
+
+
 def test_a_finished_shorter_run_extends_exactly(frozen_classifier, phantoms, uninterrupted, tmp_path):
     reference, _ = uninterrupted
     checkpoint = tmp_path / "checkpoint.pt"
@@ -361,10 +391,13 @@ def reference_step(trainer: GANTrainer, real, labels, noise: torch.Generator):
     """One step of medXGAN's objective written out from the paper, on copies of the trainer's
     networks and Adam states at step 0: D on real vs G's fakes (uniform labels, z2 = 0 for
     negatives); then G on adversarial + lambda_cls * CE(C(G(z)), label) + proximity_weight *
-    |G(z1, z2) - G(z1, 0)| + mask_sparsity_weight * mask area, over the positive codes."""
+    |G(z1, z2) - G(z1, 0)| + mask_sparsity_weight * mask area, over the positive codes; with an
+    encoder E, G and E also on reconstruction_weight * MSE(G(E(x)), x), z2 = 0 for negatives, C's
+    CE on the positives' reconstructions (positive) and their G(z1, 0) (negative), and their mask area."""
     cfg = trainer.cfg
-    G, D = copy.deepcopy(trainer.G), copy.deepcopy(trainer.D)
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]))
+    G, D, E = copy.deepcopy(trainer.G), copy.deepcopy(trainer.D), copy.deepcopy(trainer.E)
+    learned = list(G.parameters()) + (list(E.parameters()) if E is not None else [])
+    opt_g = torch.optim.Adam(learned, lr=cfg["lr"], betas=tuple(cfg["betas"]))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]))
     fake_labels = torch.randint(0, 2, (len(labels),), generator=noise)
     z1, z2 = sample_codes(fake_labels, cfg["nz1"], cfg["nz2"], noise)
@@ -388,11 +421,23 @@ def reference_step(trainer: GANTrainer, real, labels, noise: torch.Generator):
     g_prox = (fake[positives] - negative).abs().mean() if len(negative) else torch.zeros(())
     g_mask = mask[:n][positives].mean() if mask is not None else torch.zeros(())
     g_loss = g_adv + cfg["lambda_cls"] * g_cls + cfg["proximity_weight"] * g_prox + cfg["mask_sparsity_weight"] * g_mask
+    g_rec = torch.zeros(())
+    if E is not None:
+        e1, e2 = E(real)
+        e2 = e2 * positives[:, None].float()
+        k = int(positives.sum())
+        out, rec_mask = G.compose(torch.cat([e1, e1[positives]]), torch.cat([e2, torch.zeros(k, cfg["nz2"])]))
+        reconstruction, cleared = out[:n], out[n:]
+        g_rec = ((reconstruction - real) ** 2).mean()
+        rec_cls = F.cross_entropy(trainer.C(torch.cat([reconstruction[positives], cleared])),
+                                  torch.tensor([1] * k + [0] * k))
+        g_loss = (g_loss + cfg["reconstruction_weight"] * g_rec + cfg["lambda_cls"] * rec_cls
+                  + cfg["mask_sparsity_weight"] * rec_mask[:n][positives].mean())
     opt_g.zero_grad()
     g_loss.backward()
     opt_g.step()
-    row = [d_loss, g_adv, g_cls, g_prox, g_mask, torch.sigmoid(d_real).mean(), torch.sigmoid(d_fake).mean()]
-    return G, D, [1] + [value.item() for value in row]
+    row = [d_loss, g_adv, g_cls, g_prox, g_mask, g_rec, torch.sigmoid(d_real).mean(), torch.sigmoid(d_fake).mean()]
+    return G, D, E, [1] + [value.item() for value in row]
 
 
 @pytest.mark.parametrize("options", [
@@ -400,7 +445,9 @@ def reference_step(trainer: GANTrainer, real, labels, noise: torch.Generator):
     {"discriminator": "projection", "composition": "masked", "lambda_cls": 2.0, "proximity_weight": 0.5,
      "mask_sparsity_weight": 0.3},
     {"discriminator": "unconditional", "composition": "plain", "lambda_cls": 3.0},  # the release's design
-], ids=["all-terms", "release"])
+    # G and E trained together on real images as well (issue 25's lever 1)
+    {"composition": "masked", "mask_sparsity_weight": 0.3, "reconstruction_weight": 5.0, "lambda_cls": 2.0},
+], ids=["all-terms", "release", "reconstruction"])
 def test_a_training_step_is_medxgans_objective(frozen_classifier, phantoms, options):
     cfg = {**GAN_CFG, **options, "lr": 1e-2}
     trainer = GANTrainer(frozen_classifier, cfg, DATA_CFG, seed=0, device="cpu")
@@ -408,12 +455,15 @@ def test_a_training_step_is_medxgans_objective(frozen_classifier, phantoms, opti
     noise.set_state(trainer.noise.get_state())
     real, labels = phantoms["train"].images[:8], phantoms["train"].labels[:8]
     assert 0 < labels.sum() < 8
-    G, D, row = reference_step(trainer, real, labels, noise)
+    G, D, E, row = reference_step(trainer, real, labels, noise)
     trainer.train_step(real, labels)
     trainer._log_losses()
     assert trainer.step == 1 and len(trainer.losses) == 1
     torch.testing.assert_close(torch.tensor(trainer.losses[0]), torch.tensor(row, dtype=torch.float32))
-    for mine, reference in ((trainer.G, G), (trainer.D, D)):
+    assert (trainer.E is None) == (cfg.get("reconstruction_weight", 0) == 0)
+    assert (row[GANTrainer.LOSS_COLUMNS.index("g_reconstruction")] > 0) == (trainer.E is not None)
+    pairs = [(trainer.G, G), (trainer.D, D)] + ([(trainer.E, E)] if E is not None else [])
+    for mine, reference in pairs:
         for (name, a), b in zip(mine.state_dict().items(), reference.state_dict().values()):
             torch.testing.assert_close(a, b, msg=name)
 

@@ -47,7 +47,7 @@ METRICS = "results/{dataset}/metrics.json"  # evaluate's headline numbers, the o
 # without D's outputs d_real and d_fake; the curves: evaluation.CURVE_COLUMNS, one row per image).
 PLOTS = {
     "results/{dataset}/gan/losses.csv": {
-        "x": "step", "y": ["d_loss", "g_adversarial", "g_classifier", "g_proximity", "g_mask"],
+        "x": "step", "y": ["d_loss", "g_adversarial", "g_classifier", "g_proximity", "g_mask", "g_reconstruction"],
         "template": "linear", "title": "GAN losses ({dataset})", "x_label": "GAN step", "y_label": "loss"},
     "results/{dataset}/metrics_curves.csv": {
         "x": "fraction", "y": "p_positive", "template": "workflow/dvc_plots/curves.json",

@@ -97,7 +97,9 @@ class MedXGAN:
         """For images C calls negative: the anatomy's reconstruction G(z1, 0), the smallest change
         G(z1, z2*) that C calls positive, and their difference map (medxgan.inversion.negative_counterfactuals)."""
         rows = torch.arange(len(images)) if rows is None else rows
-        return negative_counterfactuals(self.generator, self.classifier, images, rows, self.settings, self.encoder)
+        s = self.settings
+        return negative_counterfactuals(self.generator, self.classifier, images, rows, s["inversion"], s["seed"],
+                                        s.get("precision", "fp32"), self.encoder)
 
     def explain(self, images: torch.Tensor, methods=DEFAULT_METHODS, target: int = 1,
                 codes: InversionRecord | None = None) -> dict[str, torch.Tensor]:

@@ -173,6 +173,15 @@ def variant_settings(config: dict, dataset: str, variant: str, seed: int, *secti
     return _settings_json({**full, "seed": seed}, sections)
 
 
+def variant_source(config: dict, dataset: str, variant: str, seed: int, *sections: str) -> str:
+    """The first variant of `ablation.variants` whose settings for `sections` equal this variant's:
+    the one whose trained network this variant reuses, so variants that differ elsewhere (the
+    inversion, say) share one training of each distinct GAN."""
+    own = variant_settings(config, dataset, variant, seed, *sections)
+    return next(other for other in config["ablation"]["variants"]
+                if variant_settings(config, dataset, other, seed, *sections) == own)
+
+
 def _settings_json(full: dict, sections: tuple[str, ...]) -> str:
     return json.dumps({key: full[key] for key in (*sections, "seed", "device")}, sort_keys=True)
 

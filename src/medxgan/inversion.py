@@ -105,16 +105,28 @@ def starting_codes(rows: torch.Tensor, restarts: int, nz1: int, nz2: int, seed: 
     return torch.cat(z1), torch.cat(z2)
 
 
+def worst_patch_error(squared_error: torch.Tensor, patches: list[int]) -> torch.Tensor:
+    """Per sample: the largest mean squared error over any patch of each size in `patches` (pixels,
+    non-overlapping), averaged over the sizes. A lesion of 2% of the image adds little to the whole
+    image's mean error; inside a patch of its size it dominates."""
+    error = squared_error.mean(dim=1, keepdim=True)
+    return torch.stack([F.avg_pool2d(error, size).flatten(1).amax(dim=1) for size in patches]).mean(dim=0)
+
+
 def inversion_loss(G: nn.Module, C: nn.Module, z1, z2, images, p_target, cfg: dict,
                    precision: str = "fp32") -> torch.Tensor:
-    """Per-sample objective: mse_weight * MSE(G(z), x) + bce_weight * BCE(C(G(z)), C(x)), in the codes' dtype."""
+    """Per-sample objective, in the codes' dtype: mse_weight * MSE(G(z), x) + bce_weight * BCE(C(G(z)),
+    C(x)), plus local_weight * the worst patch's MSE (`worst_patch_error`) where local_weight > 0."""
     with autocast(z1.device, precision):
         generated = G(z1, z2)
         logits = C(generated)
-    mse = (generated.to(z1.dtype) - images).pow(2).flatten(1).mean(1)
+    squared_error = (generated.to(z1.dtype) - images).pow(2)
     p = logits.to(z1.dtype).softmax(dim=1)[:, 1].clamp(1e-6, 1 - 1e-6)
     bce = F.binary_cross_entropy(p, p_target, reduction="none")
-    return cfg["mse_weight"] * mse + cfg["bce_weight"] * bce
+    loss = cfg["mse_weight"] * squared_error.flatten(1).mean(1) + cfg["bce_weight"] * bce
+    if cfg["local_weight"] > 0:
+        loss = loss + cfg["local_weight"] * worst_patch_error(squared_error, cfg["local_patches"])
+    return loss
 
 
 def check_encoder(cfg: dict, encoder: nn.Module | None) -> None:
@@ -240,14 +252,15 @@ def positive_realisation(G: nn.Module, C: nn.Module, z1: torch.Tensor, cfg: dict
     return torch.where(found[:, None], chosen, z2.detach()).cpu(), found.cpu()
 
 
-def negative_counterfactuals(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, s: dict,
+def negative_counterfactuals(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, cfg: dict,
+                             seed: int, precision: str = "fp32",
                              encoder: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """What C would take as pathology in images it calls negative: each image inverted with z2 held
     at 0 (its anatomy z1, reconstruction G(z1, 0)), then its positive realisation G(z1, z2*)
-    (`positive_realisation`); the map is |G(z1, z2*) - G(z1, 0)| averaged over channels."""
-    precision = s.get("precision", "fp32")
-    codes = invert(G, C, images, rows, s["inversion"], s["seed"], precision, encoder, negative=True)
-    z2, flipped = positive_realisation(G, C, codes.z1, s["inversion"], s["seed"], precision)
+    (`positive_realisation`); the map is |G(z1, z2*) - G(z1, 0)| averaged over channels. `cfg` is
+    the inversion section."""
+    codes = invert(G, C, images, rows, cfg, seed, precision, encoder, negative=True)
+    z2, flipped = positive_realisation(G, C, codes.z1, cfg, seed, precision)
     device = module_device(G)
     with torch.no_grad():
         z1 = codes.z1.to(device)

@@ -45,7 +45,7 @@ rule ablation_train_gan:
 rule ablation_train_encoder:
     input:
         manifest=manifest_of,
-        generator=rules.ablation_train_gan.output.generator,
+        generator=variant_generator,
     output:
         model=f"{VARIANT_DIR}/encoder/model.safetensors",
     log:
@@ -72,7 +72,7 @@ rule ablation_invert:
     input:
         manifest=manifest_of,
         classifier=rules.train_classifier.output.model,
-        generator=rules.ablation_train_gan.output.generator,
+        generator=variant_generator,
         encoder=variant_encoder,
     output:
         latents=f"{VARIANT_DIR}/inversion/latents.safetensors",
@@ -101,7 +101,7 @@ rule ablation_explain:
     input:
         manifest=manifest_of,
         classifier=rules.train_classifier.output.model,
-        generator=rules.ablation_train_gan.output.generator,
+        generator=variant_generator,
         latents=rules.ablation_invert.output.latents,
     output:
         heatmaps=f"{VARIANT_DIR}/explanations/{{method}}.safetensors",

@@ -6,7 +6,7 @@ import json
 import shlex
 from pathlib import Path
 
-from medxgan.config import variant_settings
+from medxgan.config import variant_settings, variant_source
 from medxgan.shards import chunk_ranges, chunk_size
 
 
@@ -118,9 +118,28 @@ def variant_params(*sections):
     return lambda w: variant_settings(config, w.dataset, w.variant, int(w.seed), *sections)
 
 
+GAN_SECTIONS = ("data", "gan", "precision")  # what a variant's GAN training reads
+ENCODER_SECTIONS = (*GAN_SECTIONS, "encoder")  # and its encoder's
+
+
+def variant_file(path, *sections):
+    """`path` (under VARIANT_DIR) in the folder of the first variant trained with the same `sections`
+    (`variant_source`): each distinct network is trained once per seed."""
+
+    def source(w):
+        variant = variant_source(config, w.dataset, w.variant, int(w.seed), *sections)
+        return path.format(dataset=w.dataset, variant=variant, seed=w.seed)
+
+    return source
+
+
+def variant_generator(w):
+    return variant_file(f"{VARIANT_DIR}/gan/generator.safetensors", *GAN_SECTIONS)(w)
+
+
 def variant_encoder(w):
     """The variant's encoder where its inversion starts from one (inversion.init: encoder)."""
     inversion = json.loads(variant_settings(config, w.dataset, w.variant, int(w.seed), "inversion"))["inversion"]
     if inversion["init"] != "encoder":
         return []
-    return f"{VARIANT_DIR}/encoder/model.safetensors".format(dataset=w.dataset, variant=w.variant, seed=w.seed)
+    return variant_file(f"{VARIANT_DIR}/encoder/model.safetensors", *ENCODER_SECTIONS)(w)

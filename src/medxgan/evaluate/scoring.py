@@ -348,7 +348,8 @@ def negative_counterfactual_rows(C, G, negatives: ImageSet, s: dict, encoder=Non
     called_negative = negatives.subset((p < 0.5).nonzero().flatten()[:s["checks"]["images"]])
     if not len(called_negative):
         return []
-    result = negative_counterfactuals(G, C, called_negative.images, called_negative.rows, s, encoder)
+    result = negative_counterfactuals(G, C, called_negative.images, called_negative.rows, s["inversion"], s["seed"],
+                                      s["precision"], encoder)
     per_image = {"negatives_made_positive": result["flipped"].float(), "negatives_change_l1": result["change_l1"],
                  "negatives_z2_norm": result["z2_norm"]}
     return [{"metric": name, "mean": v.mean().item(),

@@ -1,4 +1,5 @@
-"""TODO"""
+"""The encoder E(x) -> (z1, z2): a learned first guess of an image's codes, which the inversion
+refines (its training: `medxgan.train.encoder`)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,9 @@ FIDELITY = {"reconstruction_ssim": "SSIM", "negative_called_negative": "C: G(z1,
             "oracle_reconstruction_called_positive": "oracle: G(z1,z2) positive",
             "oracle_negative_called_negative": "oracle: G(z1,0) negative",
             "oracle_and_classifier_validity": "valid for C and oracle",
-            "reconstruction_mse_in_lesion": "MSE in lesion", "reconstruction_mse_outside_lesion": "MSE outside"}
+            "reconstruction_mse_in_lesion": "MSE in lesion", "reconstruction_mse_outside_lesion": "MSE outside",
+            "negative_twin_mse_in_lesion": "G(z1,0) vs healthy twin: MSE in lesion",
+            "negative_twin_mse_outside_lesion": "G(z1,0) vs healthy twin: MSE outside"}
 TIMES = {"invert": "inversion time (s)", "train_encoder": "encoder training time (s)"}  # jobs' benchmark files
 LOCALISATION = {"pointing_game": "pointing game", "mass_in_lesion": "mass in lesion", "mask_auroc": "mask AUROC"}
 COLUMNS = ("dataset", "variant", "seed", "method", "metric", "value")

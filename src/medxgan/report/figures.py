@@ -227,8 +227,9 @@ def gan_losses(losses: pd.DataFrame) -> plt.Figure:
     smooth = losses.set_index("step").rolling(LOSS_SMOOTHING, min_periods=1).mean()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     smooth[["d_loss", "g_adversarial"]].plot(ax=axes[0], title="adversarial losses")
-    # the proximity and mask terms are drawn only where the run switched them on (a log axis has no 0)
-    terms = ["g_classifier"] + [name for name in ("g_proximity", "g_mask") if name in smooth and smooth[name].gt(0).all()]
+    # the proximity, mask and reconstruction terms are drawn only where the run switched them on (a log axis has no 0)
+    terms = ["g_classifier"] + [name for name in ("g_proximity", "g_mask", "g_reconstruction")
+             if name in smooth and smooth[name].gt(0).all()]
     smooth[terms].plot(ax=axes[1], title="G's other terms (unweighted)", logy=True)
     smooth[["d_real", "d_fake"]].plot(ax=axes[2], title="D's mean output", ylim=(0, 1))
     for ax in axes:

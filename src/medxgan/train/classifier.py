@@ -1,4 +1,7 @@
-"""TODO"""
+"""The classifier C that medXGAN explains: trained on the real training images, the epoch with the
+best validation accuracy kept, and its scores on any split (accuracy, AUROC, confusion matrix).
+
+Batches come from a permutation seeded by (seed, epoch), as in the GAN's loop (`batch_indices`)."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from torch import nn
 from medxgan.data.manifest import ImageSet
 from medxgan.files import atomic_path, progress
 from medxgan.hardware import autocast, channels_last
+from medxgan.nets.encoder import Encoder
 from medxgan.nets.networks import MaskedGenerator, build_discriminator, build_generator, dcgan_init
 from medxgan.torch_utils import batch_indices, sample_codes
 
@@ -42,6 +43,32 @@ def mask_area(mask: torch.Tensor | None, positives: torch.Tensor) -> torch.Tenso
     if mask is None or not positives.any():
         return torch.zeros((), device=positives.device)
     return mask[positives].float().mean()
+
+
+def compose(G: nn.Module, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """G(z1, z2) and a masked generator's mask (None for a plain generator)."""
+    return G.compose(z1, z2) if isinstance(G, MaskedGenerator) else (G(z1, z2), None)
+
+
+def reconstruction_terms(G: nn.Module, E: Encoder, C: nn.Module, real: torch.Tensor,
+                         labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What G and E learn from real images (as ICAM and StylEx train them): E(x) gives each image's
+    codes, z2 held at 0 for negatives, so only z2 may carry what makes a positive one. Returns
+    MSE(G(E(x)), x); C's cross-entropy on the positives' reconstructions (class positive) and on
+    their G(z1, 0) (class negative); and the mask area over the positives' reconstructions.
+    Reconstructions go through G in their own pass: batch norm then normalises G's samples alone,
+    as D sees them (one joint pass lets G draw samples that pass only beside reconstructions)."""
+    positives = labels == 1
+    z1, z2 = E(real)
+    z2 = z2 * positives[:, None].to(z2.dtype)
+    out, mask = compose(G, torch.cat([z1, z1[positives]]), torch.cat([z2, torch.zeros_like(z2[positives])]))
+    n = len(real)
+    reconstruction, cleared = out[:n], out[n:]
+    mse = F.mse_loss(reconstruction.float(), real)
+    classes = torch.cat([torch.ones_like(labels[positives]), torch.zeros_like(labels[positives])])
+    cls = (F.cross_entropy(C(torch.cat([reconstruction[positives], cleared])).float(), classes)
+           if positives.any() else torch.zeros((), device=real.device))
+    return mse, cls, mask_area(None if mask is None else mask[:n], positives)
 
 
 def state_digest(model: nn.Module) -> str:
@@ -71,17 +98,22 @@ class GANTrainer:
         dcgan_init(self.G)
         if cfg["discriminator"] == "unconditional":  # the spectrally normalised D keeps PyTorch's initialisation
             dcgan_init(self.D)
+        # With a reconstruction term, an encoder (D's layers, D's width) is trained beside G.
+        self.E = (Encoder(cfg["nz1"], cfg["nz2"], size, channels, cfg["d_width"]).to(self.device)
+                  if cfg["reconstruction_weight"] > 0 else None)
         self.C = classifier.to(self.device).eval().requires_grad_(False)
-        channels_last(self.G, self.D, self.C)
+        channels_last(*(m for m in (self.G, self.D, self.C, self.E) if m is not None))
         betas = tuple(cfg["betas"])
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg["lr"], betas=betas)
+        learned = [*self.G.parameters(), *(self.E.parameters() if self.E is not None else ())]
+        self.opt_g = torch.optim.Adam(learned, lr=cfg["lr"], betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg["lr"], betas=betas)
         self.noise = torch.Generator().manual_seed(seed + 2)
         self.step = 0
         self.losses: list[list[float]] = []  # one row of LOSS_COLUMNS per step
         self._unlogged: list[torch.Tensor] = []  # the rows since the last checkpoint, still on the device
 
-    LOSS_COLUMNS = ("step", "d_loss", "g_adversarial", "g_classifier", "g_proximity", "g_mask", "d_real", "d_fake")
+    LOSS_COLUMNS = ("step", "d_loss", "g_adversarial", "g_classifier", "g_proximity", "g_mask", "g_reconstruction",
+                    "d_real", "d_fake")
 
     def train_step(self, real: torch.Tensor, labels: torch.Tensor) -> None:
         cfg, dev = self.cfg, self.device
@@ -110,11 +142,17 @@ class GANTrainer:
         g_mask = mask_area(mask, labels == 1)
         g_loss = (g_adv + cfg["lambda_cls"] * g_cls + cfg["proximity_weight"] * g_prox
                   + cfg["mask_sparsity_weight"] * g_mask)
+        g_rec = torch.zeros((), device=dev)
+        if self.E is not None:
+            with autocast(dev, self.precision):
+                g_rec, rec_cls, rec_mask = reconstruction_terms(self.G, self.E, self.C, real, labels)
+            g_loss = (g_loss + cfg["reconstruction_weight"] * g_rec + cfg["lambda_cls"] * rec_cls
+                      + cfg["mask_sparsity_weight"] * rec_mask)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
         self.step += 1
-        self._unlogged.append(torch.stack([d_loss, g_adv, g_cls, g_prox, g_mask, torch.sigmoid(d_real).mean(),
+        self._unlogged.append(torch.stack([d_loss, g_adv, g_cls, g_prox, g_mask, g_rec, torch.sigmoid(d_real).mean(),
                                            torch.sigmoid(d_fake).mean()]).detach())
 
     def _fakes(self, z1: torch.Tensor, z2: torch.Tensor,
@@ -126,7 +164,7 @@ class GANTrainer:
         if with_negatives:
             positives = labels == 1
             z1, z2 = torch.cat([z1, z1[positives]]), torch.cat([z2, torch.zeros_like(z2[positives])])
-        out, mask = self.G.compose(z1, z2) if isinstance(self.G, MaskedGenerator) else (self.G(z1, z2), None)
+        out, mask = compose(self.G, z1, z2)
         n = len(labels)
         return out[:n], (out[n:] if with_negatives else None), (None if mask is None else mask[:n])
 
@@ -149,18 +187,20 @@ class GANTrainer:
             bar.update(1)
             if self.step % self.cfg["checkpoint_every"] == 0 or self.step == self.cfg["steps"]:
                 self._log_losses()
-                _, d_loss, g_adv, g_cls, g_prox, g_mask, d_real, d_fake = self.losses[-1]
+                _, d_loss, g_adv, g_cls, g_prox, g_mask, g_rec, d_real, d_fake = self.losses[-1]
                 bar.set_postfix(d=f"{d_loss:.3f}", g=f"{g_adv:.3f}", cls=f"{g_cls:.3f}")
-                log.info("step %d: D %.3f, G adv %.3f, G cls %.4f, G proximity %.4f, G mask %.4f, D(x) %.2f, "
-                         "D(G(z)) %.2f", self.step, d_loss, g_adv, g_cls, g_prox, g_mask, d_real, d_fake)
+                log.info("step %d: D %.3f, G adv %.3f, G cls %.4f, G proximity %.4f, G mask %.4f, G reconstruction "
+                         "%.4f, D(x) %.2f, D(G(z)) %.2f", self.step, d_loss, g_adv, g_cls, g_prox, g_mask, g_rec,
+                         d_real, d_fake)
                 self.save_checkpoint(checkpoint)
         bar.close()
 
     def _state(self) -> dict:
-        return {"step": self.step, "G": self.G.state_dict(), "D": self.D.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "noise_rng": self.noise.get_state(), "torch_rng": torch.get_rng_state(),
-                "losses": self.losses, "settings": self._resume_key()}
+        state = {"step": self.step, "G": self.G.state_dict(), "D": self.D.state_dict(),
+                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                 "noise_rng": self.noise.get_state(), "torch_rng": torch.get_rng_state(),
+                 "losses": self.losses, "settings": self._resume_key()}
+        return state if self.E is None else {**state, "E": self.E.state_dict()}
 
     NOT_IN_RESUME_KEY = ("steps", "checkpoint_every", "disentanglement_samples")
 
@@ -190,6 +230,8 @@ class GANTrainer:
             return
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
+        if self.E is not None:
+            self.E.load_state_dict(state["E"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.noise.set_state(state["noise_rng"])
