@@ -175,6 +175,20 @@ def own_manifest_beside_the_built_in_run(workdir: Path, folder: Path) -> None:
         assert f"rule {rule}:" in replanned.stdout, rule
 
 
+def test_a_bom_encoded_manifest_still_tracks_its_images(workdir: Path, tmp_path: Path):
+    """Excel's "CSV UTF-8" starts the file with a byte-order mark: the images must still be inputs
+    of the manifest check, or a replaced image would rerun nothing."""
+    manifest = write_phantom_dataset("synthetic-mri", tmp_path / "scans", 64, {"train": 8, "val": 4, "test": 4},
+                                     0.5, seed=5)
+    manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
+    image = sorted((manifest.parent / "images").glob("*.png"))[0]
+    plan = snakemake(workdir, "-n", "--until", "check_manifest", "--config", f"manifest={manifest}",
+                     "negative=no_tumor", "positive=tumor")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    check = plan.stdout[plan.stdout.index("rule check_manifest:"):]
+    assert str(image) in check[:check.index("output:")]  # the image itself, not its mask of the same name
+
+
 def test_paper_configuration_plans_every_source_without_downloading(workdir: Path):
     result = snakemake(workdir, "-n", "--configfile", "config/paper.yaml")
     assert result.returncode == 0, result.stderr

@@ -21,7 +21,7 @@ def files_of_user_manifest(wildcards):
         return []
     manifest = Path(manifest_of(wildcards))
     try:
-        with manifest.open(newline="") as rows:
+        with manifest.open(newline="", encoding="utf-8-sig") as rows:  # Excel's "CSV UTF-8" starts with a BOM
             named = [
                 row.get(column) for row in csv.DictReader(rows) for column in ("path", "mask_path", "healthy_twin_path")
             ]  # the twin column is optional
