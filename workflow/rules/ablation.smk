@@ -34,7 +34,7 @@ rule ablation_train_gan:
         mem_mb=8000,
         runtime=240,
     params:
-        settings=variant_params("data", "gan", "precision"),
+        settings=variant_params(*GAN_SECTIONS),
     shell:
         "medxgan train-gan --settings {params.settings:q} --manifest {input.manifest:q}"
         " --classifier {input.classifier:q}"

@@ -122,19 +122,15 @@ GAN_SECTIONS = ("data", "gan", "precision")  # what a variant's GAN training rea
 ENCODER_SECTIONS = (*GAN_SECTIONS, "encoder")  # and its encoder's
 
 
-def variant_file(path, *sections):
+def variant_file(w, path, *sections):
     """`path` (under VARIANT_DIR) in the folder of the first variant trained with the same `sections`
     (`variant_source`): each distinct network is trained once per seed."""
-
-    def source(w):
-        variant = variant_source(config, w.dataset, w.variant, int(w.seed), *sections)
-        return path.format(dataset=w.dataset, variant=variant, seed=w.seed)
-
-    return source
+    variant = variant_source(config, w.dataset, w.variant, int(w.seed), *sections)
+    return path.format(dataset=w.dataset, variant=variant, seed=w.seed)
 
 
 def variant_generator(w):
-    return variant_file(f"{VARIANT_DIR}/gan/generator.safetensors", *GAN_SECTIONS)(w)
+    return variant_file(w, f"{VARIANT_DIR}/gan/generator.safetensors", *GAN_SECTIONS)
 
 
 def variant_encoder(w):
@@ -142,4 +138,4 @@ def variant_encoder(w):
     inversion = json.loads(variant_settings(config, w.dataset, w.variant, int(w.seed), "inversion"))["inversion"]
     if inversion["init"] != "encoder":
         return []
-    return variant_file(f"{VARIANT_DIR}/encoder/model.safetensors", *ENCODER_SECTIONS)(w)
+    return variant_file(w, f"{VARIANT_DIR}/encoder/model.safetensors", *ENCODER_SECTIONS)
