@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {hardware.describe(device)}; torch {torch.__version__}; Python {sys.version.split()[0]}")
     limits = {"fp32": matmul_limit(torch.float32, device), "bf16": matmul_limit(torch.bfloat16, device)}
     print(f"matmul limit: fp32 {limits['fp32'] / 1e9:,.0f} GFLOP/s, bf16 {limits['bf16'] / 1e9:,.0f} GFLOP/s"
-          + ("" if hardware.has_fast_bf16(device) else " (no fast bf16 here: `precision: auto` picks fp32)") + "\n")
+          + f"; `precision: auto` picks {hardware.resolve_precision('auto', device)} here\n")
     designs = [("default width", default_widths(config) | (QUICK if args.quick else {}))]
     designs += [] if args.quick else [("release width", default_widths(config) | RELEASE)]
     rows = []

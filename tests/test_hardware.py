@@ -6,14 +6,14 @@ import sys
 
 import pytest
 import torch
+from helpers import calibrate_gan_pair
 
 from medxgan import hardware
+from medxgan.evaluate.metrics import pointing_game
 from medxgan.explainers import DifferenceMap
 from medxgan.inversion import invert
-from medxgan.evaluate.metrics import pointing_game
 from medxgan.nets.networks import Generator, SimpleCNN, positive_probability
 from medxgan.train.gan import GANTrainer
-from helpers import calibrate_gan_pair
 
 NZ1, NZ2, SIZE = 8, 4, 64
 CFG = {"init": "random", "restarts": 2, "steps": 40, "lr": 0.05, "mse_weight": 10.0,
@@ -21,22 +21,59 @@ CFG = {"init": "random", "restarts": 2, "steps": 40, "lr": 0.05, "mse_weight": 1
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize("features, chosen", [([], "fp32"), (["amx_bf16"], "bf16"), (["avx512_bf16"], "bf16")])
-def test_auto_picks_bf16_only_where_the_cpu_computes_it_fast(monkeypatch, features, chosen, caplog):
-    monkeypatch.setattr(hardware, "cpu_bf16_features", lambda: features)
+@pytest.fixture
+def probe(monkeypatch, tmp_path):
+    """The probe's cache in a fresh folder, and its measurement replaced by given rates (counted)."""
+    monkeypatch.setenv("MEDXGAN_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def measured(rates):
+        monkeypatch.setattr(hardware, "measure_cpu_precisions", lambda: calls.append(rates) or dict(rates))
+        return calls
+    return measured
+
+
+@pytest.mark.parametrize("bf16_rate, chosen", [(5.0, "fp32"), (11.0, "fp32"), (12.0, "bf16"), (30.0, "bf16")])
+def test_auto_picks_bf16_only_where_it_is_measured_faster(probe, bf16_rate, chosen, caplog):
+    probe({"fp32": 10.0, "bf16": bf16_rate})  # 1.15x is the least gain that counts
     with caplog.at_level("INFO", logger="medxgan.hardware"):
         assert hardware.resolve_precision("auto", CPU) == chosen
-    assert f"precision auto: {chosen}" in caplog.text  # the choice is logged
+    assert f"precision auto: {chosen}" in caplog.text  # the choice is logged, with both figures
+    assert f"fp32 10.0, bf16 {bf16_rate:.1f} steps/s" in caplog.text
 
 
-def test_an_explicit_precision_is_kept_and_a_slow_bf16_is_warned_about(monkeypatch, caplog):
-    monkeypatch.setattr(hardware, "cpu_bf16_features", lambda: [])
+def test_the_first_decision_is_kept_so_every_job_agrees(probe):
+    calls = probe({"fp32": 10.0, "bf16": 30.0})
+    assert hardware.resolve_precision("auto", CPU) == "bf16"
+    probe({"fp32": 30.0, "bf16": 10.0})  # a later measurement would decide otherwise
+    assert hardware.resolve_precision("auto", CPU) == "bf16"
+    assert len(calls) == 1  # ... but the cached decision is read, not measured again
+
+
+def test_an_explicit_precision_is_kept_and_a_slow_bf16_is_warned_about(probe, caplog):
+    calls = probe({"fp32": 10.0, "bf16": 8.0})
     assert hardware.resolve_precision("fp32", CPU) == "fp32"
+    assert not calls  # fp32 needs no probe
     with caplog.at_level("WARNING", logger="medxgan.hardware"):
         assert hardware.resolve_precision("bf16", CPU) == "bf16"
-    assert "no fast bf16" in caplog.text
+    assert "measured no faster than fp32" in caplog.text
     with pytest.raises(ValueError, match="unknown precision 'fp16'"):
         hardware.resolve_precision("fp16", CPU)
+
+
+def test_an_unwritable_cache_still_decides(probe, tmp_path, monkeypatch, caplog):
+    probe({"fp32": 10.0, "bf16": 30.0})
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("MEDXGAN_CACHE_DIR", str(blocker / "cache"))  # a folder under a file cannot be made
+    with caplog.at_level("WARNING", logger="medxgan.hardware"):
+        assert hardware.resolve_precision("auto", CPU) == "bf16"
+    assert "cannot keep the precision probe's decision" in caplog.text
+
+
+def test_the_probe_times_both_precisions_on_this_cpu():
+    rates = hardware.measure_cpu_precisions(seconds=0.05)
+    assert set(rates) == {"fp32", "bf16"} and all(rate > 0 for rate in rates.values())
 
 
 def test_the_detected_cpu_is_named():

@@ -126,3 +126,15 @@ def test_result_readers_do_not_load_the_compute_stack(module):
     code = f"import sys, {module}; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert loaded == []
+
+
+@pytest.mark.parametrize("module", ["medxgan.explainers", "medxgan.inversion", "medxgan.train.gan",
+                                    "medxgan.train.encoder", "medxgan.artifacts"])
+def test_a_job_loads_the_slow_libraries_only_where_it_uses_them(module):
+    """torchmetrics, torchvision, captum, pytorch-grad-cam and scipy take 4-5 s to load together: a
+    job pays that once per process, so the modules every job imports leave them to the functions
+    that use them (an explain job for the difference map needs none of them)."""
+    slow = ("torchmetrics", "torchvision", "captum", "pytorch_grad_cam", "scipy")
+    code = f"import sys, {module}; print(' '.join(m for m in {slow!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []

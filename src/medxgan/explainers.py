@@ -5,6 +5,9 @@ float32 (N, H, W) tensor on the CPU. As in pytorch-grad-cam, the base class owns
 (eval mode, frozen weights, device, chunking, channel reduction) and each method overrides one hook.
 The generative methods explain through latents (z1, z2) with G(z1, z2) ≈ image: either passed in
 from an earlier inversion or computed by an `inverter` callable.
+
+pytorch-grad-cam, captum and torchvision are imported by the methods that use them: together they
+take seconds to load, which a job computing another method should not pay.
 """
 
 from __future__ import annotations
@@ -12,19 +15,10 @@ from __future__ import annotations
 import warnings
 from typing import Callable, Iterator
 
-import pytorch_grad_cam
 import torch
-import torchvision
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
-from tqdm import TqdmWarning
 
 from medxgan.torch_utils import frozen, module_device
-
-with warnings.catch_warnings():  # captum imports tqdm.auto, which warns inside Jupyter without ipywidgets
-    warnings.filterwarnings("ignore", category=TqdmWarning)
-    import captum.attr
-
 
 Latents = tuple[Tensor, Tensor]
 
@@ -95,6 +89,9 @@ class GradCAM(Explainer):
     """pytorch-grad-cam on `classifier.target_layer`, upsampled to the image size (each map scaled to [0, 1])."""
 
     def _explain(self, images: Tensor, target: int) -> Tensor:
+        import pytorch_grad_cam
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
         targets = [ClassifierOutputTarget(target)] * len(images)
         # The input needs a gradient so the target layer's activations carry one with frozen weights.
         images = images.detach().requires_grad_(True)
@@ -133,12 +130,20 @@ class BlurIntegratedGradients(IntegratedGradients):
         self.kernel_size, self.sigma = kernel_size, sigma
 
     def _baseline(self, images: Tensor) -> Tensor:
-        return torchvision.transforms.functional.gaussian_blur(images, [self.kernel_size] * 2, [self.sigma] * 2)
+        from torchvision.transforms.functional import gaussian_blur
+
+        return gaussian_blur(images, [self.kernel_size] * 2, [self.sigma] * 2)
 
 
 def _integrated_gradients(classifier: nn.Module, images: Tensor, baselines: Tensor | float, target: int,
                           n_steps: int, batch_size: int) -> Tensor:
     """captum's IG of C's softmax probability of `target` along the straight line from the baselines."""
+    from tqdm import TqdmWarning
+
+    with warnings.catch_warnings():  # captum imports tqdm.auto, which warns inside Jupyter without ipywidgets
+        warnings.filterwarnings("ignore", category=TqdmWarning)
+        import captum.attr
+
     ig = captum.attr.IntegratedGradients(lambda x: classifier(x).softmax(dim=1))
     return ig.attribute(images, baselines=baselines, target=target, n_steps=n_steps, internal_batch_size=batch_size)
 

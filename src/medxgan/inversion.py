@@ -23,7 +23,6 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 from medxgan.data.manifest import IMAGE_RANGE
 from medxgan.files import progress
@@ -91,6 +90,9 @@ def reconstruction_mse(reconstructions: torch.Tensor, images: torch.Tensor) -> t
 
 
 def reconstruction_ssim(reconstructions: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    # imported here: torchmetrics takes about 3 s to load, which jobs without SSIM should not pay
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return structural_similarity_index_measure(reconstructions, images, data_range=IMAGE_RANGE,
                                                reduction="none").cpu()
 

@@ -24,7 +24,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import inception_v3
 
 from medxgan.evaluate.metrics import heatmap_similarity
 from medxgan.files import load_state_dict
@@ -148,6 +147,8 @@ def penultimate_features(classifier: nn.Module, images: Tensor, batch_size: int 
 def load_inception(weights: str | Path) -> nn.Module:
     """torchvision's Inception v3 with the given ImageNet weights (its release file, or the same as
     .safetensors), the classification layer removed: it returns the 2,048 pool features."""
+    from torchvision.models import inception_v3  # only where the Inception distance is asked for
+
     # transform_input=True, as torchvision sets it for these weights: they expect its own scaling
     model = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=True)
     model.load_state_dict(load_state_dict(weights))

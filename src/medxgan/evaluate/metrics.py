@@ -6,18 +6,16 @@ every ranking (and every top-k region built from it) is deterministic. Where an 
 twin (the same image without its lesion, as the phantoms have), |image - twin| is the lesion's true
 effect, and heatmaps and negative realisations are scored against it. The statistics at the end turn
 per-image scores into an interval or a paired test.
+
+torchmetrics, torchvision and scipy are imported by the functions that use them: loading them takes
+seconds, which a step that only perturbs or normalises images should not pay.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.stats import bootstrap, wilcoxon
 from torch import Tensor, nn
-from torchmetrics.functional.classification import binary_auroc
-from torchmetrics.functional.image import structural_similarity_index_measure
-from torchmetrics.functional.regression import spearman_corrcoef
-from torchvision.transforms.functional import gaussian_blur
 
 from medxgan.data.manifest import IMAGE_RANGE
 from medxgan.nets.networks import positive_probability
@@ -48,6 +46,8 @@ def mass_in_lesion(heatmaps: Tensor, masks: Tensor) -> Tensor:
 
 def mask_auroc(heatmaps: Tensor, masks: Tensor) -> Tensor:
     """AUROC of pixel heatmap values against the mask; NaN where the mask is empty or full."""
+    from torchmetrics.functional.classification import binary_auroc
+
     scores = []
     for heatmap, mask in zip(heatmaps.flatten(1).float(), masks.flatten(1)):
         if mask.all() or not mask.any():
@@ -123,6 +123,8 @@ def pixel_spearman(a: Tensor, b: Tensor) -> Tensor:
     """(N,) Spearman rank correlation over pixels of two (N, H, W) stacks, image by image (torchmetrics:
     tied values get their average rank, which matters for maps with large exactly-zero areas; a
     constant map scores 0, not NaN)."""
+    from torchmetrics.functional.regression import spearman_corrcoef
+
     # torchmetrics treats columns as outputs: one column per image gives one correlation per image.
     return spearman_corrcoef(a.flatten(1).T, b.flatten(1).T)
 
@@ -134,6 +136,8 @@ def heatmap_similarity(clean: Tensor, noisy: Tensor) -> dict[str, Tensor]:
     "ssim": SSIM of the min-max normalised heatmaps with data_range 1.0, so heatmaps on different
     scales compare (torchmetrics' default 11-pixel Gaussian window).
     """
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     clean, noisy = clean.detach().float().cpu(), noisy.detach().float().cpu()
     if clean.shape != noisy.shape or clean.dim() != 3:
         raise ValueError(f"need two (N, H, W) heatmap stacks of one shape, got {tuple(clean.shape)} "
@@ -182,6 +186,8 @@ def baseline_image(images: Tensor, kind: str, blur_kernel_size: int = 11, blur_s
     if kind == "mean":
         return images.mean(dim=(2, 3), keepdim=True).expand_as(images)
     if kind == "blur":
+        from torchvision.transforms.functional import gaussian_blur
+
         return gaussian_blur(images, kernel_size=blur_kernel_size, sigma=blur_sigma)
     raise ValueError(f"unknown baseline {kind!r}; expected one of {BASELINES}")
 
@@ -254,6 +260,8 @@ def bootstrap_ci(values, n_resamples: int = 1000, confidence: float = 0.95,
                  seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean (scipy.stats.bootstrap, seeded); NaNs dropped,
     (NaN, NaN) when no value is left, the value itself when one is."""
+    from scipy.stats import bootstrap
+
     sample = np.asarray(values, dtype=np.float64).ravel()
     sample = sample[~np.isnan(sample)]
     if sample.size == 0:
@@ -271,6 +279,8 @@ def paired_wilcoxon(a, b) -> float:
     Pairs with a NaN on either side are dropped. The p-value is NaN when fewer than 2 pairs are left
     or every difference is zero: there is then nothing to test.
     """
+    from scipy.stats import wilcoxon
+
     a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
     paired = ~(np.isnan(a) | np.isnan(b))
     differences = a[paired] - b[paired]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock
-from torchvision.models.vgg import VGG, make_layers
 
 from medxgan.files import load_state_dict
 
@@ -232,10 +230,12 @@ class ResidualCNN(nn.Module):
     """
 
     def __init__(self, channels: int = 3, width: float = 1.0):
+        from torchvision.models.resnet import BasicBlock  # torchvision takes 1.5 s to load: only where used
+
         super().__init__()
         c1, c2, c3 = _ch(16, width), _ch(32, width), _ch(64, width)
 
-        def block(cin: int, cout: int, stride: int) -> BasicBlock:
+        def block(cin: int, cout: int, stride: int) -> nn.Module:
             shortcut = None if cin == cout and stride == 1 else nn.Sequential(
                 nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
             return BasicBlock(cin, cout, stride, downsample=shortcut)
@@ -261,6 +261,8 @@ class VGG16Classifier(nn.Module):
     """
 
     def __init__(self, width: float = 1.0, weights: str | None = None, freeze_features: bool = True):
+        from torchvision.models.vgg import VGG, make_layers  # torchvision takes 1.5 s to load: only where used
+
         super().__init__()
         cfg = [v if v == "M" else _ch(v, width) for v in VGG16_LAYERS]
         fc = _ch(4096, width)

@@ -11,7 +11,6 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.functional.classification import binary_auroc, binary_confusion_matrix
 
 from medxgan.data.manifest import ImageSet
 from medxgan.files import progress
@@ -31,6 +30,11 @@ def random_flips(images: torch.Tensor, generator: torch.Generator) -> torch.Tens
 
 @torch.no_grad()
 def evaluate_classifier(classifier: nn.Module, data: ImageSet, device, batch_size: int = 256) -> dict:
+    from torchmetrics.functional.classification import (  # slow to import
+        binary_auroc,
+        binary_confusion_matrix,
+    )
+
     classifier.eval()
     probs = torch.cat([
         classifier(data.images[i:i + batch_size].to(device)).softmax(1)[:, 1].cpu()
