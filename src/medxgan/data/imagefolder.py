@@ -15,7 +15,8 @@ from pathlib import Path
 
 from medxgan.data.download import DataSourceError
 from medxgan.data.preparation import Collected, PrepareOptions, Record, drop, prepare
-from medxgan.data.sources.layout import IMAGE_SUFFIXES, is_junk, require_folders, subfolders
+from medxgan.data.manifest import IMAGE_SUFFIXES, image_stem, is_image_name
+from medxgan.data.sources.layout import is_junk, require_folders, subfolders
 from medxgan.files import portable_path
 
 SPLIT_FOLDERS = {"train": "train", "test": "test"}
@@ -28,7 +29,7 @@ def _mask_for(root: Path, image: Path) -> Path | None:
     folder = root / MASKS / relative.parent
     if not folder.is_dir():
         return None
-    matches = [p for p in sorted(folder.glob(f"{image.stem}.*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+    matches = [p for p in sorted(folder.iterdir()) if is_image_name(p) and image_stem(p) == image_stem(image)]
     return matches[0] if matches else None
 
 
@@ -41,12 +42,12 @@ def collect_image_folder(root: Path, negative: str, positive: str) -> Collected:
         require_folders(folder, (negative, positive))
         for name in subfolders(folder):
             files = class_files(folder / name)
-            if name in (negative, positive) and not any(file.suffix.lower() in IMAGE_SUFFIXES for file in files):
+            if name in (negative, positive) and not any(is_image_name(file) for file in files):
                 raise DataSourceError(f"{folder / name}: class folder {name!r} holds no image "
-                                      f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+                                      f"({', '.join(IMAGE_SUFFIXES)})")
             for file in files:
                 record = Record(file, name == positive, name, split, mask_file=_mask_for(root, file))
-                if file.suffix.lower() not in IMAGE_SUFFIXES:
+                if not is_image_name(file):
                     dropped.append(drop(record, "not an image file", file.suffix or "no suffix"))
                 elif name in (negative, positive):
                     records.append(record)

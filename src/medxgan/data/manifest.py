@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from medxgan.config import SOURCE_DEFAULTS
+from medxgan.data.medical_formats import MedicalFormatError, is_medical, read_medical
 from medxgan.data.splits import VAL_STREAM, pick_groups
 from medxgan.files import atomic_path
 
@@ -194,6 +195,20 @@ class ImageSet:
 
 # --- reading image files -----------------------------------------------------------------
 
+# pictures, DICOM and NIfTI (medxgan.data.medical_formats); ".nii.gz" is why names are matched by ending
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz")
+
+
+def is_image_name(path: Path) -> bool:
+    return path.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def image_stem(path: Path) -> str:
+    """The name without its image suffix (scan.nii.gz -> scan)."""
+    name = path.name
+    return next((name[:-len(s)] for s in IMAGE_SUFFIXES if name.lower().endswith(s)), path.stem)
+
+
 def open_image(file: Path, where: str, what: str = "image") -> Image.Image:
     """Read an image (or mask) file, the one way every step does: a PIL image in mode L or RGB
     (8-bit files, exactly as stored) or F (deeper files, as floats on the 8-bit scale 0..255).
@@ -206,20 +221,36 @@ def open_image(file: Path, where: str, what: str = "image") -> Image.Image:
     - RGBA and LA are composited onto black: a pixel's colour is scaled by its opacity.
     - Palette (P, PA) images are converted through their palette (and transparency); other modes
       (1, CMYK, ...) as PIL converts them to L or RGB.
+    - An EXIF orientation tag (a phone's or scanner's JPEG) is applied, so the image stands as shown.
+    - A file with several frames (GIF, TIFF) is refused: which frame is meant is the user's choice.
+    - DICOM and NIfTI files are read by `medxgan.data.medical_formats` (windowed, as mode F).
     - An image smaller than MIN_IMAGE_SIDE pixels on either side is refused.
 
     Every problem is a ManifestError naming `where` and the file.
     """
     try:
-        with Image.open(file) as image:
-            image.load()
-            pixels = _standard_mode(image)
-    except READ_ERRORS as err:
+        pixels = _read_medical(file) if is_medical(file) else _read_picture(file)
+    except (*READ_ERRORS, MedicalFormatError) as err:
         raise ManifestError(f"{where}: cannot read {what} {file}: {err}") from err
     if min(pixels.size) < MIN_IMAGE_SIDE:
         raise ManifestError(f"{where}: {what} {file} is {pixels.width}x{pixels.height} pixels; "
                             f"at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} are needed")
     return pixels
+
+
+def _read_picture(file: Path) -> Image.Image:
+    with Image.open(file) as image:
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:
+            raise ValueError(f"it has {frames} frames; medxgan reads one image per file: save the frame you "
+                             "want on its own")
+        image.load()
+        return _standard_mode(ImageOps.exif_transpose(image))
+
+
+def _read_medical(file: Path) -> Image.Image:
+    """A DICOM or NIfTI image as mode F on the 8-bit scale, like a deep greyscale picture."""
+    return Image.fromarray((read_medical(file) * PIXEL_MAX).astype(np.float32))
 
 
 def _standard_mode(image: Image.Image) -> Image.Image:
@@ -289,7 +320,9 @@ def load_mask(file: Path, where: str, image_size: int) -> np.ndarray:
 
 
 def _pixel_size(file: Path, where: str, what: str) -> tuple[int, int]:
-    """(width, height) from the file's header, without decoding its pixels."""
+    """(width, height) as read, from a picture's header without decoding its pixels."""
+    if is_medical(file):
+        return open_image(file, where, what).size
     try:
         with Image.open(file) as image:
             return image.size

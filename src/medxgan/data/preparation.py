@@ -37,6 +37,7 @@ from medxgan.data.manifest import (
     READ_ERRORS,
     SIXTEEN_BIT_MAX,
     as_grey,
+    image_stem,
     open_image,
     resize_pixels,
     write_manifest,
@@ -255,7 +256,7 @@ def _unique_name(record: Record, taken: set[str]) -> str:
     folder = UNSAFE_NAME_CHARS.sub("_", record.original_class)
     if record.split:
         folder = f"{record.split}/{folder}"
-    stem = UNSAFE_NAME_CHARS.sub("_", record.source_file.stem)
+    stem = UNSAFE_NAME_CHARS.sub("_", image_stem(record.source_file))
     name, n = f"{folder}/{stem}.png", 1
     while name in taken:
         n += 1

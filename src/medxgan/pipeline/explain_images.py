@@ -18,8 +18,7 @@ import pandas as pd
 import torch
 
 from medxgan.api import DEFAULT_METHODS, MedXGAN
-from medxgan.data.manifest import ImageSet, ManifestError, load_image
-from medxgan.data.sources.layout import IMAGE_SUFFIXES
+from medxgan.data.manifest import ImageSet, ManifestError, is_image_name, load_image
 from medxgan.files import atomic_path, progress
 from medxgan.report import figures
 
@@ -35,7 +34,7 @@ def image_files(paths: list[Path]) -> list[Path]:
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p))
         else:
             files.append(path)
     return files

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from medxgan.data.download import DataSourceError
+from medxgan.data.manifest import is_image_name
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 JUNK_PREFIXES = ("__MACOSX", "._")  # resource forks that macOS zips add beside every file
 
 
@@ -36,7 +36,7 @@ def require_folders(folder: Path, names) -> None:
 def image_files(folder: Path) -> list[Path]:
     """Image files directly in `folder`, sorted by name."""
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not is_junk(p.relative_to(folder)))
+                  if p.is_file() and is_image_name(p) and not is_junk(p.relative_to(folder)))
 
 
 def subfolders(folder: Path) -> list[str]:

@@ -1,0 +1,115 @@
+"""DICOM and NIfTI files as one 2-D greyscale image each, shown as a viewer shows them.
+
+DICOM (pydicom): the stored values go through the modality LUT (Rescale Slope and Intercept, as
+Hounsfield units for CT), then through the file's own window (Window Center and Width, the DICOM
+linear function) or, where the file names none, a percentile window over the image's own values;
+MONOCHROME1 images, where a high value is dark, are inverted.
+
+NIfTI (nibabel): a 2-D image, or a volume whose other axes have one voxel, windowed by its header's
+cal_min/cal_max where set, else by the same percentile window. Arrays are stored (x, y), x to the
+patient's left in radiological order: the image is shown transposed, y upwards.
+
+A file with several frames or slices is refused with a message: medxgan reads one 2-D image per
+file, and which frames matter is the user's choice to export.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DICOM_MAGIC_OFFSET = 128  # a DICOM Part 10 file: a 128-byte preamble, then "DICM"
+PERCENTILE_WINDOW = (0.5, 99.5)  # where no window is stored: the middle 99% of the image's values
+
+
+class MedicalFormatError(ValueError):
+    """A DICOM or NIfTI file that cannot be read as one 2-D greyscale image."""
+
+
+def is_dicom(file: Path) -> bool:
+    if file.name.lower().endswith(DICOM_SUFFIXES):
+        return True
+    try:
+        with open(file, "rb") as handle:
+            handle.seek(DICOM_MAGIC_OFFSET)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def is_nifti(file: Path) -> bool:
+    return file.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def is_medical(file: Path) -> bool:
+    return is_nifti(file) or is_dicom(file)
+
+
+def read_medical(file: Path) -> np.ndarray:
+    """A DICOM or NIfTI file's image as float64 in [0, 1] (0 black), shape (H, W)."""
+    return read_nifti(file) if is_nifti(file) else read_dicom(file)
+
+
+def read_dicom(file: Path) -> np.ndarray:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        dataset = pydicom.dcmread(file)
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        if frames > 1:
+            raise MedicalFormatError(f"it has {frames} frames; medxgan reads one 2-D image per file: export the "
+                                     "frames you want as separate files")
+        pixels = dataset.pixel_array
+    except (pydicom.errors.InvalidDicomError, AttributeError, KeyError, RuntimeError, NotImplementedError) as error:
+        raise MedicalFormatError(f"not a readable DICOM image ({error})") from error
+    if pixels.ndim != 2:
+        raise MedicalFormatError(f"its pixels have shape {pixels.shape} ({dataset.get('PhotometricInterpretation')}); "
+                                 "medxgan reads greyscale DICOM")
+    values = np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float64)
+    window = _stored_window(dataset)
+    unit = _linear_window(values, *window) if window else _percentile_window(values)
+    return 1.0 - unit if dataset.get("PhotometricInterpretation") == "MONOCHROME1" else unit
+
+
+def _stored_window(dataset) -> tuple[float, float] | None:
+    """(center, width) of the file's first window, or None where it stores none."""
+    from pydicom.multival import MultiValue
+
+    center, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
+    if center is None or width is None:
+        return None
+    center, width = (float(v[0]) if isinstance(v, MultiValue) else float(v) for v in (center, width))
+    return (center, width) if width >= 1 else None  # the standard requires a width of at least 1
+
+
+def _linear_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2.1, the LINEAR VOI function, onto [0, 1]."""
+    return np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+
+
+def _percentile_window(values: np.ndarray) -> np.ndarray:
+    low, high = np.percentile(values, PERCENTILE_WINDOW)
+    if high <= low:  # a (nearly) constant image
+        return np.zeros_like(values)
+    return np.clip((values - low) / (high - low), 0.0, 1.0)
+
+
+def read_nifti(file: Path) -> np.ndarray:
+    import nibabel
+
+    try:
+        image = nibabel.load(file)
+        values = np.asarray(image.dataobj, dtype=np.float64)
+    except (nibabel.filebasedimages.ImageFileError, OSError, ValueError, EOFError) as error:
+        raise MedicalFormatError(f"not a readable NIfTI image ({error})") from error
+    planes = [n for n in values.shape if n > 1]
+    if len(planes) != 2:
+        raise MedicalFormatError(f"it holds an array of shape {values.shape}; medxgan reads one 2-D image per file: "
+                                 "export the slices you want as 2-D files")
+    values = np.flipud(values.reshape(planes).T)  # (x, y) -> rows top to bottom, columns left to right
+    low, high = float(image.header["cal_min"]), float(image.header["cal_max"])
+    return np.clip((values - low) / (high - low), 0.0, 1.0) if high > low else _percentile_window(values)
