@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from medxgan.data.download import DataSourceError
-from medxgan.data.preparation import Collected, PrepareOptions, Record, drop, prepare
 from medxgan.data.manifest import IMAGE_SUFFIXES, image_stem, is_image_name
+from medxgan.data.preparation import Collected, PrepareOptions, Record, drop, prepare
 from medxgan.data.sources.layout import is_junk, require_folders, subfolders
 from medxgan.files import portable_path
 
