@@ -35,3 +35,4 @@ def test_speed_benchmark_times_what_the_shipped_config_runs():
     assert "default width: encoder training step, batch 4" in cases
     assert [case.removeprefix("default width: explain, ") for case in cases if ": explain, " in case] == \
         config["explain"]["methods"]
+    assert "| batched bf16 inversion vs the per-image fp32 loop, default width |" in run.stdout  # the goals table
