@@ -1,5 +1,8 @@
 """The Python API on a user's own network: MedXGAN(classifier, generator, settings, preprocess=...)."""
 
+import re
+import warnings
+
 import pytest
 import torch
 import torchvision
@@ -42,3 +45,51 @@ def test_settings_that_start_from_an_encoder_need_one(parts):
     with pytest.raises(ValueError, match="pass encoder="):
         MedXGAN(net, generator, {**settings, "inversion": {**settings["inversion"], "init": "encoder"}},
                 preprocess=PREPROCESS, device="cpu")
+
+
+# --- the gate at the API's entry: one ValueError saying what was expected and what was given -------
+
+EXPECTED = "expected images as a float tensor (N, 1, 64, 64) in [-1, 1], got "
+IMAGES = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+def with_nan(images: torch.Tensor) -> torch.Tensor:
+    images = images.clone()
+    images[1, 0, 5, 5] = float("nan")
+    return images
+
+
+@pytest.fixture(scope="module")
+def explainer(parts):
+    net, generator, settings = parts
+    return MedXGAN(net, generator, settings, preprocess=PREPROCESS, target_layer="layer4", device="cpu")
+
+
+@pytest.mark.parametrize("images, given", [
+    ((IMAGES + 1) * 127.5, r"values in \[\d.*, 25\d.*\]; ToTensor's \[0, 1\] maps onto \[-1, 1\] by x \* 2 - 1"),
+    (((IMAGES + 1) * 127.5).to(torch.uint8), "dtype torch.uint8; ToTensor's"),
+    (with_nan(IMAGES), r"NaN or infinite values in image\(s\) 1$"),
+    (IMAGES[0], r"shape \(1, 64, 64\); one image needs a batch dimension: images\[None\]$"),
+    (IMAGES.repeat(1, 3, 1, 1), r"shape \(2, 3, 64, 64\)$"),
+    (IMAGES[:, :, :32, :32], r"shape \(2, 1, 32, 32\)$"),
+    (IMAGES[:0], r"an empty batch \(N = 0\)$"),
+    (IMAGES.numpy(), "a ndarray; convert it with torch.as_tensor$"),
+], ids=["0..255", "uint8", "nan", "no batch", "channels", "size", "empty", "numpy"])
+@pytest.mark.parametrize("method", ["attribute", "explain", "invert", "probabilities"])
+def test_images_the_networks_cannot_take_are_refused_saying_what_was_given(explainer, images, given, method):
+    with pytest.raises(ValueError, match=re.escape(EXPECTED) + given):
+        getattr(explainer, method)(images)
+
+
+def test_a_target_other_than_the_two_classes_is_refused(explainer):
+    with pytest.raises(ValueError, match=r"^target must be 0 \(negative\) or 1 \(positive\), got 5$"):
+        explainer.attribute(IMAGES, target=5)
+
+
+def test_images_in_zero_one_get_a_warning_and_images_in_minus_one_one_none(explainer):
+    with pytest.warns(UserWarning, match=r"every pixel of these images is >= 0 .* x \* 2 - 1"):
+        explainer.probabilities((IMAGES + 1) / 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explainer.probabilities(IMAGES)
+        explainer.probabilities(IMAGES.double())  # any float dtype, taken as float32

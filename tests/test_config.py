@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -121,6 +122,38 @@ def test_a_name_whose_results_came_from_another_manifest_is_refused(tmp_path: Pa
     assert add_user_manifest(user_config(other, name="study"), results=results) == "study"  # its own results
     with pytest.raises(ConfigError, match=r"results/study holds the results of manifest .*old/manifest\.csv"):
         add_user_manifest(user_config(user_manifest(tmp_path / "new"), name="study"), results=results)
+
+
+def check_step(manifest: Path, report: Path, settings: str | None = None) -> int:
+    """The check-manifest step, as the workflow's rule runs it (or with `settings` JSON)."""
+    from medxgan.pipeline import cli
+
+    chosen = ["--settings", settings] if settings else ["--config", str(REPO / "config" / "config.yaml"),
+                                                        "--dataset", "synthetic-mri"]
+    return cli.main(["check-manifest", *chosen, "--manifest", str(manifest), "--out", str(report)])
+
+
+def test_a_failed_check_leaves_the_results_folder_owned_by_its_manifest(tmp_path: Path, caplog):
+    """manifest=A name=proj checked; then a check that fails (equal labels), whose report Snakemake deletes
+    with the failed job's outputs; then manifest=B name=proj: still refused, by the workflow and the step."""
+    from medxgan.data.phantoms import write_phantom_dataset
+
+    first, second = (write_phantom_dataset("synthetic-mri", tmp_path / folder / "scans", 64,
+                                           {"train": 4, "val": 2, "test": 4}, 0.5, seed=seed)
+                     for folder, seed in (("A", 0), ("B", 1)))
+    results = tmp_path / "results"
+    report = results / "proj" / "manifest_check.json"
+    assert check_step(first, report) == 0
+    same_labels = json.loads(step_settings(load_config(REPO / "config" / "config.yaml"), "synthetic-mri", "data"))
+    same_labels["data"]["positive"] = same_labels["data"]["negative"]
+    assert check_step(first, report, json.dumps(same_labels)) == 1
+    report.unlink()  # what Snakemake does with a failed job's outputs
+    owner = r"results/proj holds the results of manifest .*A/scans/manifest\.csv, not .*B/scans/manifest\.csv"
+    with pytest.raises(ConfigError, match=owner):
+        add_user_manifest(user_config(second, name="proj"), results=results)
+    assert check_step(second, report) == 1 and re.search(owner, caplog.text)
+    assert not report.exists()
+    assert add_user_manifest(user_config(first, name="proj"), results=results) == "proj"
 
 
 def test_later_config_files_override_earlier_ones_key_by_key(config_dir: Path):

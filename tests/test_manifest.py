@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -40,6 +42,7 @@ def folder(tmp_path):
     save_image(tmp_path / "img" / "grey.png", (50, 37), "L")
     save_image(tmp_path / "img" / "colour.jpg", (61, 45), "RGB")
     save_image(tmp_path / "img" / "colour.png", (20, 20), "RGB")
+    save_image(tmp_path / "img" / "grey_test.png", (40, 40), "L")
     save_square_mask(tmp_path / "img" / "mask.png")
     return tmp_path
 
@@ -48,7 +51,7 @@ ROWS = [
     ("img/grey.png", NEG, "train", "", "p1"),
     ("img/colour.jpg", POS, "train", "img/mask.png", "p2"),
     ("img/colour.png", POS, "train", "", "p3"),
-    ("img/grey.png", NEG, "test", "", "p4"),
+    ("img/grey_test.png", NEG, "test", "", "p4"),
 ]
 
 
@@ -159,6 +162,32 @@ def test_missing_column_is_named(folder):
         read_manifest(manifest, NEG, POS)
 
 
+@pytest.mark.parametrize("delimiter", [";", "\t"])
+def test_a_manifest_separated_by_another_character_names_it(folder, delimiter):
+    manifest = folder / "manifest.csv"
+    pd.DataFrame(ROWS, columns=list(MANIFEST_COLUMNS)).to_csv(manifest, index=False, sep=delimiter)
+    shown = re.escape(repr(delimiter))
+    with pytest.raises(ManifestError, match=rf"manifest\.csv: line 1 separates its columns with {shown}; a manifest "
+                                            r"separates them with commas \(path,label,split,mask_path,patient_id\): "
+                                            r"save it as comma-separated CSV$"):
+        read_manifest(manifest, NEG, POS)
+
+
+@pytest.mark.parametrize("seed", [None, 0])
+def test_a_manifest_with_only_its_header_says_it_has_no_rows(folder, seed):
+    with pytest.raises(ManifestError, match=r"manifest\.csv: the manifest has no rows, only its header; "
+                                            r"list one image per line$"):
+        read_manifest(write_rows(folder, []), NEG, POS, seed=seed)
+
+
+def test_an_image_listed_twice_is_refused_with_its_lines(folder):
+    rows = [*ROWS, ("img/colour.png", POS, "test", "", "p5"), ("./img/grey.png", NEG, "val", "", "p1")]
+    with pytest.raises(ManifestError, match=r"manifest\.csv: image img/grey\.png is listed on lines 2, 7; "
+                                            r"image img/colour\.png is listed on lines 4, 6; "
+                                            r"each image needs exactly one row$"):
+        read_manifest(write_rows(folder, rows), NEG, POS)
+
+
 def test_an_unparseable_manifest_is_named(folder):
     (folder / "manifest.csv").write_text('path,label,split,mask_path,patient_id\n"unclosed,normal,train,,p1\n')
     with pytest.raises(ManifestError, match=r"manifest\.csv: cannot parse the CSV"):
@@ -256,15 +285,22 @@ ROWS_PER_PATIENT = 2
 TRAIN_ROWS = ROWS_PER_PATIENT * sum(PATIENTS.values())
 
 
-def train_test_rows(patient_ids=True):
+def new_image(folder, name):
+    """A small grey image of its own, for one row: a manifest lists each image once."""
+    save_image(folder / "img" / f"{name}.png", (20, 20), "L")
+    return f"img/{name}.png"
+
+
+def train_test_rows(folder, patient_ids=True):
     """A manifest with only train and test rows: per label, PATIENTS[label] patients of
     ROWS_PER_PATIENT training images each, and one test image."""
     rows = []
     for label, prefix in ((NEG, "n"), (POS, "p")):
         for patient in range(PATIENTS[label]):
             pid = f"{prefix}{patient}" if patient_ids else ""
-            rows += [("img/grey.png", label, "train", "", pid)] * ROWS_PER_PATIENT
-        rows.append(("img/colour.png", label, "test", "", f"{prefix}-test"))
+            rows += [(new_image(folder, f"{prefix}{patient}_{k}"), label, "train", "", pid)
+                     for k in range(ROWS_PER_PATIENT)]
+        rows.append((new_image(folder, f"{prefix}-test"), label, "test", "", f"{prefix}-test"))
     return rows
 
 
@@ -273,7 +309,7 @@ def val_rows(table):
 
 
 def test_missing_val_is_drawn_stratified_and_grouped(folder):
-    written = read_manifest(write_rows(folder, train_test_rows()), NEG, POS)
+    written = read_manifest(write_rows(folder, train_test_rows(folder)), NEG, POS)
     table = read_manifest(folder / "manifest.csv", NEG, POS, seed=0)
     val = table[table["split"] == "val"]
     assert sorted(val["label"].unique()) == sorted([NEG, POS])
@@ -285,14 +321,14 @@ def test_missing_val_is_drawn_stratified_and_grouped(folder):
 
 
 def test_rows_without_patient_are_drawn_one_by_one(folder):
-    table = read_manifest(write_rows(folder, train_test_rows(patient_ids=False)), NEG, POS, seed=0)
+    table = read_manifest(write_rows(folder, train_test_rows(folder, patient_ids=False)), NEG, POS, seed=0)
     val = table[table["split"] == "val"]
     # 10% of 20 and of 6 single images (at least one): counted in images, not in pairs
     assert val["label"].value_counts().to_dict() == {NEG: 2, POS: 1}
 
 
 def test_drawn_val_follows_the_seed(folder):
-    manifest = write_rows(folder, train_test_rows())
+    manifest = write_rows(folder, train_test_rows(folder))
     first = val_rows(read_manifest(manifest, NEG, POS, seed=0))
     assert val_rows(read_manifest(manifest, NEG, POS, seed=0)) == first
     assert val_rows(read_manifest(manifest, NEG, POS, seed=1)) != first
@@ -301,7 +337,7 @@ def test_drawn_val_follows_the_seed(folder):
 
 
 def test_drawing_warns_with_counts_per_label(folder, caplog):
-    manifest = write_rows(folder, train_test_rows())
+    manifest = write_rows(folder, train_test_rows(folder))
     with caplog.at_level("WARNING", logger="medxgan.data.manifest"):
         read_manifest(manifest, NEG, POS, seed=0)
     message = caplog.records[-1].getMessage()
@@ -310,7 +346,7 @@ def test_drawing_warns_with_counts_per_label(folder, caplog):
 
 
 def test_manifest_with_val_rows_is_read_as_written(folder, caplog):
-    rows = train_test_rows()
+    rows = train_test_rows(folder)
     rows[0] = rows[0][:2] + ("val",) + rows[0][3:]
     manifest = write_rows(folder, rows)
     with caplog.at_level("WARNING", logger="medxgan.data.manifest"):
@@ -331,9 +367,9 @@ def test_val_that_cannot_be_drawn_names_file_and_label(folder):
 
 def test_two_training_patients_of_a_label_are_enough_to_draw_one(folder):
     # test rows first, so the training rows' index does not start at 0
-    rows = [("img/colour.png", label, "test", "", f"{label}-test") for label in (NEG, POS)]
-    rows += [("img/grey.png", label, "train", "", f"{label}{patient}")
-             for label in (NEG, POS) for patient in (1, 1, 2, 2)]
+    rows = [(new_image(folder, f"{label}-test"), label, "test", "", f"{label}-test") for label in (NEG, POS)]
+    rows += [(new_image(folder, f"{label}{patient}_{k}"), label, "train", "", f"{label}{patient}")
+             for label in (NEG, POS) for patient in (1, 2) for k in range(2)]
     table = read_manifest(write_rows(folder, rows), NEG, POS, seed=0)
     val = table[table["split"] == "val"]
     assert val["label"].value_counts().to_dict() == {NEG: 2, POS: 2}
@@ -341,7 +377,7 @@ def test_two_training_patients_of_a_label_are_enough_to_draw_one(folder):
 
 
 def test_a_label_absent_from_train_cannot_be_drawn(folder):
-    rows = [("img/grey.png", NEG, "train", "", f"n{patient}") for patient in range(3)]
+    rows = [(new_image(folder, f"n{patient}"), NEG, "train", "", f"n{patient}") for patient in range(3)]
     rows.append(("img/colour.png", POS, "test", "", "p-test"))
     with pytest.raises(ManifestError, match=rf"label {POS!r} has 0 training patient\(s\) or image\(s\), at least 2"):
         read_manifest(write_rows(folder, rows), NEG, POS, seed=0)

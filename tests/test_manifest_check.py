@@ -1,6 +1,7 @@
 """The manifest check: the structural faults that would make a run wrong without making it fail."""
 
 import logging
+import re
 import shutil
 
 import numpy as np
@@ -54,18 +55,21 @@ def test_the_same_file_in_train_and_test_is_an_error_naming_the_lines(edit):
     def leak(table, folder):
         table.loc[first(table, "test", POS), "path"] = table.loc[first(table, "train", POS), "path"]
         return table
-    with pytest.raises(ManifestError, match=r"is in splits test, train \(lines \d+, \d+\)"):
+    with pytest.raises(ManifestError, match=r"image \S+ is listed on lines \d+, \d+; each image needs exactly one row"):
         check(edit(leak))
 
 
-def test_the_same_content_under_two_names_is_an_error(edit):
+def test_the_same_content_under_two_names_is_an_error_naming_both_files(edit):
     def copy(table, folder):
-        row = first(table, "test", NEG)
         shutil.copyfile(folder / table.loc[first(table, "train", NEG), "path"], folder / "images" / "copy.png")
-        table.loc[row, "path"] = "images/copy.png"
+        table.loc[first(table, "test", NEG), "path"] = "images/copy.png"
         return table
-    with pytest.raises(ManifestError, match="the same image content as"):
-        check(edit(copy))
+    manifest = edit(copy)
+    original = pd.read_csv(manifest).query("split == 'train' and label == @NEG").path.iloc[0]
+    with pytest.raises(ManifestError, match=rf"images ({re.escape(original)}, images/copy\.png|images/copy\.png, "
+                                            rf"{re.escape(original)}) have the same content and are in splits test, "
+                                            r"train \(lines \d+, \d+\)"):
+        check(manifest)
 
 
 def test_conflicting_labels_missing_classes_and_escaping_paths_are_errors(edit, tmp_path):
@@ -74,7 +78,7 @@ def test_conflicting_labels_missing_classes_and_escaping_paths_are_errors(edit, 
         twin["label"], twin["mask_path"] = POS, ""
         table.loc[len(table)] = twin
         return table
-    with pytest.raises(ManifestError, match="has both labels"):
+    with pytest.raises(ManifestError, match=r"is listed on lines \d+, \d+"):
         check(edit(two_labels))
     shutil.rmtree(tmp_path / "data")
 
@@ -103,6 +107,19 @@ def test_masks_on_negatives_and_empty_masks_are_warnings(edit, caplog):
     assert any("negative images with a lesion mask" in w for w in report["warnings"])
     assert any("mask is empty" in w for w in report["warnings"])
     assert "mask is empty" in caplog.text
+
+
+def test_a_mask_that_is_not_binary_names_the_manifest_line_and_the_mask_once(edit):
+    def grey_levels(table, folder):
+        mask = folder / table.loc[first(table, "test", POS), "mask_path"]
+        Image.fromarray(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))).save(mask)
+        return table
+    manifest = edit(grey_levels)
+    line = first(pd.read_csv(manifest), "test", POS) + 2  # the header is line 1
+    with pytest.raises(ManifestError, match=rf"manifest\.csv, line {line}: mask \S+\.png is not binary") as error:
+        check(manifest)
+    mask = pd.read_csv(manifest).mask_path[line - 2]
+    assert str(error.value).count(mask) == 1
 
 
 def test_a_twin_of_another_size_is_an_error_and_a_twin_on_a_negative_a_warning(edit, tmp_path):

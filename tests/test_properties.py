@@ -56,20 +56,25 @@ def test_a_heatmap_inside_the_mask_wins_the_pointing_game(heatmap, mask):
 cell_text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=12)
 
 
+MAX_ROWS = 6
+
+
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
+    """An image for each row (a manifest lists each image once) and a mask."""
     folder = tmp_path_factory.mktemp("round trip")
-    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(folder / "a.png")
+    for row in range(MAX_ROWS):
+        Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(folder / f"{row}.png")
     Image.fromarray(np.full((16, 16), 255, dtype=np.uint8)).save(folder / "mask.png")
     return folder
 
 
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(st.tuples(st.sampled_from(["neg", "pos"]), st.sampled_from(["train", "val", "test"]),
-                               st.booleans(), cell_text), min_size=1, max_size=6))
+                               st.booleans(), cell_text), min_size=1, max_size=MAX_ROWS))
 def test_the_manifest_reader_reads_back_what_the_writer_wrote(image_folder, rows):
-    table = pd.DataFrame([("a.png", label, split, "mask.png" if masked else "", patient)
-                          for label, split, masked, patient in rows], columns=list(MANIFEST_COLUMNS))
+    table = pd.DataFrame([(f"{row}.png", label, split, "mask.png" if masked else "", patient)
+                          for row, (label, split, masked, patient) in enumerate(rows)], columns=list(MANIFEST_COLUMNS))
     manifest = image_folder / "manifest.csv"
     write_manifest(table, manifest)
     back = read_manifest(manifest, "neg", "pos")

@@ -14,6 +14,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from medxgan.files import portable_path, write_json
+
 SECTIONS = ("data", "classifier", "oracle", "gan", "encoder", "inversion", "explain", "evaluate", "figures", "checks")
 # What a public dataset's `source` entry leaves out (our choices; see config/paper.yaml).
 SOURCE_DEFAULTS = {
@@ -25,6 +27,9 @@ SOURCE_DEFAULTS = {
 SCHEMA_RELATIVE = Path("workflow") / "schemas" / "config.schema.yaml"
 PROJECT_SCHEMA = Path(__file__).resolve().parents[2] / SCHEMA_RELATIVE  # in a clone of the project
 MANIFEST_REPORT = "manifest_check.json"  # results/{dataset}/: the manifest check's report names its manifest
+# results/{dataset}/: the manifest the folder's results are of, written once, by the first passing manifest check.
+# No rule's output: Snakemake deletes a failed rule's outputs (the report among them), never this record.
+OWNER_RECORD = "manifest_owner.json"
 
 
 class ConfigError(ValueError):
@@ -102,8 +107,8 @@ def add_user_manifest(config: dict, results: Path = Path("results")) -> str | No
     one, `user_dataset_name(manifest)`.
 
     Returns that dataset's name, or None when no manifest was given. Refuses a name that is already
-    a configured dataset, or whose results folder holds the results of another manifest (its
-    manifest check's report says which).
+    a configured dataset, or whose results folder holds the results of another manifest
+    (`check_results_owner`).
     """
     manifest = config.get("manifest")
     if not manifest:
@@ -119,25 +124,37 @@ def add_user_manifest(config: dict, results: Path = Path("results")) -> str | No
         raise ConfigError(f"name={name} is a configured dataset (config `datasets`); give your manifest another name")
     if Path(name).name != name or name in (".", ".."):
         raise ConfigError(f"name={name!r} must be a plain folder name, without '/'")
-    _check_results_owner(results / name, path)
+    check_results_owner(results / name, path)
     config["datasets"][name] = {"manifest": str(path), "negative": str(config["negative"]), "positive": str(config["positive"])}
     if config.get("family"):
         config["datasets"][name]["family"] = config["family"]
     return name
 
 
-def _check_results_owner(folder: Path, manifest: Path) -> None:
-    """Stop before a run would replace results that another manifest produced."""
-    report = folder / MANIFEST_REPORT
-    if not report.is_file():
-        return
-    try:
-        owner = json.loads(report.read_text())["manifest"]
-    except (ValueError, KeyError) as error:
-        raise ConfigError(f"{report} cannot be read ({error}): move {folder} aside or choose another name=") from None
-    if Path(owner) != manifest:
-        raise ConfigError(f"{folder} holds the results of manifest {owner}, not {manifest}: "
-                          f"choose another name=... or move {folder} aside")
+def check_results_owner(folder: str | Path, manifest: str | Path) -> None:
+    """Stop before a run would replace results that another manifest produced: the folder's owner
+    record says which (`record_results_owner`) or, in a folder from before owner records, its
+    manifest check's report. A relative path in either is relative to the working directory."""
+    folder, manifest = Path(folder), Path(manifest).resolve()
+    for record in (folder / OWNER_RECORD, folder / MANIFEST_REPORT):
+        if not record.is_file():
+            continue
+        try:
+            owner = json.loads(record.read_text())["manifest"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise ConfigError(f"{record} cannot be read ({error}): move {folder} aside or choose another name=") \
+                from None
+        if Path(owner).resolve() != manifest:
+            raise ConfigError(f"{folder} holds the results of manifest {owner}, not {manifest}: "
+                              f"choose another name=... or move {folder} aside")
+
+
+def record_results_owner(folder: str | Path, manifest: str | Path) -> None:
+    """Mark `folder` as holding `manifest`'s results, where it has no owner yet (see OWNER_RECORD);
+    the path is recorded as `portable_path` gives it, so a built-in dataset's record holds in any clone."""
+    record = Path(folder) / OWNER_RECORD
+    if not record.is_file():
+        write_json(record, {"manifest": portable_path(manifest)})
 
 
 def dataset_settings(config: dict, dataset: str) -> dict:

@@ -6,6 +6,8 @@ import json
 import shlex
 from pathlib import Path
 
+from snakemake.io import contains_wildcard
+
 from medxgan.config import variant_settings, variant_source
 from medxgan.shards import chunk_ranges, chunk_size
 
@@ -14,7 +16,7 @@ def manifest_of(wildcards):
     return manifest_path(config, wildcards.dataset)
 
 
-def files_of_user_manifest(wildcards):
+def listed_files(wildcards):
     """The images, masks and healthy twins a user's manifest lists (read where they are, so no rule makes them).
     A built-in or downloaded dataset's files are made with its manifest by a rule, so they follow it."""
     if "manifest" not in config["datasets"][wildcards.dataset]:
@@ -29,6 +31,26 @@ def files_of_user_manifest(wildcards):
         return []  # the manifest check names what is wrong with the manifest
     # Paths are relative to the manifest's folder, as every step reads them; the check reports missing ones.
     return sorted({str(manifest.parent / name) for name in named if name and (manifest.parent / name).is_file()})
+
+
+def files_of_user_manifest(wildcards):
+    """The listed files as the manifest check's inputs, so replacing one reruns the check and all that
+    follows; but a name Snakemake reads as a wildcard (`img{1}.png`), which an input cannot escape
+    (doubled braces still read as one), is left to `check_settings`."""
+    return [file for file in listed_files(wildcards) if not contains_wildcard(file)]
+
+
+def check_settings(wildcards):
+    """The manifest check's settings, with the size and modification time of each listed file whose name
+    reads as a wildcard: replacing such a file changes them, which reruns the check as a changed input
+    would. A manifest without such names keeps its settings as they were (nothing reruns)."""
+    own = step_settings(config, wildcards.dataset, "data")
+    untracked = {
+        file: [os.stat(file).st_size, os.stat(file).st_mtime_ns]
+        for file in listed_files(wildcards)
+        if contains_wildcard(file)
+    }
+    return json.dumps({**json.loads(own), "wildcard_named_files": untracked}, sort_keys=True) if untracked else own
 
 
 def settings(*sections):

@@ -15,7 +15,7 @@ rule check_manifest:
     conda:
         "../envs/medxgan.yaml"
     params:
-        settings=settings("data"),
+        settings=check_settings,
     shell:
         "medxgan check-manifest --settings {params.settings:q} --manifest {input.manifest:q} --out {output.report:q}"
         " 2> {log:q}"

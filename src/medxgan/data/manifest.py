@@ -6,12 +6,14 @@ realisation G(z1, 0) and every heatmap. A manifest without the column reads as b
 
 Paths in a manifest are relative to the manifest's folder (absolute paths also work). Every
 problem is reported as a ManifestError naming the manifest, the line as an editor shows it
-(the header is line 1) and the column or file at fault. A manifest without `val` rows gets a
-validation split drawn from its `train` rows (see `draw_validation`).
+(the header is line 1) and the column or file at fault. Each image is listed on one row. A
+manifest without `val` rows gets a validation split drawn from its `train` rows (see
+`draw_validation`).
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from dataclasses import dataclass
@@ -48,6 +50,7 @@ PROGRESS_MIN_IMAGES = 500  # below this, loading is quick enough to run silently
 READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 VAL_FRACTION = SOURCE_DEFAULTS["val_fraction"]  # the share a public source's validation split gets too
 MIN_GROUPS_TO_DRAW = 2  # a label needs a patient (or image) left in train and one moved to val
+OTHER_DELIMITERS = ";\t|"  # what a spreadsheet in a locale with decimal commas, or a TSV, puts between columns
 
 
 class ManifestError(ValueError):
@@ -64,11 +67,27 @@ def _read_table(manifest: Path) -> pd.DataFrame:
         raise ManifestError(f"{manifest}: cannot parse the CSV: {err}") from err
     missing = [column for column in MANIFEST_COLUMNS if column not in table.columns]
     if missing:
+        _check_delimiter(manifest)
         raise ManifestError(f"{manifest}: missing column(s) {', '.join(missing)}; "
                             f"a manifest needs {', '.join(MANIFEST_COLUMNS)}")
     table["line"] = table.index + FIRST_DATA_LINE
     blank = (table.drop(columns="line") == "").all(axis=1)
+    if blank.all():
+        raise ManifestError(f"{manifest}: the manifest has no rows, only its header; list one image per line")
     return table[~blank].reset_index(drop=True)
+
+
+def _check_delimiter(manifest: Path) -> None:
+    """A header separated by another character than a comma reads as one column: say so, rather
+    than list every column as missing."""
+    with manifest.open(encoding="utf-8-sig", errors="replace") as lines:
+        header = lines.readline()
+    try:
+        delimiter = csv.Sniffer().sniff(header, delimiters=OTHER_DELIMITERS).delimiter
+    except csv.Error:
+        return  # no other delimiter either: the columns are missing indeed
+    raise ManifestError(f"{manifest}: line 1 separates its columns with {delimiter!r}; a manifest separates them "
+                        f"with commas ({','.join(MANIFEST_COLUMNS)}): save it as comma-separated CSV")
 
 
 def _listed_file(manifest: Path, where: str, column: str, value: str, what: str) -> Path | None:
@@ -93,6 +112,19 @@ def _check_row(row, manifest: Path, negative: str, positive: str) -> tuple[Path,
     return (_listed_file(manifest, where, "path", row.path, "image"),
             _listed_file(manifest, where, "mask_path", row.mask_path, "mask"),
             _listed_file(manifest, where, TWIN_COLUMN, getattr(row, TWIN_COLUMN, ""), "healthy twin"))
+
+
+def _check_listed_once(table: pd.DataFrame, image_files: list[Path], manifest: Path) -> None:
+    """Each image on one row: a repeated one would be scored twice, weigh twice in training, or sit
+    in two splits."""
+    rows_of: dict[Path, list] = {}
+    for row, file in zip(table.itertuples(index=False), image_files):
+        rows_of.setdefault(file, []).append(row)
+    repeated = [rows for rows in rows_of.values() if len(rows) > 1]
+    if repeated:
+        listed = "; ".join(f"image {rows[0].path} is listed on lines {', '.join(str(row.line) for row in rows)}"
+                           for rows in repeated)
+        raise ManifestError(f"{manifest}: {listed}; each image needs exactly one row")
 
 
 def _training_groups(train: pd.DataFrame) -> list[str]:
@@ -149,6 +181,7 @@ def read_manifest(manifest: str | Path, negative: str, positive: str, seed: int 
     manifest = Path(manifest)
     table = _read_table(manifest)
     files = [_check_row(row, manifest, negative, positive) for row in table.itertuples(index=False)]
+    _check_listed_once(table, [image_file for image_file, _, _ in files], manifest)
     if seed is not None:
         table = draw_validation(table, seed, manifest, (negative, positive))
     table["target"] = (table["label"] == positive).astype(np.int64)

@@ -4,8 +4,8 @@
 every step will (with the validation split drawn where it has none) and looks for:
 
 errors (the run stops, naming the CSV lines):
-- an image listed in two splits, by path or by content (the same bytes under two names);
-- an image listed with both labels;
+- an image listed twice (refused as the manifest is read, whatever the splits and labels);
+- the same content in two splits (the same bytes under two names), naming both files;
 - a class missing from train, or no positive test image (nothing to explain);
 - a path that leaves the manifest's folder;
 - a healthy twin whose pixel size differs from its image's;
@@ -35,22 +35,18 @@ def _lines(rows: pd.DataFrame) -> str:
     return ", ".join(map(str, rows["line"].tolist()))
 
 
-def _shared_between_splits(table: pd.DataFrame, key: str, what: str) -> list[str]:
+def _same_content_in_two_splits(table: pd.DataFrame) -> list[str]:
+    """Copies of one image under other names (each name is listed once, `read_manifest` sees to that)."""
     found = []
-    for value, rows in table.groupby(key):
+    for _, rows in table.groupby("content", sort=False):
         if rows["split"].nunique() > 1:
-            found.append(f"{what} {value} is in splits {', '.join(sorted(rows['split'].unique()))} (lines {_lines(rows)})")
+            found.append(f"images {', '.join(rows['path'])} have the same content and are in splits "
+                         f"{', '.join(sorted(rows['split'].unique()))} (lines {_lines(rows)})")
     return found
 
 
 def _errors(table: pd.DataFrame, manifest: Path, negative: str, positive: str) -> list[str]:
-    table = table.assign(image_key=table["image_file"].astype(str))
-    errors = _shared_between_splits(table, "image_key", "image")
-    errors += [message.replace("image", "the same image content as", 1)
-               for message in _shared_between_splits(table.drop_duplicates("image_key"), "content", "image")]
-    for image, rows in table.groupby("image_key"):
-        if rows["label"].nunique() > 1:
-            errors.append(f"image {image} has both labels (lines {_lines(rows)})")
+    errors = _same_content_in_two_splits(table)
     for label in (negative, positive):
         if not ((table["split"] == "train") & (table["label"] == label)).any():
             errors.append(f"split 'train' has no {label!r} image: C cannot learn the class")
@@ -73,7 +69,11 @@ def _twin_size_errors(table: pd.DataFrame) -> list[str]:
     return errors
 
 
-def _warnings(table: pd.DataFrame, negative: str, positive: str, image_size: int) -> list[str]:
+def _has_empty_mask(row, manifest: Path, image_size: int) -> bool:
+    return row.mask_file is not None and not load_mask(row.mask_file, f"{manifest}, line {row.line}", image_size).any()
+
+
+def _warnings(table: pd.DataFrame, manifest: Path, negative: str, positive: str, image_size: int) -> list[str]:
     warnings = []
     for split, label in (("val", negative), ("val", positive), ("test", negative)):
         if not ((table["split"] == split) & (table["label"] == label)).any():
@@ -85,7 +85,7 @@ def _warnings(table: pd.DataFrame, negative: str, positive: str, image_size: int
     if len(twinned_negatives):
         warnings.append(f"negative images with a healthy twin, which nothing reads (lines {_lines(twinned_negatives)})")
     positives = table[table["label"] == positive]
-    empty = positives[[f is not None and not load_mask(f, str(f), image_size).any() for f in positives["mask_file"]]]
+    empty = positives[[_has_empty_mask(row, manifest, image_size) for row in positives.itertuples()]]
     if len(empty):
         warnings.append(f"positive images whose mask is empty: localisation scores 0 for them (lines {_lines(empty)})")
     unmasked = positives[(positives["split"] == "test") & positives["mask_file"].isna()]
@@ -102,7 +102,7 @@ def check_manifest(manifest: str | Path, negative: str, positive: str, image_siz
     errors = _errors(table, manifest, negative, positive)
     if errors:
         raise ManifestError(f"{manifest} fails the manifest check:\n  " + "\n  ".join(errors))
-    warnings = _warnings(table, negative, positive, image_size)
+    warnings = _warnings(table, manifest, negative, positive, image_size)
     for warning in warnings:
         log.warning("%s: %s", manifest, warning)
     counts = table.groupby(["split", "label"]).size()

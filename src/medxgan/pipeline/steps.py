@@ -15,7 +15,7 @@ import logging
 import os
 from pathlib import Path
 
-from medxgan.config import SOURCE_DEFAULTS, ConfigError
+from medxgan.config import SOURCE_DEFAULTS, ConfigError, check_results_owner, record_results_owner
 from medxgan.pipeline.context import (
     CHUNK,
     CLASSIFIER,
@@ -87,13 +87,16 @@ def import_folder(ctx: Context) -> None:
       "classes, no test positives, paths leaving its folder (errors); masks on negatives, empty masks",
       MANIFEST, out("JSON report: counts per split and label, warnings"))
 def check_manifest(ctx: Context) -> None:
-    """Errors stop the run, warnings are logged and kept (medxgan.data.manifest_check)."""
+    """Errors stop the run, warnings are logged and kept (medxgan.data.manifest_check). The report's
+    folder belongs to the manifest of its first passing check: another manifest is refused there."""
     from medxgan.data.manifest_check import check_manifest
     from medxgan.files import write_json
 
-    d = ctx.settings["data"]
-    write_json(ctx.args.out, check_manifest(ctx.args.manifest, d["negative"], d["positive"], d["image_size"],
-                                            ctx.settings["seed"]))
+    d, folder = ctx.settings["data"], ctx.args.out.parent
+    check_results_owner(folder, ctx.args.manifest)
+    report = check_manifest(ctx.args.manifest, d["negative"], d["positive"], d["image_size"], ctx.settings["seed"])
+    record_results_owner(folder, ctx.args.manifest)
+    write_json(ctx.args.out, report)
 
 
 @step("count-test-positives", "count the positive test images, from which a sharded run plans its chunks",

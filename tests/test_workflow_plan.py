@@ -1,0 +1,45 @@
+"""The real Snakefile on a user's manifest whose files are named oddly: planned, and the manifest check run."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from medxgan.data.phantoms import write_phantom_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile")]
+REPORT = "results/study/manifest_check.json"
+
+
+def test_an_image_whose_name_reads_as_a_wildcard_is_checked_and_tracked(tmp_path: Path):
+    """Snakemake reads `{...}` in an input as a wildcard: `img{sample}.png` must neither stop the plan
+    nor go untracked (replacing it reruns the manifest check)."""
+    workdir = tmp_path / "work"
+    shutil.copytree(REPO / "config", workdir / "config")
+    manifest = write_phantom_dataset("synthetic-mri", tmp_path / "scans", 64, {"train": 4, "val": 2, "test": 4},
+                                     0.5, seed=0)
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    image = manifest.parent / table.loc[0, "path"]
+    braced = image.rename(image.with_name("img{sample}.png"))
+    table.loc[0, "path"] = braced.relative_to(manifest.parent).as_posix()
+    table.to_csv(manifest, index=False)
+
+    def snakemake(*args: str) -> str:
+        run = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--cores", "1", REPORT, *args, "--config",
+                              f"manifest={manifest}", "negative=no_tumor", "positive=tumor", "name=study"],
+                             cwd=workdir, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, (run.stdout + run.stderr)[-1500:]
+        return run.stdout + run.stderr
+
+    assert "rule check_manifest:" in snakemake("-n")
+    snakemake()
+    assert (workdir / REPORT).is_file() and "Nothing to be done" in snakemake("-n")
+    Image.fromarray(255 - np.asarray(Image.open(braced))).save(braced)  # the same name, other content
+    assert "rule check_manifest:" in snakemake("-n")
