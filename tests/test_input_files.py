@@ -57,13 +57,13 @@ def test_a_truncated_weights_file_is_named(tmp_path):
         load_model(path, role="generator", data=DATA)
 
 
-def test_a_classifier_given_as_the_generator_stops_the_step_in_one_line(tmp_path, caplog):
+def test_a_classifier_given_as_the_generator_stops_the_step_in_one_line(tmp_path, capsys):
     manifest = write_phantom_dataset("synthetic-mri", tmp_path / "mri", 64, {"train": 4, "val": 2, "test": 2}, 0.5, seed=0)
     wrong = save_classifier(tmp_path / "classifier.safetensors")
     code = cli.main(["train-encoder", "--config", str(Path(__file__).parents[1] / "config" / "config.yaml"),
                      "--dataset", "synthetic-mri", "--manifest", str(manifest), "--generator", str(wrong),
                      "--out-dir", str(tmp_path / "encoder")])
-    assert code == 1 and "classifier.safetensors holds a classifier, not a generator" in caplog.text
+    assert code == 2 and capsys.readouterr().err == f"medxgan: error: {wrong} holds a classifier, not a generator\n"
     assert not (tmp_path / "encoder").exists()
 
 

@@ -1,5 +1,6 @@
 """A classifier the user brings: TorchScript or a state dict, behind the project's interface."""
 
+import os
 import sys
 
 import pytest
@@ -10,7 +11,7 @@ from torch import nn
 
 from medxgan.config import ConfigError
 from medxgan.explainers import build_explainer
-from medxgan.artifacts import load_model, save_model
+from medxgan.artifacts import InputFileError, load_model, save_model
 from medxgan.nets.user import STATE_DICT, TORCHSCRIPT, UserClassifier, from_model_input, import_classifier, to_model_input
 
 DATA_CFG = {"image_size": 32, "channels": 1}
@@ -132,10 +133,26 @@ def test_a_file_from_elsewhere_never_chooses_the_code_that_builds_its_classifier
     (tmp_path / "planted_module.py").write_text("import sys\nsys.modules[__name__].ran = True\ndef run():\n    raise SystemExit(0)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     for allowed in (None, "user_networks:binary_resnet18"):
-        with pytest.raises(ConfigError, match=r"c\.safetensors: the classifier's spec names code to import "
+        with pytest.raises(ConfigError, match=r"c\.safetensors: its spec's 'arch' names code to import "
                                                  r"\('planted_module:run'\)"):
             load_model(tmp_path / "c.safetensors", allowed_factory=allowed)
     assert "planted_module" not in sys.modules
     save_model(classifier, tmp_path / "trusted.safetensors", spec)  # named by the caller: loads
     loaded = load_model(tmp_path / "trusted.safetensors", allowed_factory="user_networks:binary_resnet18")
     assert isinstance(loaded.model, torchvision.models.ResNet)
+
+
+class _Planted:
+    """An object whose unpickling calls a function: what a malicious weights file holds."""
+
+    def __reduce__(self):
+        return os.getcwd, ()
+
+
+def test_a_pickle_holding_more_than_tensors_is_refused_without_advice_to_unpickle_it(resnet, tmp_path):
+    path = tmp_path / "planted.pt"
+    torch.save({**resnet.state_dict(), "planted": _Planted()}, path)
+    with pytest.raises(InputFileError) as refused:
+        import_classifier(settings(path), DATA_CFG)
+    assert str(refused.value).startswith(f"{path} holds more than tensors, and unpickling it could run code")
+    assert "weights_only" not in str(refused.value)

@@ -6,11 +6,15 @@ probabilities, the reconstruction's error, whether C agrees on x and G(z1, z2)).
 negative also gets its positive realisation (the smallest change C calls positive, see
 `medxgan.inversion.negative_counterfactuals`), as a figure and a heatmap. An unreadable file is
 reported and skipped; the others are still explained, and the step then fails naming it.
+
+The arguments are checked before anything is computed: images to explain, an output folder that is
+new or empty (never mixed with the figures of an earlier run) and outside the images, known methods.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +22,10 @@ import pandas as pd
 import torch
 
 from medxgan.api import DEFAULT_METHODS, MedXGAN
+from medxgan.config import ConfigError
 from medxgan.data.manifest import ImageSet, ManifestError, load_image
 from medxgan.data.sources.layout import IMAGE_SUFFIXES
+from medxgan.explainers import EXPLAINERS
 from medxgan.files import atomic_path, progress
 from medxgan.report import figures
 
@@ -31,14 +37,46 @@ class UnreadableImages(ManifestError):
 
 
 def image_files(paths: list[Path]) -> list[Path]:
-    """The files given, and the image files under each folder given (recursively, sorted)."""
+    """The files given, and the image files under each folder given (recursively, sorted); an error
+    naming what a folder holds when none of them is an image file."""
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
+            found = sorted(p for p in path.rglob("*") if p.is_file())
+            images = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
+            if len(images) < len(found):
+                log.warning("%s: %s skipped, formats explain-images does not read", path, _suffix_counts(found, images))
+            files += images
+        elif path.is_file():
             files.append(path)
+        else:
+            raise FileNotFoundError(f"no such image file or folder: {path}")
+    if not files:
+        found = sorted(p for path in map(Path, paths) for p in path.rglob("*") if p.is_file())
+        raise ConfigError(f"no image files to explain in {', '.join(map(str, paths))}: "
+                          + (f"found {len(found)} files ({_suffix_counts(found, [])})" if found else "found no files")
+                          + f"; explain-images reads {', '.join(sorted(IMAGE_SUFFIXES))}")
     return files
+
+
+def _suffix_counts(found: list[Path], images: list[Path]) -> str:
+    """'2 .dcm, 1 .gif': how many of the files that are not images have each suffix."""
+    counts = Counter(p.suffix.lower() or "(no suffix)" for p in found if p not in images)
+    return ", ".join(f"{n} {suffix}" for suffix, n in sorted(counts.items()))
+
+
+def check_out_dir(out_dir: Path, paths: list[Path]) -> None:
+    """`out_dir` is new or empty, and outside every folder of images: a later run would otherwise
+    explain its figures, or mix its figures with those of an earlier run."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file, not a folder")
+    for folder in (Path(p) for p in paths if Path(p).is_dir()):
+        if out_dir.resolve().is_relative_to(folder.resolve()):
+            raise ConfigError(f"--out {out_dir} lies inside the images to explain ({folder}): choose a folder elsewhere")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise ConfigError(f"--out {out_dir} already holds files: give a new or empty folder (explain-images does not "
+                          "mix its figures with those of another run)")
 
 
 def read_images(files: list[Path], size: int, channels: int) -> tuple[list[Path], torch.Tensor, list[str]]:
@@ -64,9 +102,14 @@ def explain_images(paths: list[Path], bundle: Path, out_dir: Path, methods=DEFAU
                    classifier_factory: str | None = None) -> pd.DataFrame:
     """Explain every image file under `paths` with the bundle's networks into `out_dir`
     (`classifier_factory`: see MedXGAN.from_bundle)."""
+    unknown = [method for method in methods if method not in EXPLAINERS]
+    if unknown:
+        raise ConfigError(f"unknown methods {', '.join(unknown)}: choose from {', '.join(EXPLAINERS)}")
+    files = image_files(paths)
+    check_out_dir(out_dir, paths)
     explainer = MedXGAN.from_bundle(bundle, classifier_factory=classifier_factory)
     data_cfg = explainer.settings["data"]
-    files, images, errors = read_images(image_files(paths), data_cfg["image_size"], data_cfg["channels"])
+    files, images, errors = read_images(files, data_cfg["image_size"], data_cfg["channels"])
     out_dir = Path(out_dir)
     table = pd.DataFrame()
     if len(images):
