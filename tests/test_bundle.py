@@ -156,6 +156,25 @@ def test_a_bundle_without_a_section_it_needs_is_refused(bundle):
         MedXGAN.from_bundle(bundle, device="cpu")
 
 
+def test_a_bundle_whose_settings_need_an_encoder_it_lacks_is_refused(bundle):
+    edit_settings(bundle, "inversion", "init", "encoder")
+    resum(bundle)
+    with pytest.raises(ValueError, match=r"its settings start the inversion from an encoder, and it holds no "
+                                         r"encoder\.safetensors"):
+        MedXGAN.from_bundle(bundle, device="cpu")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"arch": "evilmod:f"}, r"its spec's 'arch' is 'evilmod:f', none of the project's classifiers \(simple_cnn, "),
+    ({"kind": "pickle"}, r"classifier\.safetensors holds a pickle, not a classifier"),
+])
+def test_a_network_spec_outside_the_projects_tables_is_refused(bundle, spec, message):
+    save_model(torch.nn.Linear(1, 2), bundle / CLASSIFIER, {**read_spec(bundle / CLASSIFIER), **spec})
+    resum(bundle)
+    with pytest.raises(ValueError, match=message):
+        MedXGAN.from_bundle(bundle, device="cpu")
+
+
 @pytest.mark.parametrize("arch", ["evilmod:f", "sys:exit"])
 def test_a_bundle_naming_code_to_import_is_refused_without_running_it(bundle, arch):
     # The bundle's classifier spec names a module:function, the module lying where it runs from

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from medxgan.config import ConfigError
 from medxgan.pipeline import cli
 from medxgan.data.manifest import load_split
 from medxgan.data.phantoms import write_phantom_dataset
@@ -55,6 +56,21 @@ def test_a_truncated_weights_file_is_named(tmp_path):
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(InputFileError, match=r"g\.safetensors is not a readable safetensors weights file"):
         load_model(path, role="generator", data=DATA)
+
+
+@pytest.mark.parametrize("spec, message", [("{not json", "is not JSON"), ("[1, 2]", "is not a JSON object")])
+def test_a_spec_that_is_no_json_object_is_named(tmp_path, spec, message):
+    path = tmp_path / "g.safetensors"
+    save_tensors({"w": torch.zeros(1)}, path, {"spec": spec})
+    with pytest.raises(InputFileError, match=rf"g\.safetensors: the model spec in its metadata {message}"):
+        load_model(path, role="generator", data=DATA)
+
+
+def test_a_spec_of_no_known_kind_is_named(tmp_path):
+    path = tmp_path / "g.safetensors"
+    save_tensors({"w": torch.zeros(1)}, path, {"spec": '{"kind": "pickle"}'})
+    with pytest.raises(ConfigError, match=r"g\.safetensors: its spec's 'kind' is 'pickle', none of classifier, "):
+        load_model(path)
 
 
 def test_a_classifier_given_as_the_generator_stops_the_step_in_one_line(tmp_path, capsys):
