@@ -38,30 +38,29 @@ class UnreadableImages(ManifestError):
 
 def image_files(paths: list[Path]) -> list[Path]:
     """The files given, and the image files under each folder given (recursively, sorted); an error
-    naming what a folder holds when none of them is an image file."""
-    files = []
+    saying what the folders hold when there is no image file among them."""
+    files, skipped = [], []
     for path in map(Path, paths):
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file())
-            images = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
-            if len(images) < len(found):
-                log.warning("%s: %s skipped, formats explain-images does not read", path, _suffix_counts(found, images))
-            files += images
+            files += [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
+            skipped += [p for p in found if p.suffix.lower() not in IMAGE_SUFFIXES]
         elif path.is_file():
             files.append(path)
         else:
             raise FileNotFoundError(f"no such image file or folder: {path}")
     if not files:
-        found = sorted(p for path in map(Path, paths) for p in path.rglob("*") if p.is_file())
         raise ConfigError(f"no image files to explain in {', '.join(map(str, paths))}: "
-                          + (f"found {len(found)} files ({_suffix_counts(found, [])})" if found else "found no files")
+                          + (f"found {len(skipped)} files ({_suffix_counts(skipped)})" if skipped else "found no files")
                           + f"; explain-images reads {', '.join(sorted(IMAGE_SUFFIXES))}")
+    if skipped:
+        log.warning("skipped %d files of formats explain-images does not read (%s)", len(skipped), _suffix_counts(skipped))
     return files
 
 
-def _suffix_counts(found: list[Path], images: list[Path]) -> str:
-    """'2 .dcm, 1 .gif': how many of the files that are not images have each suffix."""
-    counts = Counter(p.suffix.lower() or "(no suffix)" for p in found if p not in images)
+def _suffix_counts(files: list[Path]) -> str:
+    """'2 .dcm, 1 .gif': how many of the files have each suffix."""
+    counts = Counter(p.suffix.lower() or "(no suffix)" for p in files)
     return ", ".join(f"{n} {suffix}" for suffix, n in sorted(counts.items()))
 
 
