@@ -101,6 +101,11 @@ def test_a_written_bundle_loads_and_explains(written):
     assert explainer.attribute(x).shape == (2, 64, 64)
 
 
+def test_the_timestamp_snakemake_leaves_in_a_bundle_folder_is_no_part_of_it(bundle):
+    (bundle / ".snakemake_timestamp").touch()  # what Snakemake adds to the rule's directory output
+    assert MedXGAN.from_bundle(bundle, device="cpu").settings["inversion"]["steps"] == 2
+
+
 def test_a_bundle_checked_out_with_crlf_line_endings_is_the_same_bundle(bundle):
     for name in (SETTINGS, CARD, CHECKSUMS):  # what git on Windows makes of the text files
         (bundle / name).write_bytes((bundle / name).read_bytes().replace(b"\n", b"\r\n"))

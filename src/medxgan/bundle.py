@@ -28,6 +28,7 @@ SETTINGS, CARD, CHECKSUMS = "settings.json", "MODEL_CARD.md", "SHA256SUMS"
 BUNDLE_FILES = (CLASSIFIER, GENERATOR, ENCODER, SETTINGS, CARD)  # every file a bundle may hold besides its sums
 REQUIRED_FILES = (CLASSIFIER, GENERATOR, SETTINGS, CARD)
 TEXT_FILES = (SETTINGS, CARD, CHECKSUMS)  # git on Windows checks these out with CRLF line endings
+SNAKEMAKE_TIMESTAMP = ".snakemake_timestamp"  # the empty file that dates a directory output; nothing reads it
 # what explaining reads, each section with every key (the encoder section only trains E)
 REQUIRED_SETTINGS = ("data", "inversion", "explain", "seed")
 CHECKSUM_LINE = re.compile(r"(?P<digest>[0-9a-f]{64}) [ *](?P<name>.+)")  # sha256sum's: text or binary mode
@@ -141,7 +142,7 @@ def verify(path: Path) -> None:
     if not path.is_dir():
         raise BundleError(f"{path} is not a bundle folder")
     sums = listed_sums(path)
-    present = {entry.name for entry in path.iterdir()} - {CHECKSUMS}
+    present = {entry.name for entry in path.iterdir()} - {CHECKSUMS, SNAKEMAKE_TIMESTAMP}
     listed = set(sums)
     _refuse(path, present - listed, f"not listed in {CHECKSUMS}: a bundle holds only the files it lists")
     _refuse(path, listed - set(BUNDLE_FILES), f"listed in {CHECKSUMS}, no file of a medxgan bundle "
