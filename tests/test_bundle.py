@@ -240,6 +240,14 @@ def test_a_folder_without_images_it_reads_is_an_error(written, tmp_path, capsys,
     assert not (tmp_path / "out").exists()
 
 
+def test_a_file_given_in_a_format_it_does_not_read_is_an_error(written, tmp_path, capsys):
+    scan = tmp_path / "scan.dcm"
+    scan.write_bytes(b"\0" * 16)
+    error = medxgan_error(capsys, "explain-images", str(images(tmp_path / "in")), str(scan), "--bundle", str(written),
+                          "--out", str(tmp_path / "out"))
+    assert error.endswith(f"{scan}: explain-images reads .bmp, .jpeg, .jpg, .png, .tif, .tiff, not .dcm")
+
+
 def test_out_must_be_a_new_or_empty_folder_outside_the_images(written, tmp_path, capsys):
     folder = images(tmp_path / "in")
     taken = tmp_path / "taken.txt"

@@ -45,23 +45,30 @@ def image_files(paths: list[Path]) -> list[Path]:
             found = sorted(p for p in path.rglob("*") if p.is_file())
             files += [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
             skipped += [p for p in found if p.suffix.lower() not in IMAGE_SUFFIXES]
-        elif path.is_file():
+        elif path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
             files.append(path)
+        elif path.is_file():
+            raise ConfigError(f"{path}: explain-images reads {_formats()}, not {path.suffix or 'files without a suffix'}")
         else:
             raise FileNotFoundError(f"no such image file or folder: {path}")
     if not files:
         raise ConfigError(f"no image files to explain in {', '.join(map(str, paths))}: "
-                          + (f"found {len(skipped)} files ({_suffix_counts(skipped)})" if skipped else "found no files")
-                          + f"; explain-images reads {', '.join(sorted(IMAGE_SUFFIXES))}")
+                          + (f"found {_suffix_counts(skipped)}" if skipped else "found no files")
+                          + f"; explain-images reads {_formats()}")
     if skipped:
-        log.warning("skipped %d files of formats explain-images does not read (%s)", len(skipped), _suffix_counts(skipped))
+        log.warning("skipped %s: explain-images reads %s", _suffix_counts(skipped), _formats())
     return files
 
 
+def _formats() -> str:
+    return ", ".join(sorted(IMAGE_SUFFIXES))
+
+
 def _suffix_counts(files: list[Path]) -> str:
-    """'2 .dcm, 1 .gif': how many of the files have each suffix."""
-    counts = Counter(p.suffix.lower() or "(no suffix)" for p in files)
-    return ", ".join(f"{n} {suffix}" for suffix, n in sorted(counts.items()))
+    """'3 files (2 .dcm, 1 .gif)': how many files, and how many of them have each suffix."""
+    counts = Counter(p.suffix.lower() or "no suffix" for p in files)
+    by_suffix = ", ".join(f"{n} {suffix}" for suffix, n in sorted(counts.items()))
+    return f"{len(files)} file{'s' if len(files) > 1 else ''} ({by_suffix})"
 
 
 def check_out_dir(out_dir: Path, paths: list[Path]) -> None:
@@ -119,8 +126,9 @@ def explain_images(paths: list[Path], bundle: Path, out_dir: Path, methods=DEFAU
         table = _write_explanations(explainer, _as_image_set(images, files), codes, heatmaps, out_dir)
         table = _write_positive_realisations(table, images, negatives, realisations, out_dir)
     if errors:
-        raise UnreadableImages(f"{len(errors)} of {len(errors) + len(files)} files could not be read "
-                               f"(the others are explained in {out_dir}): " + "; ".join(errors))
+        explained = f" (the others are explained in {out_dir})" if files else ""
+        raise UnreadableImages(f"{len(errors)} of {len(errors) + len(files)} files could not be read{explained}: "
+                               + "; ".join(errors))
     return table
 
 
