@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from medxgan.config import ConfigError
 from medxgan.pipeline import cli
 from medxgan.pipeline.context import STEPS, Argument, step
 
@@ -38,8 +39,33 @@ def test_a_step_name_is_registered_once():
     assert STEPS[first].help != "again"
 
 
-def test_a_step_given_no_settings_asks_for_them_in_one_line(caplog, tmp_path):
+def test_a_step_given_no_settings_asks_for_them_in_one_line(capsys, tmp_path):
     out = tmp_path / "count.json"
-    assert cli.main(["count-test-positives", "--manifest", str(tmp_path / "m.csv"), "--out", str(out)]) == 1
-    assert "give --settings JSON, or --config FILE together with --dataset NAME" in caplog.text
+    assert cli.main(["count-test-positives", "--manifest", str(tmp_path / "m.csv"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == ("medxgan: error: give --settings JSON, or --config FILE together with "
+                                       "--dataset NAME\n")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("settings, message", [
+    ('{"seed": 0,', "--settings is not valid JSON: Expecting property name enclosed in double quotes"),
+    ("missing.json", "--settings 'missing.json' is neither JSON text nor a file"),
+    ('{"seed": -1, "inversion": {"steps": 0}}', "invalid settings: inversion.steps: 0 is less than the minimum of 1; "
+                                                 "seed: -1 is less than the minimum of 0"),
+])
+def test_bad_settings_are_one_line_on_stderr(capsys, tmp_path, settings, message):
+    code = cli.main(["count-test-positives", "--settings", settings, "--manifest", str(tmp_path / "m.csv"),
+                     "--out", str(tmp_path / "count.json")])
+    stderr = capsys.readouterr().err
+    assert code == 2 and stderr.startswith(f"medxgan: error: {message}") and stderr.count("\n") == 1, stderr
+
+
+def test_debug_shows_a_bad_inputs_traceback_and_a_bug_keeps_its_own(tmp_path):
+    with pytest.raises(ConfigError, match="give --settings JSON"):
+        cli.main(["--debug", "count-test-positives", "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o")])
+    step("divide-by-zero", "a step with a bug", settings=False)(lambda ctx: 1 / 0)
+    try:
+        with pytest.raises(ZeroDivisionError):
+            cli.main(["divide-by-zero"])
+    finally:
+        del STEPS["divide-by-zero"]

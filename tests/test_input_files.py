@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from medxgan.config import ConfigError
 from medxgan.pipeline import cli
 from medxgan.data.manifest import load_split
 from medxgan.data.phantoms import write_phantom_dataset
@@ -57,13 +58,28 @@ def test_a_truncated_weights_file_is_named(tmp_path):
         load_model(path, role="generator", data=DATA)
 
 
-def test_a_classifier_given_as_the_generator_stops_the_step_in_one_line(tmp_path, caplog):
+@pytest.mark.parametrize("spec, message", [("{not json", "is not JSON"), ("[1, 2]", "is not a JSON object")])
+def test_a_spec_that_is_no_json_object_is_named(tmp_path, spec, message):
+    path = tmp_path / "g.safetensors"
+    save_tensors({"w": torch.zeros(1)}, path, {"spec": spec})
+    with pytest.raises(InputFileError, match=rf"g\.safetensors: the model spec in its metadata {message}"):
+        load_model(path, role="generator", data=DATA)
+
+
+def test_a_spec_of_no_known_kind_is_named(tmp_path):
+    path = tmp_path / "g.safetensors"
+    save_tensors({"w": torch.zeros(1)}, path, {"spec": '{"kind": "pickle"}'})
+    with pytest.raises(ConfigError, match=r"g\.safetensors: its spec's 'kind' is 'pickle', none of classifier, "):
+        load_model(path)
+
+
+def test_a_classifier_given_as_the_generator_stops_the_step_in_one_line(tmp_path, capsys):
     manifest = write_phantom_dataset("synthetic-mri", tmp_path / "mri", 64, {"train": 4, "val": 2, "test": 2}, 0.5, seed=0)
     wrong = save_classifier(tmp_path / "classifier.safetensors")
     code = cli.main(["train-encoder", "--config", str(Path(__file__).parents[1] / "config" / "config.yaml"),
                      "--dataset", "synthetic-mri", "--manifest", str(manifest), "--generator", str(wrong),
                      "--out-dir", str(tmp_path / "encoder")])
-    assert code == 1 and "classifier.safetensors holds a classifier, not a generator" in caplog.text
+    assert code == 2 and capsys.readouterr().err == f"medxgan: error: {wrong} holds a classifier, not a generator\n"
     assert not (tmp_path / "encoder").exists()
 
 

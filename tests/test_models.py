@@ -1,6 +1,5 @@
 import copy
 import functools
-import pickle
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ from torch import nn
 
 from medxgan.hardware import channels_last
 from medxgan.nets.networks import Discriminator, Generator, SimpleCNN, VGG16Classifier, build_classifier, dcgan_init
-from medxgan.artifacts import load_model, save_model
+from medxgan.artifacts import InputFileError, load_model, save_model
 from medxgan.files import load_state_dict
 from helpers import calibrate_batch_norm
 
@@ -280,9 +279,12 @@ def test_load_state_dict_refuses_pickled_objects(tmp_path):
     path = tmp_path / "weights.pth"
     torch.save({"weight": torch.zeros(2), "extra": Payload()}, path)
     UNPICKLED.clear()
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(InputFileError) as refused:
         load_state_dict(path)
     assert UNPICKLED == []
+    # one line naming the file, without torch's advice to retry with weights_only=False
+    assert str(refused.value).startswith(f"{path} holds more than tensors, and unpickling it could run code")
+    assert "weights_only" not in str(refused.value) and "\n" not in str(refused.value)
     # The same file does run the payload when unpickled without restrictions: the refusal is what prevents it.
     torch.load(path, weights_only=False)
     assert UNPICKLED == ["payload ran"]

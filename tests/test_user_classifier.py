@@ -132,10 +132,11 @@ def test_a_file_from_elsewhere_never_chooses_the_code_that_builds_its_classifier
     (tmp_path / "planted_module.py").write_text("import sys\nsys.modules[__name__].ran = True\ndef run():\n    raise SystemExit(0)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     for allowed in (None, "user_networks:binary_resnet18"):
-        with pytest.raises(ConfigError, match=r"c\.safetensors: the classifier's spec names code to import "
+        with pytest.raises(ConfigError, match=r"c\.safetensors: its spec's 'arch' names code to import "
                                                  r"\('planted_module:run'\)"):
             load_model(tmp_path / "c.safetensors", allowed_factory=allowed)
     assert "planted_module" not in sys.modules
     save_model(classifier, tmp_path / "trusted.safetensors", spec)  # named by the caller: loads
     loaded = load_model(tmp_path / "trusted.safetensors", allowed_factory="user_networks:binary_resnet18")
     assert isinstance(loaded.model, torchvision.models.ResNet)
+

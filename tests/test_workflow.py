@@ -255,7 +255,7 @@ def explain_new_images_with_the_bundle(workdir: Path, bundle: Path) -> None:
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "synthetic-cxr" in card and "accuracy" in card
     (bundle / "settings.json").write_text("{}")  # a tampered bundle is refused
-    with pytest.raises(ValueError, match="settings.json is missing or has changed"):
+    with pytest.raises(ValueError, match="settings.json changed since the bundle was written"):
         MedXGAN.from_bundle(bundle)
 
 

@@ -17,7 +17,6 @@ size, channels, mean, std): `MedXGAN(my_net, generator, settings, preprocess={..
 from __future__ import annotations
 
 import copy
-import json
 import numbers
 import warnings
 from pathlib import Path
@@ -111,17 +110,22 @@ class MedXGAN:
                     classifier_factory: str | None = None) -> "MedXGAN":
         """The networks and settings of a trained bundle (`results/{dataset}/bundle`, see medxgan.bundle).
         A bundle is data and never chooses code: a classifier built by a user factory
-        (`module:function`) loads only when `classifier_factory` names that factory."""
-        from medxgan.bundle import CLASSIFIER, ENCODER, GENERATOR, SETTINGS, verify
+        (`module:function`) loads only when `classifier_factory` names that factory. Its files,
+        settings and networks are checked first (medxgan.bundle.read_bundle; each network fits the
+        settings' data); a bundle that fails a check raises a ValueError naming the file."""
+        from medxgan.bundle import CLASSIFIER, ENCODER, GENERATOR, BundleError, read_bundle
 
         path = Path(path)
-        verify(path)
-        settings = json.loads((path / SETTINGS).read_text())
+        settings = read_bundle(path)
         device = torch.device(device) if device else pick_device(settings.get("device", "auto"))
-        encoder = load_model(path / ENCODER, device, allowed_factory=None) if (path / ENCODER).is_file() else None
-        classifier = load_model(path / CLASSIFIER, device, allowed_factory=classifier_factory)
-        return cls(classifier, load_model(path / GENERATOR, device, allowed_factory=None), settings,
-                   encoder=encoder, device=device)
+        if settings["inversion"]["init"] == "encoder" and not (path / ENCODER).is_file():
+            raise BundleError(f"{path}: its settings start the inversion from an encoder, and it holds no {ENCODER}")
+        data = settings["data"]
+        classifier = load_model(path / CLASSIFIER, device, "classifier", data, allowed_factory=classifier_factory)
+        generator = load_model(path / GENERATOR, device, "generator", data, allowed_factory=None)
+        encoder = load_model(path / ENCODER, device, "encoder", data, allowed_factory=None) \
+            if (path / ENCODER).is_file() else None
+        return cls(classifier, generator, settings, encoder=encoder, device=device)
 
     @property
     def image_size(self) -> int:

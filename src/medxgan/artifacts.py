@@ -16,7 +16,7 @@ from torch import nn
 
 from medxgan.config import ConfigError
 from medxgan.data.manifest import ImageSet
-from medxgan.files import atomic_path, load_state_dict, save_tensors, write_json
+from medxgan.files import InputFileError, atomic_path, load_state_dict, save_tensors, write_json
 from medxgan.hardware import channels_last
 from medxgan.inversion import InversionRecord
 from medxgan.nets.kinds import build_from_spec
@@ -40,11 +40,13 @@ def read_spec(path: str | Path) -> dict:
         raise InputFileError(f"{path} is not a readable safetensors weights file ({error})") from None
     if "spec" not in metadata:
         raise InputFileError(f"{path} has no model spec in its metadata: was it written by medxgan?")
-    return json.loads(metadata["spec"])
-
-
-class InputFileError(ValueError):
-    """A file given to a step (weights, inversion results) is not what it needs; the message names the file."""
+    try:
+        spec = json.loads(metadata["spec"])
+    except ValueError:
+        raise InputFileError(f"{path}: the model spec in its metadata is not JSON") from None
+    if not isinstance(spec, dict):
+        raise InputFileError(f"{path}: the model spec in its metadata is not a JSON object")
+    return spec
 
 
 # The kinds of network a step may be given for each role (a user's classifier stands in for C).

@@ -33,7 +33,7 @@ OWNER_RECORD = "manifest_owner.json"
 
 
 class ConfigError(ValueError):
-    """A configuration value is missing or wrong; the message names the key."""
+    """A configuration value or command-line argument is missing or wrong; the message names it."""
 
 
 def schema_for(config_path: str | Path) -> Path:
@@ -51,28 +51,36 @@ def schema_for(config_path: str | Path) -> Path:
 
 def validate(config: dict, schema_path: str | Path) -> None:
     schema = yaml.safe_load(Path(schema_path).read_text())
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path))
+    _refuse_invalid("configuration", jsonschema.Draft202012Validator(schema).iter_errors(config))
+
+
+def _refuse_invalid(what: str, errors) -> None:
+    """One line naming every invalid key and what is wrong with it, if any is."""
+    errors = sorted(errors, key=lambda e: list(e.path))
     if errors:
-        lines = [f"  {'.'.join(map(str, e.path)) or '(top level)'}: {e.message}" for e in errors]
-        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+        raise ConfigError(f"invalid {what}: " + "; ".join(f"{'.'.join(map(str, e.path)) or '(top level)'}: {e.message}"
+                                                          for e in errors))
 
 
 RUN_WIDE_KEYS = ("seed", "device", "precision")
 
 
-def validate_settings(settings: dict, schema_path: str | Path = PROJECT_SCHEMA) -> None:
+def validate_settings(settings: dict, schema_path: str | Path = PROJECT_SCHEMA, complete: tuple[str, ...] = ()) -> None:
     """A step's `--settings` against the config's schema: each section by its definition, the
-    run-wide keys by theirs, so a hand-written settings file is checked as a config file is."""
+    run-wide keys by theirs, so a hand-written settings file is checked as a config file is.
+    The sections and run-wide keys in `complete` must be there, each section with every key, as
+    the config's `defaults` must (a bundle's settings: nothing fills in what they lack)."""
+    if not isinstance(settings, dict):
+        raise ConfigError(f"invalid settings: a JSON object of sections is needed, not {type(settings).__name__}")
     schema = yaml.safe_load(Path(schema_path).read_text())
-    if "data" in settings:  # the class names come from the dataset's entry, not from the data section
+    if isinstance(settings.get("data"), dict):  # the class names come from the dataset's entry, not from the data section
         settings = {**settings, "data": {k: v for k, v in settings["data"].items() if k not in ("negative", "positive")}}
-    properties = {key: {"$ref": f"#/$defs/{key}"} for key in settings if key in schema["$defs"] and key in SECTIONS}
+    full_sections = schema["properties"]["defaults"]["properties"]
+    properties = {key: full_sections[key] if key in complete else {"$ref": f"#/$defs/{key}"}
+                  for key in settings if key in schema["$defs"] and key in SECTIONS}
     properties.update({key: schema["properties"][key] for key in RUN_WIDE_KEYS if key in settings})
-    errors = sorted(jsonschema.Draft202012Validator({"$defs": schema["$defs"], "properties": properties})
-                    .iter_errors(settings), key=lambda e: list(e.path))
-    if errors:
-        lines = [f"  {'.'.join(map(str, e.path)) or '(top level)'}: {e.message}" for e in errors]
-        raise ConfigError("invalid settings:\n" + "\n".join(lines))
+    checked = {"$defs": schema["$defs"], "properties": properties, "required": list(complete)}
+    _refuse_invalid("settings", jsonschema.Draft202012Validator(checked).iter_errors(settings))
 
 
 def merge(base: dict, override: dict) -> dict:

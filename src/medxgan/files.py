@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     import torch
 
 
+class InputFileError(ValueError):
+    """A file given to a step (weights, inversion results) is not what it needs; the message names the file."""
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
@@ -129,6 +132,12 @@ def load_state_dict(path: str | Path) -> dict:
         from safetensors.torch import load_file
 
         return load_file(str(path))
+    import pickle
+
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False: running the file's code
+        raise InputFileError(f"{path} holds more than tensors, and unpickling it could run code: save the weights "
+                             "with safetensors, or as a plain state dict (torch.save(model.state_dict(), ...))") from None

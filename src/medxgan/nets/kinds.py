@@ -7,12 +7,16 @@ from collections.abc import Callable
 
 from torch import nn
 
+from medxgan.config import ConfigError
 from medxgan.nets import user
 from medxgan.nets.encoder import Encoder
-from medxgan.nets.networks import build_classifier, build_discriminator, build_generator
+from medxgan.nets.networks import CLASSIFIER_ARCHS, build_classifier, build_discriminator, build_generator
 
 
 def _classifier(spec: dict, allowed_factory) -> nn.Module:
+    if spec["arch"] not in CLASSIFIER_ARCHS:  # a file names one of the project's networks, nothing else
+        raise ConfigError(f"its spec's 'arch' is {spec['arch']!r}, none of the project's classifiers "
+                          f"({', '.join(CLASSIFIER_ARCHS)})")
     return build_classifier(spec["arch"], spec["image_size"], spec["channels"], spec["width"])
 
 
@@ -44,5 +48,5 @@ def build_from_spec(spec: dict, allowed_factory: str | bool | None = True) -> nn
     """Rebuild a network from the spec stored in its weights file; `allowed_factory` says which
     user factory (code) a user classifier's spec may name (medxgan.nets.user.network)."""
     if spec.get("kind") not in NETWORK_KINDS:
-        raise ValueError(f"unknown model kind {spec.get('kind')!r}")
+        raise ConfigError(f"its spec's 'kind' is {spec.get('kind')!r}, none of {', '.join(NETWORK_KINDS)}")
     return NETWORK_KINDS[spec["kind"]](spec, allowed_factory)

@@ -124,7 +124,7 @@ def network(arch: str, outputs: int, allowed_factory: str | bool = ANY_FACTORY) 
     where the caller names that very factory. Files from elsewhere (a bundle) never choose code."""
     if ":" in arch:
         if allowed_factory is not ANY_FACTORY and arch != allowed_factory:
-            raise ConfigError(f"the classifier's spec names code to import ({arch!r}), which a file from elsewhere, such "
+            raise ConfigError(f"its spec's 'arch' names code to import ({arch!r}), which a file from elsewhere, such "
                               f"as a bundle, may not do: if you trust {arch}, name it yourself (explain-images "
                               f"--classifier-factory {arch}; MedXGAN.from_bundle(..., classifier_factory={arch!r}))")
         module_name, function = arch.split(":", 1)

@@ -7,6 +7,10 @@ JSON (`--settings`, what the Snakefile passes) or from a config file and a datas
 
 Parsing imports nothing heavy (no torch, no plotting), so `--help` answers at once; each step loads
 its modules when it runs.
+
+A bad input (a wrong setting, file or argument) stops a step with one line on stderr,
+`medxgan: error: ...`, and exit status 2, as a bad argument does; `--debug` shows its traceback.
+Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "and compare with Grad-CAM and Integrated Gradients. Each subcommand is one pipeline step; "
                     "`snakemake --cores N` runs them all in order.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a bad input's error too")
     sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
     for step in STEPS.values():
         command = sub.add_parser(step.name, help=step.help, description=step.help)
@@ -47,11 +52,21 @@ def run(args: argparse.Namespace) -> None:
 def _bad_input_errors() -> tuple[type[Exception], ...]:
     """The errors that mean bad input, reported in one line without a traceback. Imported only
     once a step failed (their modules load torch)."""
-    from medxgan.artifacts import InputFileError
+    from medxgan.bundle import BundleError
     from medxgan.data.download import DataSourceError
     from medxgan.data.manifest import ManifestError
+    from medxgan.files import InputFileError
 
-    return ConfigError, ManifestError, ShardError, DataSourceError, InputFileError, FileNotFoundError
+    return ConfigError, ManifestError, ShardError, DataSourceError, InputFileError, BundleError, FileNotFoundError
+
+
+def one_line(message: str) -> str:
+    """A multi-line message (the schema's list of invalid keys) as one line."""
+    head, *rest = [line.strip() for line in message.splitlines() if line.strip()] or [""]
+    return " ".join([head, "; ".join(rest)]) if rest else head
+
+
+BAD_INPUT = 2  # argparse's status for a bad argument
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except Exception as error:
-        if not isinstance(error, _bad_input_errors()):
+        if args.debug or not isinstance(error, _bad_input_errors()):
             raise
-        logging.getLogger("medxgan").error("%s failed: %s", args.step, error)
-        return 1
+        print(f"medxgan: error: {one_line(str(error))}", file=sys.stderr)
+        return BAD_INPUT
     return 0
 
 

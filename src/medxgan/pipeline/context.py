@@ -97,6 +97,17 @@ SETTINGS_ARGUMENTS = (
 )
 
 
+def _settings_json(given: str):
+    """--settings: JSON text, or the path of a JSON file."""
+    is_text = given.lstrip().startswith("{")
+    if not is_text and not Path(given).is_file():
+        raise ConfigError(f"--settings {given!r} is neither JSON text nor a file")
+    try:
+        return json.loads(given if is_text else Path(given).read_text())
+    except ValueError as error:  # not JSON, or not UTF-8
+        raise ConfigError(f"--settings{'' if is_text else ' ' + given} is not valid JSON: {error}") from None
+
+
 class Context:
     """A step's arguments and what it derives from them, each loaded when first asked for."""
 
@@ -108,8 +119,7 @@ class Context:
     def settings(self) -> dict:
         a = self.args
         if a.settings:
-            text = a.settings if a.settings.lstrip().startswith("{") else Path(a.settings).read_text()
-            settings = json.loads(text)
+            settings = _settings_json(a.settings)
             if PROJECT_SCHEMA.is_file():  # a clone of the project; an installed package carries no workflow/
                 validate_settings(settings)
             return settings

@@ -6,11 +6,15 @@ probabilities, the reconstruction's error, whether C agrees on x and G(z1, z2)).
 negative also gets its positive realisation (the smallest change C calls positive, see
 `medxgan.inversion.negative_counterfactuals`), as a figure and a heatmap. An unreadable file is
 reported and skipped; the others are still explained, and the step then fails naming it.
+
+The arguments are checked before anything is computed: images to explain, an output folder that is
+new or empty (never mixed with the figures of an earlier run) and outside the images, known methods.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +22,9 @@ import pandas as pd
 import torch
 
 from medxgan.api import DEFAULT_METHODS, MedXGAN
-from medxgan.data.manifest import ImageSet, ManifestError, is_image_name, load_image
+from medxgan.config import ConfigError
+from medxgan.data.manifest import IMAGE_SUFFIXES, ImageSet, ManifestError, is_image_name, load_image
+from medxgan.explainers import EXPLAINERS
 from medxgan.files import atomic_path, progress
 from medxgan.report import figures
 
@@ -30,14 +36,52 @@ class UnreadableImages(ManifestError):
 
 
 def image_files(paths: list[Path]) -> list[Path]:
-    """The files given, and the image files under each folder given (recursively, sorted)."""
-    files = []
+    """The files given, and the image files under each folder given (recursively, sorted); an error
+    saying what the folders hold when there is no image file among them."""
+    files, skipped = [], []
     for path in map(Path, paths):
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p))
-        else:
+            found = sorted(p for p in path.rglob("*") if p.is_file())
+            files += [p for p in found if is_image_name(p)]
+            skipped += [p for p in found if not is_image_name(p)]
+        elif is_image_name(path) and path.is_file():
             files.append(path)
+        elif path.is_file():
+            raise ConfigError(f"{path}: explain-images reads {_formats()}, not {path.suffix or 'files without a suffix'}")
+        else:
+            raise FileNotFoundError(f"no such image file or folder: {path}")
+    if not files:
+        raise ConfigError(f"no image files to explain in {', '.join(map(str, paths))}: "
+                          + (f"found {_suffix_counts(skipped)}" if skipped else "found no files")
+                          + f"; explain-images reads {_formats()}")
+    if skipped:
+        log.warning("skipped %s: explain-images reads %s", _suffix_counts(skipped), _formats())
     return files
+
+
+def _formats() -> str:
+    return ", ".join(sorted(IMAGE_SUFFIXES))
+
+
+def _suffix_counts(files: list[Path]) -> str:
+    """'3 files (2 .dcm, 1 .gif)': how many files, and how many of them have each suffix."""
+    counts = Counter(p.suffix.lower() or "no suffix" for p in files)
+    by_suffix = ", ".join(f"{n} {suffix}" for suffix, n in sorted(counts.items()))
+    return f"{len(files)} file{'s' if len(files) > 1 else ''} ({by_suffix})"
+
+
+def check_out_dir(out_dir: Path, paths: list[Path]) -> None:
+    """`out_dir` is new or empty, and outside every folder of images: a later run would otherwise
+    explain its figures, or mix its figures with those of an earlier run."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file, not a folder")
+    for folder in (Path(p) for p in paths if Path(p).is_dir()):
+        if out_dir.resolve().is_relative_to(folder.resolve()):
+            raise ConfigError(f"--out {out_dir} lies inside the images to explain ({folder}): choose a folder elsewhere")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise ConfigError(f"--out {out_dir} already holds files: give a new or empty folder (explain-images does not "
+                          "mix its figures with those of another run)")
 
 
 def read_images(files: list[Path], size: int, channels: int) -> tuple[list[Path], torch.Tensor, list[str]]:
@@ -63,9 +107,14 @@ def explain_images(paths: list[Path], bundle: Path, out_dir: Path, methods=DEFAU
                    classifier_factory: str | None = None) -> pd.DataFrame:
     """Explain every image file under `paths` with the bundle's networks into `out_dir`
     (`classifier_factory`: see MedXGAN.from_bundle)."""
+    unknown = [method for method in methods if method not in EXPLAINERS]
+    if unknown:
+        raise ConfigError(f"unknown methods {', '.join(unknown)}: choose from {', '.join(EXPLAINERS)}")
+    files = image_files(paths)
+    check_out_dir(out_dir, paths)
     explainer = MedXGAN.from_bundle(bundle, classifier_factory=classifier_factory)
     data_cfg = explainer.settings["data"]
-    files, images, errors = read_images(image_files(paths), data_cfg["image_size"], data_cfg["channels"])
+    files, images, errors = read_images(files, data_cfg["image_size"], data_cfg["channels"])
     out_dir = Path(out_dir)
     table = pd.DataFrame()
     if len(images):
@@ -76,8 +125,9 @@ def explain_images(paths: list[Path], bundle: Path, out_dir: Path, methods=DEFAU
         table = _write_explanations(explainer, _as_image_set(images, files), codes, heatmaps, out_dir)
         table = _write_positive_realisations(table, images, negatives, realisations, out_dir)
     if errors:
-        raise UnreadableImages(f"{len(errors)} of {len(errors) + len(files)} files could not be read "
-                               f"(the others are explained in {out_dir}): " + "; ".join(errors))
+        explained = f" (the others are explained in {out_dir})" if files else ""
+        raise UnreadableImages(f"{len(errors)} of {len(errors) + len(files)} files could not be read{explained}: "
+                               + "; ".join(errors))
     return table
 
 
