@@ -133,7 +133,7 @@ def check_step(manifest: Path, report: Path, settings: str | None = None) -> int
     return cli.main(["check-manifest", *chosen, "--manifest", str(manifest), "--out", str(report)])
 
 
-def test_a_failed_check_leaves_the_results_folder_owned_by_its_manifest(tmp_path: Path, caplog):
+def test_a_failed_check_leaves_the_results_folder_owned_by_its_manifest(tmp_path: Path, capsys):
     """manifest=A name=proj checked; then a check that fails (equal labels), whose report Snakemake deletes
     with the failed job's outputs; then manifest=B name=proj: still refused, by the workflow and the step."""
     from medxgan.data.phantoms import write_phantom_dataset
@@ -146,12 +146,13 @@ def test_a_failed_check_leaves_the_results_folder_owned_by_its_manifest(tmp_path
     assert check_step(first, report) == 0
     same_labels = json.loads(step_settings(load_config(REPO / "config" / "config.yaml"), "synthetic-mri", "data"))
     same_labels["data"]["positive"] = same_labels["data"]["negative"]
-    assert check_step(first, report, json.dumps(same_labels)) == 1
+    assert check_step(first, report, json.dumps(same_labels)) == 2
     report.unlink()  # what Snakemake does with a failed job's outputs
     owner = r"results/proj holds the results of manifest .*A/scans/manifest\.csv, not .*B/scans/manifest\.csv"
     with pytest.raises(ConfigError, match=owner):
         add_user_manifest(user_config(second, name="proj"), results=results)
-    assert check_step(second, report) == 1 and re.search(owner, caplog.text)
+    capsys.readouterr()
+    assert check_step(second, report) == 2 and re.search(owner, capsys.readouterr().err)
     assert not report.exists()
     assert add_user_manifest(user_config(first, name="proj"), results=results) == "proj"
 

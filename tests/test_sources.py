@@ -155,7 +155,8 @@ def test_the_command_line_names_the_problem_in_one_line(server, tmp_path, capsys
     serve_huggingface(server, SARTAJ_REPO, archives)
     server.files[f"/datasets/{SARTAJ_REPO}/resolve/main/Training.zip"] = b"not the archive"
     code = cli.main(["prepare", "--settings", json.dumps(sartaj_settings(server)), "--out-dir", str(tmp_path / "b")])
-    assert code == 1 and "prepare failed: " in caplog.text and "Training.zip: file is truncated" in caplog.text
+    last_line = capsys.readouterr().err.splitlines()[-1]  # after the download's progress bar
+    assert code == 2 and last_line.startswith("medxgan: error: ") and "Training.zip: file is truncated" in last_line
     assert not (tmp_path / "b" / "manifest.csv").exists()
 
 
@@ -358,7 +359,7 @@ def test_import_folder_reads_class_subfolders_and_lists_what_it_leaves_out(tmp_p
     assert dropped.reason.item() == "not an image file"
 
 
-def test_import_folder_refuses_an_empty_class_folder(tmp_path, caplog):
+def test_import_folder_refuses_an_empty_class_folder(tmp_path, capsys):
     root = tmp_path / "scans"
     for split in ("train", "test"):
         for cls in ("normal", "covid"):
@@ -367,16 +368,17 @@ def test_import_folder_refuses_an_empty_class_folder(tmp_path, caplog):
                 picture(7, (40, 40)).save(root / split / cls / "a.png")
     code = cli.main(["import-folder", str(root), "--negative", "normal", "--positive", "covid",
                      "--out-dir", str(tmp_path / "out")])
-    assert code == 1 and "class folder 'covid' holds no image" in caplog.text
+    assert code == 2 and "class folder 'covid' holds no image" in capsys.readouterr().err
     assert not (tmp_path / "out" / "manifest.csv").exists()
 
 
-def test_import_folder_with_a_missing_class_exits_with_one_line(tmp_path, caplog):
+def test_import_folder_with_a_missing_class_exits_with_one_line(tmp_path, capsys):
     (tmp_path / "scans" / "train" / "normal").mkdir(parents=True)
     (tmp_path / "scans" / "test" / "normal").mkdir(parents=True)
     code = cli.main(["import-folder", str(tmp_path / "scans"), "--negative", "normal", "--positive", "covid",
                      "--out-dir", str(tmp_path / "out")])
-    assert code == 1 and "class folder 'covid' not found" in caplog.text
+    error = capsys.readouterr().err
+    assert code == 2 and "class folder 'covid' not found" in error and error.count("\n") == 1
     assert not (tmp_path / "out" / "manifest.csv").exists()
 
 
