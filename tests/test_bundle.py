@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -282,3 +283,47 @@ def test_the_debug_flag_shows_the_traceback(written, tmp_path):
         cli.main(["--debug", "explain-images", str(images(tmp_path / "in")), "--bundle", str(written),
                   "--out", str(tmp_path)])
 
+
+
+# --- medical formats and folders --------------------------------------------------------------
+
+def test_a_folder_of_dicom_files_and_a_nifti_volume_give_a_row_per_file_and_slice(written, tmp_path):
+    from test_medical_formats import ramp, write_dicom, write_nifti
+
+    folder = tmp_path / "in"
+    (folder / "series").mkdir(parents=True)
+    for i in range(2):
+        write_dicom(folder / "series" / f"IM{i}.dcm", ramp() + 100 * i)
+    volume = np.random.default_rng(0).normal(size=(32, 32, 5))
+    write_nifti(folder / "brain.nii.gz", volume)
+    out = tmp_path / "out"
+    assert cli.main(["explain-images", str(folder), "--bundle", str(written), "--out", str(out), "--methods",
+                     "difference", "--slices", "1:4"]) == 0
+    table = pd.read_csv(out / "explanations.csv")
+    assert list(table.file) == [f"{folder / 'brain.nii.gz'}#slice={k}" for k in (1, 2, 3)] + \
+        [str(folder / "series" / f"IM{i}.dcm") for i in range(2)]
+    assert list(table.name) == ["0000_brain_slice001", "0001_brain_slice002", "0002_brain_slice003",
+                                "0003_IM0", "0004_IM1"]
+    assert all((out / "figures" / f"{name}.png").is_file() for name in table.name)
+
+
+def test_volume_slices_share_one_window_and_follow_the_axis(tmp_path):
+    from medxgan.data.medical_formats import nifti_slices
+    from test_medical_formats import write_nifti
+
+    volume = np.zeros((32, 32, 3))
+    volume[..., 1] = 10.0  # the middle slice is the brightest of the volume
+    slices = nifti_slices(write_nifti(tmp_path / "v.nii", volume), axis=2)
+    assert [k for k, _ in slices] == [0, 1, 2]
+    assert slices[1][1].min() == 1.0 and slices[0][1].max() == 0.0  # one window: slice 0 stays black
+    assert [k for k, _ in nifti_slices(tmp_path / "v.nii", axis=0, slices=slice(30, None))] == [30, 31]
+
+
+def test_images_in_a_symlinked_subfolder_are_found(tmp_path):
+    from medxgan.pipeline.explain_images import image_files
+
+    images(tmp_path / "elsewhere", n=2)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "linked").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "loop").symlink_to(tmp_path / "in")  # a link loop ends
+    assert sorted(p.name for p in image_files([tmp_path / "in"])) == ["scan0.png", "scan1.png"]

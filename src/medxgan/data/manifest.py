@@ -283,7 +283,7 @@ def _read_picture(file: Path) -> Image.Image:
 
 def _read_medical(file: Path) -> Image.Image:
     """A DICOM or NIfTI image as mode F on the 8-bit scale, like a deep greyscale picture."""
-    return Image.fromarray((read_medical(file) * PIXEL_MAX).astype(np.float32))
+    return unit_image(read_medical(file))
 
 
 def _standard_mode(image: Image.Image) -> Image.Image:
@@ -336,7 +336,17 @@ def resize_pixels(image: Image.Image, size: int, channels: int) -> Image.Image:
 
 def load_image(file: Path, where: str, image_size: int, channels: int, what: str = "image") -> np.ndarray:
     """(channels, image_size, image_size) float32 in [-1, 1], read by `open_image`."""
-    pixels = resize_pixels(open_image(file, where, what), image_size, channels)
+    return network_input(open_image(file, where, what), image_size, channels)
+
+
+def unit_image(values: np.ndarray) -> Image.Image:
+    """A greyscale array in [0, 1] (a DICOM or NIfTI image) as `open_image` gives it: mode F, 0..255."""
+    return Image.fromarray((values * PIXEL_MAX).astype(np.float32))
+
+
+def network_input(image: Image.Image, image_size: int, channels: int) -> np.ndarray:
+    """An image from `open_image` as (channels, image_size, image_size) float32 in [-1, 1]."""
+    pixels = resize_pixels(image, image_size, channels)
     array = np.asarray(pixels, dtype=np.float32) / HALF_PIXEL_RANGE - 1
     if array.ndim == 2:
         return np.repeat(array[None], channels, axis=0)  # grey: one plane, or repeated for RGB

@@ -9,8 +9,8 @@ NIfTI (nibabel): a 2-D image, or a volume whose other axes have one voxel, windo
 cal_min/cal_max where set, else by the same percentile window. Arrays are stored (x, y), x to the
 patient's left in radiological order: the image is shown transposed, y upwards.
 
-A file with several frames or slices is refused with a message: medxgan reads one 2-D image per
-file, and which frames matter is the user's choice to export.
+A manifest names one 2-D image per file, so a file with several frames or slices is refused there
+with a message; `explain-images` explains a NIfTI volume slice by slice (`nifti_slices`).
 """
 
 from __future__ import annotations
@@ -99,6 +99,33 @@ def _percentile_window(values: np.ndarray) -> np.ndarray:
 
 
 def read_nifti(file: Path) -> np.ndarray:
+    values, window = _nifti_values(file)
+    planes = [n for n in values.shape if n > 1]
+    if len(planes) != 2:
+        raise MedicalFormatError(f"it holds an array of shape {values.shape}; a manifest names one 2-D image per "
+                                 "file: export the slices you want as 2-D files (explain-images takes volumes)")
+    return _shown(window(values.reshape(planes)))
+
+
+def nifti_slices(file: Path, axis: int, slices: slice = slice(None)) -> list[tuple[int, np.ndarray]]:
+    """(index, image in [0, 1]) of the volume's slices across voxel axis `axis` (0, 1 or 2), those
+    `slices` picks; one window for the whole volume, so its slices compare. A 2-D file is one slice."""
+    values, window = _nifti_values(file)
+    if values.ndim == 2 or sum(n > 1 for n in values.shape) == 2:
+        return [(0, read_nifti(file))]
+    if values.ndim != 3:
+        raise MedicalFormatError(f"it holds an array of shape {values.shape}; explain-images reads 2-D images and "
+                                 "3-D volumes")
+    unit = window(values)
+    picked = range(values.shape[axis])[slices]
+    if not picked:
+        raise MedicalFormatError(f"its axis {axis} has {values.shape[axis]} slices, none in {slices.start}:{slices.stop}")
+    return [(k, _shown(np.take(unit, k, axis=axis))) for k in picked]
+
+
+def _nifti_values(file: Path):
+    """The voxel values as float64, and the window onto [0, 1] the header's cal_min/cal_max give,
+    else the percentile window over all of them."""
     import nibabel
 
     try:
@@ -106,10 +133,12 @@ def read_nifti(file: Path) -> np.ndarray:
         values = np.asarray(image.dataobj, dtype=np.float64)
     except (nibabel.filebasedimages.ImageFileError, OSError, ValueError, EOFError) as error:
         raise MedicalFormatError(f"not a readable NIfTI image ({error})") from error
-    planes = [n for n in values.shape if n > 1]
-    if len(planes) != 2:
-        raise MedicalFormatError(f"it holds an array of shape {values.shape}; medxgan reads one 2-D image per file: "
-                                 "export the slices you want as 2-D files")
-    values = np.flipud(values.reshape(planes).T)  # (x, y) -> rows top to bottom, columns left to right
     low, high = float(image.header["cal_min"]), float(image.header["cal_max"])
-    return np.clip((values - low) / (high - low), 0.0, 1.0) if high > low else _percentile_window(values)
+    if high <= low:
+        low, high = np.percentile(values, PERCENTILE_WINDOW)
+    return values, (lambda v: np.clip((v - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(v))
+
+
+def _shown(plane: np.ndarray) -> np.ndarray:
+    """A 2-D (x, y) array as shown: rows top to bottom (y downwards), columns left to right."""
+    return np.flipud(plane.T)

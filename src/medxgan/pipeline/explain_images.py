@@ -14,6 +14,7 @@ new or empty (never mixed with the figures of an earlier run) and outside the im
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -23,7 +24,17 @@ import torch
 
 from medxgan.api import DEFAULT_METHODS, MedXGAN
 from medxgan.config import ConfigError
-from medxgan.data.manifest import IMAGE_SUFFIXES, ImageSet, ManifestError, is_image_name, load_image
+from medxgan.data.manifest import (
+    IMAGE_SUFFIXES,
+    ImageSet,
+    ManifestError,
+    image_stem,
+    is_image_name,
+    load_image,
+    network_input,
+    unit_image,
+)
+from medxgan.data.medical_formats import MedicalFormatError, is_nifti, nifti_slices
 from medxgan.explainers import EXPLAINERS
 from medxgan.files import atomic_path, progress
 from medxgan.report import figures
@@ -41,7 +52,7 @@ def image_files(paths: list[Path]) -> list[Path]:
     files, skipped = [], []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file())
+            found = files_under(path)
             files += [p for p in found if is_image_name(p)]
             skipped += [p for p in found if not is_image_name(p)]
         elif is_image_name(path) and path.is_file():
@@ -57,6 +68,20 @@ def image_files(paths: list[Path]) -> list[Path]:
     if skipped:
         log.warning("skipped %s: explain-images reads %s", _suffix_counts(skipped), _formats())
     return files
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every file under `folder`, sorted, in symlinked subfolders too (which Path.rglob skips); each
+    real folder is walked once, so a link loop ends."""
+    walked, files = set(), []
+    for root, subfolders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in walked:
+            subfolders[:] = []
+            continue
+        walked.add(real)
+        files += [Path(root) / name for name in names]
+    return sorted(p for p in files if p.is_file())
 
 
 def _formats() -> str:
@@ -84,17 +109,41 @@ def check_out_dir(out_dir: Path, paths: list[Path]) -> None:
                           "mix its figures with those of another run)")
 
 
-def read_images(files: list[Path], size: int, channels: int) -> tuple[list[Path], torch.Tensor, list[str]]:
-    """The readable files, their images (N, C, size, size) in [-1, 1], and the unreadable files' errors."""
-    readable, images, errors = [], [], []
+SLICE_MARK = "#slice="  # FILE#slice=K names slice K of a NIfTI volume
+
+
+def read_images(files: list[Path], size: int, channels: int, slice_axis: int = 2,
+                slices: slice = slice(None)) -> tuple[list[str], torch.Tensor, list[str]]:
+    """What was read, one name per image (the file, or FILE#slice=K for slice K of a NIfTI volume
+    across voxel axis `slice_axis`, those `slices` picks), the images (N, C, size, size) in [-1, 1],
+    and the unreadable files' errors."""
+    names, images, errors = [], [], []
     for file in progress(files, desc="reading images"):
         try:
-            images.append(torch.from_numpy(load_image(file, str(file), size, channels)))
-            readable.append(file)
+            if is_nifti(file):
+                volume = _read_slices(file, slice_axis, slices)
+                names += [f"{file}{SLICE_MARK}{k}" if len(volume) > 1 else str(file) for k, _ in volume]
+                images += [torch.from_numpy(network_input(unit_image(plane), size, channels)) for _, plane in volume]
+            else:
+                images.append(torch.from_numpy(load_image(file, str(file), size, channels)))
+                names.append(str(file))
         except ManifestError as error:
             log.error("%s", error)
             errors.append(str(error))
-    return readable, torch.stack(images) if images else torch.empty(0, channels, size, size), errors
+    return names, torch.stack(images) if images else torch.empty(0, channels, size, size), errors
+
+
+def _read_slices(file: Path, axis: int, slices: slice) -> list:
+    try:
+        return nifti_slices(file, axis, slices)
+    except MedicalFormatError as error:
+        raise ManifestError(f"{file}: cannot read image {file}: {error}") from error
+
+
+def figure_name(position: int, name: str) -> str:
+    """NNNN_STEM or NNNN_STEM_sliceK: the position keeps two files of one name apart."""
+    file, _, index = name.partition(SLICE_MARK)
+    return f"{position:04d}_{image_stem(Path(file))}" + (f"_slice{int(index):03d}" if index else "")
 
 
 def _as_image_set(images: torch.Tensor, files: list[Path]) -> ImageSet:
@@ -104,9 +153,10 @@ def _as_image_set(images: torch.Tensor, files: list[Path]) -> ImageSet:
 
 
 def explain_images(paths: list[Path], bundle: Path, out_dir: Path, methods=DEFAULT_METHODS,
-                   classifier_factory: str | None = None) -> pd.DataFrame:
-    """Explain every image file under `paths` with the bundle's networks into `out_dir`
-    (`classifier_factory`: see MedXGAN.from_bundle)."""
+                   classifier_factory: str | None = None, slice_axis: int = 2,
+                   slices: slice = slice(None)) -> pd.DataFrame:
+    """Explain every image file under `paths`, and each slice of a NIfTI volume (see `read_images`),
+    with the bundle's networks into `out_dir` (`classifier_factory`: see MedXGAN.from_bundle)."""
     unknown = [method for method in methods if method not in EXPLAINERS]
     if unknown:
         raise ConfigError(f"unknown methods {', '.join(unknown)}: choose from {', '.join(EXPLAINERS)}")
@@ -114,7 +164,7 @@ def explain_images(paths: list[Path], bundle: Path, out_dir: Path, methods=DEFAU
     check_out_dir(out_dir, paths)
     explainer = MedXGAN.from_bundle(bundle, classifier_factory=classifier_factory)
     data_cfg = explainer.settings["data"]
-    files, images, errors = read_images(files, data_cfg["image_size"], data_cfg["channels"])
+    files, images, errors = read_images(files, data_cfg["image_size"], data_cfg["channels"], slice_axis, slices)
     out_dir = Path(out_dir)
     table = pd.DataFrame()
     if len(images):
@@ -125,8 +175,8 @@ def explain_images(paths: list[Path], bundle: Path, out_dir: Path, methods=DEFAU
         table = _write_explanations(explainer, _as_image_set(images, files), codes, heatmaps, out_dir)
         table = _write_positive_realisations(table, images, negatives, realisations, out_dir)
     if errors:
-        explained = f" (the others are explained in {out_dir})" if files else ""
-        raise UnreadableImages(f"{len(errors)} of {len(errors) + len(files)} files could not be read{explained}: "
+        explained = f" ({len(files)} images explained in {out_dir})" if files else ""
+        raise UnreadableImages(f"{len(errors)} files could not be read{explained}: "
                                + "; ".join(errors))
     return table
 
@@ -158,7 +208,7 @@ def _write_positive_realisations(table: pd.DataFrame, images: torch.Tensor, nega
 def _write_explanations(explainer: MedXGAN, data: ImageSet, codes: dict, heatmaps: dict, out_dir: Path) -> pd.DataFrame:
     rows = []
     for i, file in enumerate(progress(data.ids, desc="writing explanations")):
-        name = f"{i:04d}_{Path(file).stem}"  # the position keeps two files of one name apart
+        name = figure_name(i, file)
         for method, maps in heatmaps.items():
             _save_npy(maps[i].numpy(), out_dir / "heatmaps" / f"{name}_{method}.npy")
         figures.save(figures.pipeline_rows(explainer.classifier, data, codes, heatmaps, [i]),

@@ -10,6 +10,7 @@ load no torch.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -445,19 +446,37 @@ def bundle(ctx: Context) -> None:
     write_bundle(ctx.args.results_dir.name, ctx.args.results_dir, ctx.settings, ctx.args.out)
 
 
+def parse_slices(text: str) -> slice:
+    """START:STOP (either may be left out) as a slice, for --slices."""
+    start, colon, stop = text.partition(":")
+    try:
+        if not colon:
+            raise ValueError
+        return slice(int(start) if start else None, int(stop) if stop else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not START:STOP, e.g. 40:80") from None
+
+
 @step("explain-images", "explain image files or folders of them with a trained bundle: a figure, heatmaps (.npy) and "
       "a CSV row per image",
       Argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER",
-               help="image files (PNG, JPEG, BMP, TIFF; any size, grey or RGB) or folders searched recursively"),
+               help="image files (PNG, JPEG, BMP, TIFF, DICOM, NIfTI; any size, grey or RGB) or folders searched "
+                    "recursively"),
       Argument("--bundle", type=Path, required=True, help="a trained bundle folder, e.g. results/synthetic-cxr/bundle"),
       out("writes figures/NAME.png, heatmaps/NAME_METHOD.npy and explanations.csv there"),
       Argument("--methods", nargs="+", default=["difference", "latent_ig", "ig_counterfactual", "gradcam", "ig"],
                help="explanation methods of explain.methods (default: %(default)s)"),
       Argument("--classifier-factory", metavar="MODULE:FUNCTION",
                help="the factory that builds the bundle's classifier, where it was built by one: a bundle never "
-                    "names code to import, so you name the code you trust"), settings=False)
+                    "names code to import, so you name the code you trust"),
+      Argument("--slice-axis", type=int, choices=(0, 1, 2), default=2,
+               help="the voxel axis a NIfTI volume is sliced across, one explained image per slice (default: "
+                    "%(default)s, axial for most brain MRI)"),
+      Argument("--slices", type=parse_slices, default=slice(None), metavar="START:STOP",
+               help="the slices of each NIfTI volume to explain, START inclusive, STOP exclusive (default: all)"),
+      settings=False)
 def explain_images(ctx: Context) -> None:
     from medxgan.pipeline.explain_images import explain_images
 
     a = ctx.args
-    explain_images(a.images, a.bundle, a.out, a.methods, a.classifier_factory)
+    explain_images(a.images, a.bundle, a.out, a.methods, a.classifier_factory, a.slice_axis, a.slices)
