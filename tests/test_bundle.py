@@ -327,3 +327,28 @@ def test_images_in_a_symlinked_subfolder_are_found(tmp_path):
     (tmp_path / "in" / "linked").symlink_to(tmp_path / "elsewhere")
     (tmp_path / "elsewhere" / "loop").symlink_to(tmp_path / "in")  # a link loop ends
     assert sorted(p.name for p in image_files([tmp_path / "in"])) == ["scan0.png", "scan1.png"]
+
+
+@pytest.mark.parametrize("worst_test_mse, flagged", [(1e-6, True), (100.0, False)])
+def test_an_image_g_cannot_draw_is_flagged_against_the_bundles_own_test_images(written, tmp_path, caplog,
+                                                                                 worst_test_mse, flagged):
+    settings = json.loads((written / SETTINGS).read_text())
+    results = _results(tmp_path / "results", settings)
+    (results / "inversion").mkdir()
+    pd.DataFrame({"mse": [worst_test_mse / 2, worst_test_mse], "ssim": [0.5, 0.5]}).to_csv(
+        results / "inversion" / "inversion.csv", index=False)
+    write_bundle("synthetic-cxr", results, settings, tmp_path / "bundle")
+    assert MedXGAN.from_bundle(tmp_path / "bundle", device="cpu").reference["max"] == worst_test_mse
+    out = tmp_path / "out"
+    assert cli.main(["explain-images", str(images(tmp_path / "in")), "--bundle", str(tmp_path / "bundle"),
+                     "--out", str(out), "--methods", "difference"]) == 0
+    assert pd.read_csv(out / "explanations.csv").outside_bundle_distribution.tolist() == [flagged]
+    assert ("G cannot draw them" in caplog.text) == flagged
+
+
+def test_a_bundle_without_its_reference_still_explains_and_says_what_it_cannot_flag(written, tmp_path, caplog):
+    out = tmp_path / "out"
+    assert cli.main(["explain-images", str(images(tmp_path / "in")), "--bundle", str(written), "--out", str(out),
+                     "--methods", "difference"]) == 0
+    assert pd.read_csv(out / "explanations.csv").outside_bundle_distribution.isna().all()
+    assert "images outside its distribution are not flagged" in caplog.text

@@ -243,6 +243,7 @@ def explain_new_images_with_the_bundle(workdir: Path, bundle: Path) -> None:
     table = pd.read_csv(out / "explanations.csv")
     assert sorted(Path(f).name for f in table.file) == ["grey.jpg", "grey.png", "rgb.jpg"]
     assert table.p_positive.between(0, 1).all() and (table.reconstruction_mse > 0).all()
+    assert table.outside_bundle_distribution.dtype == bool  # judged against the bundle's reference.json
     for row in table.itertuples():
         assert (out / "figures" / f"{row.name}.png").stat().st_size > 0
         assert np.load(out / "heatmaps" / f"{row.name}_latent_ig.npy").shape == (64, 64)

@@ -95,6 +95,7 @@ class MedXGAN:
                  preprocess: dict | None = None, positive_index: int = 1, target_layer: str | None = None,
                  device: str | torch.device | None = None):
         self.settings = settings
+        self.reference = None  # a bundle's test positives' reconstruction MSE (medxgan.bundle.read_reference)
         self.device = torch.device(device) if device else pick_device(settings.get("device", "auto"))
         if preprocess is not None:  # the user's own network: convert the project's images to its input
             spec = input_settings({"input": preprocess}, settings["data"])
@@ -113,7 +114,7 @@ class MedXGAN:
         (`module:function`) loads only when `classifier_factory` names that factory. Its files,
         settings and networks are checked first (medxgan.bundle.read_bundle; each network fits the
         settings' data); a bundle that fails a check raises a ValueError naming the file."""
-        from medxgan.bundle import CLASSIFIER, ENCODER, GENERATOR, BundleError, read_bundle
+        from medxgan.bundle import CLASSIFIER, ENCODER, GENERATOR, BundleError, read_bundle, read_reference
 
         path = Path(path)
         settings = read_bundle(path)
@@ -125,7 +126,9 @@ class MedXGAN:
         generator = load_model(path / GENERATOR, device, "generator", data, allowed_factory=None)
         encoder = load_model(path / ENCODER, device, "encoder", data, allowed_factory=None) \
             if (path / ENCODER).is_file() else None
-        return cls(classifier, generator, settings, encoder=encoder, device=device)
+        explainer = cls(classifier, generator, settings, encoder=encoder, device=device)
+        explainer.reference = read_reference(path)
+        return explainer
 
     @property
     def image_size(self) -> int:

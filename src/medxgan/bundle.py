@@ -25,9 +25,12 @@ from medxgan.files import file_sha256
 
 CLASSIFIER, GENERATOR, ENCODER = "classifier.safetensors", "generator.safetensors", "encoder.safetensors"
 SETTINGS, CARD, CHECKSUMS = "settings.json", "MODEL_CARD.md", "SHA256SUMS"
-BUNDLE_FILES = (CLASSIFIER, GENERATOR, ENCODER, SETTINGS, CARD)  # every file a bundle may hold besides its sums
+# the reconstruction error of the bundle's own test positives, against which explain-images flags
+# an image G cannot draw (an MRI given to a chest X-ray bundle, a real glioma to a phantom's)
+REFERENCE = "reference.json"
+BUNDLE_FILES = (CLASSIFIER, GENERATOR, ENCODER, SETTINGS, CARD, REFERENCE)  # every file a bundle may hold besides its sums
 REQUIRED_FILES = (CLASSIFIER, GENERATOR, SETTINGS, CARD)
-TEXT_FILES = (SETTINGS, CARD, CHECKSUMS)  # git on Windows checks these out with CRLF line endings
+TEXT_FILES = (SETTINGS, CARD, CHECKSUMS, REFERENCE)  # git on Windows checks these out with CRLF line endings
 SNAKEMAKE_TIMESTAMP = ".snakemake_timestamp"  # the empty file that dates a directory output; nothing reads it
 # what explaining reads, each section with every key (the encoder section only trains E)
 REQUIRED_SETTINGS = ("data", "inversion", "explain", "seed")
@@ -74,7 +77,8 @@ def write_bundle(dataset: str, results: Path, settings: dict, out: Path) -> None
             raise FileNotFoundError(f"bundle for {dataset}: {source} is missing; run the workflow first")
     classifier = json.loads((results / "classifier" / "metrics.json").read_text())
     gan = json.loads((results / "gan" / "summary.json").read_text())
-    ssim = _mean_ssim(results / "inversion" / "inversion.csv")
+    inversion = results / "inversion" / "inversion.csv"
+    ssim = _mean_ssim(inversion)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
@@ -83,6 +87,8 @@ def write_bundle(dataset: str, results: Path, settings: dict, out: Path) -> None
         (tmp / SETTINGS).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", newline="\n")
         (tmp / CARD).write_text(model_card(dataset, settings, read_spec(files[CLASSIFIER]), classifier, gan, ssim),
                                 newline="\n")
+        if inversion.is_file():
+            (tmp / REFERENCE).write_text(json.dumps(reference(inversion), indent=2) + "\n", newline="\n")
         sums = [f"{content_sha256(tmp / name)}  {name}" for name in sorted(p.name for p in tmp.iterdir())]
         (tmp / CHECKSUMS).write_text("\n".join(sums) + "\n", newline="\n")
         _replace_folder(tmp, out)
@@ -98,6 +104,26 @@ def _replace_folder(new: Path, old: Path) -> None:
         old.rename(aside)
     new.rename(old)
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def reference(inversion_table: Path) -> dict:
+    """The test positives' reconstruction MSE: how well G draws images of the bundle's own data."""
+    import pandas as pd
+
+    mse = pd.read_csv(inversion_table)["mse"]
+    return {"test_reconstruction_mse": {"n": int(mse.size), "median": float(mse.median()), "max": float(mse.max())}}
+
+
+def read_reference(path: Path) -> dict | None:
+    """A verified bundle's reference.json (None for a bundle written before it existed)."""
+    file = Path(path) / REFERENCE
+    if not file.is_file():
+        return None
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))["test_reconstruction_mse"]
+        return {key: float(record[key]) for key in ("n", "median", "max")}
+    except (ValueError, KeyError, TypeError) as error:
+        raise BundleError(f"{file} is not a reference record ({error!r})") from None
 
 
 def _mean_ssim(table: Path) -> float | None:

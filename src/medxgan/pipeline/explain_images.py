@@ -110,6 +110,9 @@ def check_out_dir(out_dir: Path, paths: list[Path]) -> None:
 
 
 SLICE_MARK = "#slice="  # FILE#slice=K names slice K of a NIfTI volume
+# An image whose reconstruction error exceeds this many times the worst of the bundle's own test
+# positives is one G cannot draw: its maps explain a different image than the one given.
+OUTSIDE_DISTRIBUTION_FACTOR = 2.0
 
 
 def read_images(files: list[Path], size: int, channels: int, slice_axis: int = 2,
@@ -160,11 +163,11 @@ def explain_images(paths: list[Path], bundle: Path, out_dir: Path, methods=DEFAU
     unknown = [method for method in methods if method not in EXPLAINERS]
     if unknown:
         raise ConfigError(f"unknown methods {', '.join(unknown)}: choose from {', '.join(EXPLAINERS)}")
-    files = image_files(paths)
+    sources = image_files(paths)
     check_out_dir(out_dir, paths)
     explainer = MedXGAN.from_bundle(bundle, classifier_factory=classifier_factory)
     data_cfg = explainer.settings["data"]
-    files, images, errors = read_images(files, data_cfg["image_size"], data_cfg["channels"], slice_axis, slices)
+    files, images, errors = read_images(sources, data_cfg["image_size"], data_cfg["channels"], slice_axis, slices)
     out_dir = Path(out_dir)
     table = pd.DataFrame()
     if len(images):
@@ -172,13 +175,31 @@ def explain_images(paths: list[Path], bundle: Path, out_dir: Path, methods=DEFAU
         heatmaps = explainer.explain(images, methods, codes=codes)
         negatives = (codes.p_image < 0.5).nonzero().flatten()
         realisations = explainer.positive_realisations(images[negatives], negatives) if len(negatives) else None
-        table = _write_explanations(explainer, _as_image_set(images, files), codes, heatmaps, out_dir)
+        table = flag_outside_distribution(
+            _write_explanations(explainer, _as_image_set(images, files), codes, heatmaps, out_dir), explainer.reference)
         table = _write_positive_realisations(table, images, negatives, realisations, out_dir)
     if errors:
-        explained = f" ({len(files)} images explained in {out_dir})" if files else ""
-        raise UnreadableImages(f"{len(errors)} files could not be read{explained}: "
+        explained = f" (the others are explained in {out_dir})" if files else ""
+        raise UnreadableImages(f"{len(errors)} of {len(sources)} files could not be read{explained}: "
                                + "; ".join(errors))
     return table
+
+
+def flag_outside_distribution(table: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
+    """The column `outside_bundle_distribution`: reconstruction MSE above OUTSIDE_DISTRIBUTION_FACTOR
+    times the largest of the bundle's test positives (empty for a bundle without that record), and a
+    warning naming the images it flags."""
+    if reference is None:
+        log.warning("the bundle records no reconstruction error of its own test images (written before "
+                    "reference.json existed): images outside its distribution are not flagged")
+        return table.assign(outside_bundle_distribution=pd.NA)
+    limit = OUTSIDE_DISTRIBUTION_FACTOR * reference["max"]
+    outside = table.reconstruction_mse > limit
+    if outside.any():
+        log.warning("%d of %d images are reconstructed with an error above %.4f (%.0fx the worst of the bundle's %d "
+                    "test positives): G cannot draw them, so their maps explain another image: %s", outside.sum(),
+                    len(table), limit, OUTSIDE_DISTRIBUTION_FACTOR, reference["n"], ", ".join(table.file[outside]))
+    return table.assign(outside_bundle_distribution=outside)
 
 
 def _save_npy(array: np.ndarray, path: Path) -> None:
