@@ -135,17 +135,19 @@ def probed_cpu_precision() -> dict:
     rates = measure_cpu_precisions()
     decision = {"machine": machine, "precision": "bf16" if rates["bf16"] >= BF16_MIN_SPEEDUP * rates["fp32"] else "fp32",
                 "steps_per_second": rates}
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(decision, indent=1))
         with contextlib.suppress(FileExistsError):
             os.link(tmp, path)
-        tmp.unlink()
         return json.loads(path.read_text())
     except OSError as error:  # a read-only home: this job uses its own measurement, and says so
         log.warning("cannot keep the precision probe's decision in %s (%s)", path, error)
         return decision
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:

@@ -26,7 +26,14 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from medxgan.config import SOURCE_DEFAULTS
-from medxgan.data.medical_formats import MedicalFormatError, is_medical, read_medical
+from medxgan.data.medical_formats import (
+    DICOM_SUFFIXES,
+    NIFTI_SUFFIXES,
+    PICTURE_SUFFIXES,
+    MedicalFormatError,
+    is_medical,
+    read_medical,
+)
 from medxgan.data.splits import VAL_STREAM, pick_groups
 from medxgan.files import atomic_path
 
@@ -229,7 +236,7 @@ class ImageSet:
 # --- reading image files -----------------------------------------------------------------
 
 # pictures, DICOM and NIfTI (medxgan.data.medical_formats); ".nii.gz" is why names are matched by ending
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz")
+IMAGE_SUFFIXES = PICTURE_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES
 
 
 def is_image_name(path: Path) -> bool:

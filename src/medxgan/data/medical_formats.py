@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # what PIL reads
 DICOM_SUFFIXES = (".dcm", ".dicom")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_MAGIC_OFFSET = 128  # a DICOM Part 10 file: a 128-byte preamble, then "DICM"
@@ -30,8 +31,12 @@ class MedicalFormatError(ValueError):
 
 
 def is_dicom(file: Path) -> bool:
+    """By its suffix, or, for a file without a picture's suffix (scanners often write none), by the
+    DICM marker: a picture is not opened twice."""
     if file.name.lower().endswith(DICOM_SUFFIXES):
         return True
+    if file.name.lower().endswith(PICTURE_SUFFIXES):
+        return False
     try:
         with open(file, "rb") as handle:
             handle.seek(DICOM_MAGIC_OFFSET)
@@ -92,40 +97,44 @@ def _linear_window(values: np.ndarray, center: float, width: float) -> np.ndarra
 
 
 def _percentile_window(values: np.ndarray) -> np.ndarray:
-    low, high = np.percentile(values, PERCENTILE_WINDOW)
-    if high <= low:  # a (nearly) constant image
+    return _window(values, *np.percentile(values, PERCENTILE_WINDOW))
+
+
+def _window(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """low..high onto [0, 1], clipped; all black where the window is empty (a constant image)."""
+    if high <= low:
         return np.zeros_like(values)
     return np.clip((values - low) / (high - low), 0.0, 1.0)
 
 
 def read_nifti(file: Path) -> np.ndarray:
-    values, window = _nifti_values(file)
+    values = _nifti_unit(file)
     planes = [n for n in values.shape if n > 1]
     if len(planes) != 2:
         raise MedicalFormatError(f"it holds an array of shape {values.shape}; a manifest names one 2-D image per "
                                  "file: export the slices you want as 2-D files (explain-images takes volumes)")
-    return _shown(window(values.reshape(planes)))
+    return _shown(values.reshape(planes))
 
 
 def nifti_slices(file: Path, axis: int, slices: slice = slice(None)) -> list[tuple[int, np.ndarray]]:
     """(index, image in [0, 1]) of the volume's slices across voxel axis `axis` (0, 1 or 2), those
     `slices` picks; one window for the whole volume, so its slices compare. A 2-D file is one slice."""
-    values, window = _nifti_values(file)
-    if values.ndim == 2 or sum(n > 1 for n in values.shape) == 2:
-        return [(0, read_nifti(file))]
-    if values.ndim != 3:
-        raise MedicalFormatError(f"it holds an array of shape {values.shape}; explain-images reads 2-D images and "
+    unit = _nifti_unit(file)
+    planes = [n for n in unit.shape if n > 1]
+    if len(planes) == 2:
+        return [(0, _shown(unit.reshape(planes)))]
+    if unit.ndim != 3:
+        raise MedicalFormatError(f"it holds an array of shape {unit.shape}; explain-images reads 2-D images and "
                                  "3-D volumes")
-    unit = window(values)
-    picked = range(values.shape[axis])[slices]
+    picked = range(unit.shape[axis])[slices]
     if not picked:
-        raise MedicalFormatError(f"its axis {axis} has {values.shape[axis]} slices, none in {slices.start}:{slices.stop}")
+        raise MedicalFormatError(f"its axis {axis} has {unit.shape[axis]} slices, none in {slices.start}:{slices.stop}")
     return [(k, _shown(np.take(unit, k, axis=axis))) for k in picked]
 
 
-def _nifti_values(file: Path):
-    """The voxel values as float64, and the window onto [0, 1] the header's cal_min/cal_max give,
-    else the percentile window over all of them."""
+def _nifti_unit(file: Path) -> np.ndarray:
+    """The voxel values windowed onto [0, 1]: by the header's cal_min/cal_max where set, else by the
+    percentile window over all of them."""
     import nibabel
 
     try:
@@ -134,9 +143,7 @@ def _nifti_values(file: Path):
     except (nibabel.filebasedimages.ImageFileError, OSError, ValueError, EOFError) as error:
         raise MedicalFormatError(f"not a readable NIfTI image ({error})") from error
     low, high = float(image.header["cal_min"]), float(image.header["cal_max"])
-    if high <= low:
-        low, high = np.percentile(values, PERCENTILE_WINDOW)
-    return values, (lambda v: np.clip((v - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(v))
+    return _window(values, low, high) if high > low else _percentile_window(values)
 
 
 def _shown(plane: np.ndarray) -> np.ndarray:

@@ -110,6 +110,7 @@ def check_out_dir(out_dir: Path, paths: list[Path]) -> None:
 
 
 SLICE_MARK = "#slice="  # FILE#slice=K names slice K of a NIfTI volume
+EXPLAINING = "explain-images"  # where a read error happened, beside the file it names
 # An image whose reconstruction error exceeds this many times the worst of the bundle's own test
 # positives is one G cannot draw: its maps explain a different image than the one given.
 OUTSIDE_DISTRIBUTION_FACTOR = 2.0
@@ -128,7 +129,7 @@ def read_images(files: list[Path], size: int, channels: int, slice_axis: int = 2
                 names += [f"{file}{SLICE_MARK}{k}" if len(volume) > 1 else str(file) for k, _ in volume]
                 images += [torch.from_numpy(network_input(unit_image(plane), size, channels)) for _, plane in volume]
             else:
-                images.append(torch.from_numpy(load_image(file, str(file), size, channels)))
+                images.append(torch.from_numpy(load_image(file, EXPLAINING, size, channels)))
                 names.append(str(file))
         except ManifestError as error:
             log.error("%s", error)
@@ -140,7 +141,7 @@ def _read_slices(file: Path, axis: int, slices: slice) -> list:
     try:
         return nifti_slices(file, axis, slices)
     except MedicalFormatError as error:
-        raise ManifestError(f"{file}: cannot read image {file}: {error}") from error
+        raise ManifestError(f"{EXPLAINING}: cannot read image {file}: {error}") from error
 
 
 def figure_name(position: int, name: str) -> str:
