@@ -2,13 +2,17 @@
 (pydicom, nibabel), JPEGs with an EXIF orientation, multi-frame files, all read by `open_image`
 as every step reads images."""
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from medxgan.data.imagefolder import import_folder
 from medxgan.data.manifest import ManifestError, is_image_name, load_split, open_image
-from medxgan.data.medical_formats import PERCENTILE_WINDOW
+from medxgan.data.manifest_check import check_manifest
+from medxgan.data.medical_formats import PERCENTILE_WINDOW, nifti_slices
 
 pydicom = pytest.importorskip("pydicom")
 nibabel = pytest.importorskip("nibabel")
@@ -104,10 +108,71 @@ def test_a_2d_nifti_is_shown_with_x_left_to_right_and_y_upwards(tmp_path):
     assert shown.sum() == pytest.approx(1.5)
 
 
-def test_a_nifti_volume_is_refused_with_what_to_do(tmp_path):
+def test_a_whole_nifti_volume_is_refused_with_how_to_name_a_slice(tmp_path):
     path = write_nifti(tmp_path / "brain.nii", np.zeros((SIDE, SIDE, 5)))
-    with pytest.raises(ManifestError, match=r"shape \(32, 32, 5\); .*export the slices you want"):
+    with pytest.raises(ManifestError, match=r"shape \(32, 32, 5\); name one slice of it as .*#slice=K"):
         open_image(path, "here")
+
+
+def volume(slices: int = 6) -> np.ndarray:
+    """(x, y, z) voxels whose slice k across z holds a square at a place and brightness of its own."""
+    voxels = np.zeros((SIDE, SIDE, slices))
+    for k in range(slices):
+        voxels[2 + 3 * k: 8 + 3 * k, 4:12, k] = 10.0 * (k + 1)
+    return voxels
+
+
+def write_manifest(folder, rows) -> Path:
+    table = pd.DataFrame(rows, columns=["path", "label", "split", "mask_path", "patient_id"])
+    table.to_csv(folder / "manifest.csv", index=False)
+    return folder / "manifest.csv"
+
+
+def test_a_manifest_lists_slices_of_a_volume_with_their_masks_from_a_mask_volume(tmp_path):
+    write_nifti(tmp_path / "brain.nii.gz", volume())
+    write_nifti(tmp_path / "lesion.nii.gz", (volume() > 0).astype(np.float32))
+    rows = [(f"brain.nii.gz#slice={k}", "tumor" if k % 2 else "no_tumor", "test",
+             f"lesion.nii.gz#slice={k}" if k % 2 else "", "p1") for k in range(6)]
+    write_nifti(tmp_path / "cube.nii.gz", volume(SIDE))
+    rows.append(("cube.nii.gz#axis=0,slice=5", "no_tumor", "test", "", "p2"))
+    data = load_split(write_manifest(tmp_path, rows), "test", "no_tumor", "tumor", SIDE, 1)
+    window = dict(nifti_slices(tmp_path / "brain.nii.gz", 2))  # the volume's own window, as explain-images reads it
+    for k in range(6):
+        np.testing.assert_allclose(data.images[k, 0].numpy(), window[k] * 2 - 1, atol=1e-6)
+        assert data.has_mask[k] == bool(k % 2)
+        assert data.masks[k].sum() == (48 if k % 2 else 0)  # that slice's 6x8 square, not another slice's
+    across_x = dict(nifti_slices(tmp_path / "cube.nii.gz", 0))[5]
+    np.testing.assert_allclose(data.images[6, 0].numpy(), across_x * 2 - 1, atol=1e-6)
+
+
+def test_a_slice_beyond_its_volume_names_the_line_and_the_slices_there_are(tmp_path):
+    write_nifti(tmp_path / "brain.nii.gz", volume())
+    manifest = write_manifest(tmp_path, [("brain.nii.gz#slice=2", "no_tumor", "test", "", ""),
+                                         ("brain.nii.gz#slice=9", "tumor", "test", "", "")])
+    with pytest.raises(ManifestError, match=r"line 3: cannot read image .*slice 9 is beyond the volume: its axis 2 "
+                                            r"has 6 slice\(s\) \(0 to 5\)"):
+        load_split(manifest, "test", "no_tumor", "tumor", SIDE, 1)
+
+
+def test_a_slice_of_a_file_that_is_not_a_volume_says_how_slices_are_named(tmp_path):
+    Image.fromarray(np.zeros((SIDE, SIDE), dtype=np.uint8)).save(tmp_path / "scan.png")
+    manifest = write_manifest(tmp_path, [("scan.png#slice=2", "no_tumor", "test", "", "")])
+    with pytest.raises(ManifestError, match=r"line 2: .*not found \(one slice of a NIfTI volume is named"):
+        load_split(manifest, "test", "no_tumor", "tumor", SIDE, 1)
+
+
+def test_slices_of_one_volume_in_two_splits_fail_the_manifest_check(tmp_path):
+    splits = {"a": "train", "b": "val", "c": "test"}
+    for scale, name in enumerate(splits, start=1):
+        write_nifti(tmp_path / f"{name}.nii.gz", volume() * scale)
+    rows = [(f"{name}.nii.gz#slice={k}", label, split, "", "")
+            for name, split in splits.items() for k, label in ((0, "no_tumor"), (1, "tumor"))]
+    manifest = write_manifest(tmp_path, rows)
+    assert check_manifest(manifest, "no_tumor", "tumor", SIDE, seed=0)["rows"] == 6  # one volume per split passes
+    rows[1] = ("c.nii.gz#slice=4", "tumor", "train", "", "")  # a slice of c joins train
+    with pytest.raises(ManifestError, match=r"slices of volume .*c\.nii\.gz are in splits test, train \(lines "
+                                            r"3, 6, 7\): keep a volume's slices in one split"):
+        check_manifest(write_manifest(tmp_path, rows), "no_tumor", "tumor", SIDE, seed=0)
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -147,3 +212,24 @@ def test_import_folder_prepares_dicom_and_nifti_like_pictures(tmp_path):
     covid0 = data.images[data.ids.index("images/test/covid/covid0.png"), 0].numpy()
     expected = np.clip(((ramp() + 300.0) - 999.5) / 1999 + 0.5, 0, 1) * 2 - 1  # the file's window, on [-1, 1]
     np.testing.assert_allclose(covid0, expected, atol=2 / 65535)
+
+
+def test_import_folder_makes_a_row_per_slice_and_keeps_each_volume_in_one_split(tmp_path):
+    root = tmp_path / "scans"
+    for split, count in (("train", 4), ("test", 1)):
+        for cls, scale in (("normal", 1.0), ("tumor", 3.0)):
+            (root / split / cls).mkdir(parents=True)
+            (root / "masks" / split / cls).mkdir(parents=True)
+            for i in range(count):
+                write_nifti(root / split / cls / f"{cls}{i}.nii.gz", volume() * scale + i)
+                write_nifti(root / "masks" / split / cls / f"{cls}{i}.nii.gz", (volume() > 0).astype(np.float32))
+    manifest = import_folder(root, "normal", "tumor", tmp_path / "mine", SIDE, 1, val_fraction=0.25, seed=0,
+                             slices=slice(1, 4))
+    table = pd.read_csv(manifest, keep_default_na=False)
+    assert len(table) == 10 * 3  # ten volumes, slices 1, 2 and 3 of each
+    assert table.groupby("patient_id")["split"].nunique().max() == 1  # a volume's slices share a split
+    assert set(table.groupby("patient_id").size()) == {3}
+    assert (table.split == "val").sum() == 2 * 3  # one volume per class drawn whole into validation
+    assert table.path.str.endswith(("_slice001.png", "_slice002.png", "_slice003.png")).all()
+    test = load_split(manifest, "test", "normal", "tumor", SIDE, 1)
+    assert test.has_mask.all() and (test.masks.sum(dim=(1, 2)) == 48).all()  # each slice its own mask slice

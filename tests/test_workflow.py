@@ -189,6 +189,23 @@ def test_a_bom_encoded_manifest_still_tracks_its_images(workdir: Path, tmp_path:
     assert str(image) in check[:check.index("output:")]  # the image itself, not its mask of the same name
 
 
+def test_a_manifest_of_volume_slices_tracks_each_volume(workdir: Path, tmp_path: Path):
+    """Rows naming VOLUME.nii.gz#slice=K read the volume: it must be an input of the manifest check."""
+    nibabel = pytest.importorskip("nibabel")
+    for name in ("a", "b"):
+        nibabel.save(nibabel.Nifti1Image(np.ones((32, 32, 4), dtype=np.float32), np.eye(4)), tmp_path / f"{name}.nii.gz")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label,split,mask_path,patient_id\n"
+                        + "".join(f"{name}.nii.gz#slice={k},{label},test,,{name}\n"
+                                  for name in ("a", "b") for k, label in ((0, "normal"), (1, "sick"))))
+    plan = snakemake(workdir, "-n", "--until", "check_manifest", "--config", f"manifest={manifest}",
+                     "negative=normal", "positive=sick")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    check = plan.stdout[plan.stdout.index("rule check_manifest:"):]
+    inputs = check[:check.index("output:")]
+    assert str(tmp_path / "a.nii.gz") in inputs and str(tmp_path / "b.nii.gz") in inputs
+
+
 def test_paper_configuration_plans_every_source_without_downloading(workdir: Path):
     result = snakemake(workdir, "-n", "--configfile", "config/paper.yaml")
     assert result.returncode == 0, result.stderr

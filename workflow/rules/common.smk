@@ -9,6 +9,7 @@ from pathlib import Path
 from snakemake.io import contains_wildcard
 
 from medxgan.config import variant_settings, variant_source
+from medxgan.data.medical_formats import file_read
 from medxgan.shards import chunk_ranges, chunk_size
 
 
@@ -30,7 +31,9 @@ def listed_files(wildcards):
     except (OSError, UnicodeDecodeError, csv.Error):
         return []  # the manifest check names what is wrong with the manifest
     # Paths are relative to the manifest's folder, as every step reads them; the check reports missing ones.
-    return sorted({str(manifest.parent / name) for name in named if name and (manifest.parent / name).is_file()})
+    # A volume's slice (VOLUME.nii.gz#slice=K) is read from its volume.
+    files = {manifest.parent / file_read(name) for name in named if name}
+    return sorted(str(file) for file in files if file.is_file())
 
 
 def files_of_user_manifest(wildcards):

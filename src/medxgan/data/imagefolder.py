@@ -7,6 +7,9 @@ Two class folders are the task's negative and positive classes; any other class 
 out (listed in dropped.csv). Images in a class folder's subfolders belong to the class, as in
 torchvision's ImageFolder; files that are not images are listed in dropped.csv; a class folder
 without images stops the import. The validation split is drawn from train with the seed, stratified.
+
+A NIfTI volume gives one image per slice across a chosen voxel axis (those in a chosen range), its
+mask volume the slices' masks; a volume's slices are one patient, so they share a split.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from medxgan.data.download import DataSourceError
 from medxgan.data.manifest import IMAGE_SUFFIXES, image_stem, is_image_name
+from medxgan.data.medical_formats import DEFAULT_SLICE_AXIS, MedicalFormatError, is_nifti, nifti_slice_count, slice_name
 from medxgan.data.preparation import Collected, PrepareOptions, Record, drop, prepare
 from medxgan.data.sources.layout import is_junk, require_folders, subfolders
 from medxgan.files import portable_path
@@ -33,7 +37,24 @@ def _mask_for(root: Path, image: Path) -> Path | None:
     return matches[0] if matches else None
 
 
-def collect_image_folder(root: Path, negative: str, positive: str) -> Collected:
+def _images_in(file: Path, mask: Path | None, volume_name: str, slice_axis: int,
+               slices: slice) -> list[tuple[Path, Path | None, str]]:
+    """(image, mask, patient) of each image a file holds: the file itself, or a NIfTI volume's slices,
+    whose patient is the volume's `volume_name`."""
+    try:
+        count = nifti_slice_count(file, slice_axis) if is_nifti(file) else 1
+    except MedicalFormatError:
+        count = 1  # preparing it names the error in dropped.csv
+    if count == 1:
+        return [(file, mask, "")]
+    if mask is not None and not is_nifti(mask):
+        raise DataSourceError(f"{mask}: the mask of NIfTI volume {file} must be a NIfTI volume of the same shape")
+    return [(Path(slice_name(file, slice_axis, k)), mask and Path(slice_name(mask, slice_axis, k)), volume_name)
+            for k in range(count)[slices]]
+
+
+def collect_image_folder(root: Path, negative: str, positive: str, slice_axis: int = DEFAULT_SLICE_AXIS,
+                         slices: slice = slice(None)) -> Collected:
     root = Path(root)
     require_folders(root, SPLIT_FOLDERS)
     records, dropped = [], []
@@ -50,7 +71,10 @@ def collect_image_folder(root: Path, negative: str, positive: str) -> Collected:
                 if not is_image_name(file):
                     dropped.append(drop(record, "not an image file", file.suffix or "no suffix"))
                 elif name in (negative, positive):
-                    records.append(record)
+                    records += [Record(image, name == positive, name, split, mask, patient)
+                                for image, mask, patient in _images_in(file, record.mask_file,
+                                                                       file.relative_to(root).as_posix(),
+                                                                       slice_axis, slices)]
                 else:
                     dropped.append(drop(record, "class not in the task", f"{positive} vs {negative}"))
     return Collected(root, records, dropped)
@@ -63,8 +87,9 @@ def class_files(folder: Path) -> list[Path]:
 
 
 def import_folder(root: Path, negative: str, positive: str, out_dir: Path, image_size: int, channels: int,
-                  val_fraction: float, seed: int) -> Path:
+                  val_fraction: float, seed: int, slice_axis: int = DEFAULT_SLICE_AXIS,
+                  slices: slice = slice(None)) -> Path:
     """Prepare ROOT (ImageFolder layout) into out_dir; return the manifest's path."""
     options = PrepareOptions(image_size, channels, negative, positive, seed, val_fraction, NO_TEST_CARVING)
-    return prepare(collect_image_folder(root, negative, positive), options, out_dir,
+    return prepare(collect_image_folder(root, negative, positive, slice_axis, slices), options, out_dir,
                    {"source": {"source": "image folder", "location": portable_path(root)}})

@@ -4,7 +4,9 @@ An optional column `healthy_twin_path` names a positive's healthy twin: the same
 its lesion (the built-in phantoms have one), against which the evaluation scores the negative
 realisation G(z1, 0) and every heatmap. A manifest without the column reads as before.
 
-Paths in a manifest are relative to the manifest's folder (absolute paths also work). Every
+Paths in a manifest are relative to the manifest's folder (absolute paths also work). A path may
+name one slice of a NIfTI volume, VOLUME.nii.gz#slice=K or VOLUME.nii.gz#axis=A,slice=K (see
+`medxgan.data.medical_formats`), in every file column: a mask volume's slice masks its image's. Every
 problem is reported as a ManifestError naming the manifest, the line as an editor shows it
 (the header is line 1) and the column or file at fault. Each image is listed on one row. A
 manifest without `val` rows gets a validation split drawn from its `train` rows (see
@@ -27,15 +29,19 @@ from tqdm import tqdm
 
 from medxgan.config import SOURCE_DEFAULTS
 from medxgan.data.medical_formats import (
+    DEFAULT_SLICE_AXIS,
     DICOM_SUFFIXES,
     NIFTI_SUFFIXES,
     PICTURE_SUFFIXES,
+    SLICE_NAME_FORMS,
     MedicalFormatError,
     is_medical,
     read_medical,
+    slice_name,
+    volume_slice,
 )
 from medxgan.data.splits import VAL_STREAM, pick_groups
-from medxgan.files import atomic_path
+from medxgan.files import atomic_path, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +104,24 @@ def _check_delimiter(manifest: Path) -> None:
 
 
 def _listed_file(manifest: Path, where: str, column: str, value: str, what: str) -> Path | None:
-    """The file a row's `column` names, which must exist; None where the cell is empty."""
+    """The file a row's `column` names, which must exist (for a volume's slice, FILE#slice=K, the
+    volume), as an absolute path; None where the cell is empty."""
     if not value:
         return None
-    file = (manifest.parent / value).resolve()
+    part = volume_slice(value)
+    file = (manifest.parent / (part.file if part else value)).resolve()
     if not file.is_file():
-        raise ManifestError(f"{where}: column {column!r}: {what} file {file} not found")
-    return file
+        hint = f" (one slice of a NIfTI volume is named {SLICE_NAME_FORMS})" if "#" in value and not part else ""
+        raise ManifestError(f"{where}: column {column!r}: {what} file {file} not found{hint}")
+    return Path(slice_name(file, part.axis, part.index)) if part else file
+
+
+def listed_sha256(file: Path) -> str:
+    """The SHA-256 of a listed file's content; for a volume's slice, of the volume and the slice's place."""
+    part = volume_slice(file)
+    if part is None:
+        return file_sha256(file)
+    return f"{file_sha256(part.file)}#axis={part.axis},slice={part.index}"
 
 
 def _check_row(row, manifest: Path, negative: str, positive: str) -> tuple[Path, Path | None, Path | None]:
@@ -244,7 +261,12 @@ def is_image_name(path: Path) -> bool:
 
 
 def image_stem(path: Path) -> str:
-    """The name without its image suffix (scan.nii.gz -> scan)."""
+    """The name without its image suffix (scan.nii.gz -> scan; a volume's slice scan.nii.gz#slice=7
+    -> scan_slice007, scan.nii.gz#axis=0,slice=7 -> scan_axis0_slice007)."""
+    part = volume_slice(path)
+    if part is not None:
+        axis = "" if part.axis == DEFAULT_SLICE_AXIS else f"_axis{part.axis}"
+        return f"{image_stem(part.file)}{axis}_slice{part.index:03d}"
     name = path.name
     return next((name[:-len(s)] for s in IMAGE_SUFFIXES if name.lower().endswith(s)), path.stem)
 

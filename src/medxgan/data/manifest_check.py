@@ -6,6 +6,7 @@ every step will (with the validation split drawn where it has none) and looks fo
 errors (the run stops, naming the CSV lines):
 - an image listed twice (refused as the manifest is read, whatever the splits and labels);
 - the same content in two splits (the same bytes under two names), naming both files;
+- slices of one NIfTI volume in two splits (neighbouring slices are nearly the same image);
 - a class missing from train, or no positive test image (nothing to explain);
 - a path that leaves the manifest's folder;
 - a healthy twin whose pixel size differs from its image's;
@@ -25,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medxgan.data.manifest import ManifestError, check_twin_size, load_mask, read_manifest
-from medxgan.files import file_sha256
+from medxgan.data.manifest import ManifestError, check_twin_size, listed_sha256, load_mask, read_manifest
+from medxgan.data.medical_formats import volume_slice
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,16 @@ def _same_content_in_two_splits(table: pd.DataFrame) -> list[str]:
     return found
 
 
+def _volume_in_two_splits(table: pd.DataFrame) -> list[str]:
+    volumes = [str(part.file) if part else None for part in map(volume_slice, table["image_file"])]
+    sliced = table.assign(volume=volumes).dropna(subset=["volume"])
+    return [f"slices of volume {volume} are in splits {', '.join(sorted(rows['split'].unique()))} (lines "
+            f"{_lines(rows)}): keep a volume's slices in one split"
+            for volume, rows in sliced.groupby("volume", sort=False) if rows["split"].nunique() > 1]
+
+
 def _errors(table: pd.DataFrame, manifest: Path, negative: str, positive: str) -> list[str]:
-    errors = _same_content_in_two_splits(table)
+    errors = _same_content_in_two_splits(table) + _volume_in_two_splits(table)
     for label in (negative, positive):
         if not ((table["split"] == "train") & (table["label"] == label)).any():
             errors.append(f"split 'train' has no {label!r} image: C cannot learn the class")
@@ -98,7 +107,7 @@ def check_manifest(manifest: str | Path, negative: str, positive: str, image_siz
     """The report (counts per split and label, warnings); a ManifestError listing every error."""
     manifest = Path(manifest)
     table = read_manifest(manifest, negative, positive, seed)
-    table["content"] = [file_sha256(f) for f in table["image_file"]]
+    table["content"] = [listed_sha256(f) for f in table["image_file"]]
     errors = _errors(table, manifest, negative, positive)
     if errors:
         raise ManifestError(f"{manifest} fails the manifest check:\n  " + "\n  ".join(errors))
@@ -119,7 +128,7 @@ def _content_digest(table: pd.DataFrame) -> str:
     a manifest without twins keeps the digest it had before twins existed."""
     digest = hashlib.sha256()
     for row in table.itertuples(index=False):
-        mask = file_sha256(row.mask_file) if row.mask_file is not None else ""
-        twin = f"\t{file_sha256(row.twin_file)}" if row.twin_file is not None else ""
+        mask = listed_sha256(row.mask_file) if row.mask_file is not None else ""
+        twin = f"\t{listed_sha256(row.twin_file)}" if row.twin_file is not None else ""
         digest.update(f"{row.path}\t{row.label}\t{row.split}\t{row.content}\t{mask}{twin}\n".encode())
     return digest.hexdigest()

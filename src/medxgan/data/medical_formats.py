@@ -9,12 +9,18 @@ NIfTI (nibabel): a 2-D image, or a volume whose other axes have one voxel, windo
 cal_min/cal_max where set, else by the same percentile window. Arrays are stored (x, y), x to the
 patient's left in radiological order: the image is shown transposed, y upwards.
 
-A manifest names one 2-D image per file, so a file with several frames or slices is refused there
-with a message; `explain-images` explains a NIfTI volume slice by slice (`nifti_slices`).
+One slice of a NIfTI volume is named FILE#slice=K (across voxel axis 2, the axial one for an
+image stored in RAS order) or FILE#axis=A,slice=K: a manifest lists slices by these names,
+`import-folder` writes one row per slice of each volume, and `explain-images` explains a volume
+slice by slice (`nifti_slices`) and names its rows so. A slice is windowed with its whole volume,
+so the slices of one volume compare. A DICOM file with several frames is refused with a message.
 """
 
 from __future__ import annotations
 
+import functools
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +30,45 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_MAGIC_OFFSET = 128  # a DICOM Part 10 file: a 128-byte preamble, then "DICM"
 PERCENTILE_WINDOW = (0.5, 99.5)  # where no window is stored: the middle 99% of the image's values
+DEFAULT_SLICE_AXIS = 2
+SLICE_NAME = re.compile(r"^(?P<file>.+\.nii(?:\.gz)?)#(?:axis=(?P<axis>[012]),)?slice=(?P<index>\d+)$", re.IGNORECASE)
+SLICE_NAME_FORMS = "VOLUME.nii[.gz]#slice=K or VOLUME.nii[.gz]#axis=A,slice=K (A: 0, 1 or 2)"
 
 
 class MedicalFormatError(ValueError):
     """A DICOM or NIfTI file that cannot be read as one 2-D greyscale image."""
+
+
+@dataclass(frozen=True)
+class VolumeSlice:
+    """Slice `index` of the NIfTI volume `file`, across voxel axis `axis`."""
+
+    file: Path
+    axis: int
+    index: int
+
+    @property
+    def name(self) -> str:
+        return slice_name(self.file, self.axis, self.index)
+
+
+def slice_name(file: Path | str, axis: int, index: int) -> str:
+    """The name of one slice of a volume: FILE#slice=K across the default axis, else FILE#axis=A,slice=K."""
+    return f"{file}#slice={index}" if axis == DEFAULT_SLICE_AXIS else f"{file}#axis={axis},slice={index}"
+
+
+def volume_slice(name: Path | str) -> VolumeSlice | None:
+    """The slice a name like FILE#slice=K names; None for a name that names a whole file."""
+    match = SLICE_NAME.match(str(name))
+    if match is None:
+        return None
+    return VolumeSlice(Path(match["file"]), int(match["axis"] or DEFAULT_SLICE_AXIS), int(match["index"]))
+
+
+def file_read(name: Path | str) -> Path:
+    """The file a name reads: the volume of a slice's name, else the named file itself."""
+    part = volume_slice(name)
+    return part.file if part else Path(name)
 
 
 def is_dicom(file: Path) -> bool:
@@ -46,7 +87,8 @@ def is_dicom(file: Path) -> bool:
 
 
 def is_nifti(file: Path) -> bool:
-    return file.name.lower().endswith(NIFTI_SUFFIXES)
+    """A NIfTI file, or a slice of one (FILE#slice=K)."""
+    return file.name.lower().endswith(NIFTI_SUFFIXES) or volume_slice(file) is not None
 
 
 def is_medical(file: Path) -> bool:
@@ -108,25 +150,60 @@ def _window(values: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 def read_nifti(file: Path) -> np.ndarray:
+    """A 2-D NIfTI image, or the slice of a volume that FILE#slice=K names."""
+    part = volume_slice(file)
+    if part is not None:
+        return read_volume_slice(part)
     values = _nifti_unit(file)
-    planes = [n for n in values.shape if n > 1]
-    if len(planes) != 2:
-        raise MedicalFormatError(f"it holds an array of shape {values.shape}; a manifest names one 2-D image per "
-                                 "file: export the slices you want as 2-D files (explain-images takes volumes)")
-    return _shown(values.reshape(planes))
+    plane = _plane_shape(values.shape)
+    if plane is None:
+        raise MedicalFormatError(f"it holds an array of shape {values.shape}; name one slice of it as "
+                                 f"{SLICE_NAME_FORMS}")
+    return _shown(values.reshape(plane))
+
+
+def read_volume_slice(part: VolumeSlice) -> np.ndarray:
+    """The one slice FILE#slice=K names (slice 0 of a 2-D file is the file's image)."""
+    unit = _nifti_unit(part.file)
+    plane = _plane_shape(unit.shape)
+    count = 1 if plane else _slice_count(unit.shape, part.axis)
+    if part.index >= count:
+        raise MedicalFormatError(f"slice {part.index} is beyond the volume: its axis {part.axis} has {count} "
+                                 f"slice(s) (0 to {count - 1})")
+    return _shown(unit.reshape(plane)) if plane else _shown(np.take(unit, part.index, axis=part.axis))
+
+
+def nifti_slice_count(file: Path, axis: int) -> int:
+    """How many slices `nifti_slices` gives across `axis`, from the header alone: 1 for a 2-D image."""
+    import nibabel
+
+    try:
+        shape = nibabel.load(file).shape
+    except (nibabel.filebasedimages.ImageFileError, OSError, ValueError, EOFError) as error:
+        raise MedicalFormatError(f"not a readable NIfTI image ({error})") from error
+    return 1 if _plane_shape(shape) else _slice_count(shape, axis)
+
+
+def _plane_shape(shape: tuple[int, ...]) -> list[int] | None:
+    """The two sides of an array that is one 2-D image (its other axes one voxel long); else None."""
+    sides = [n for n in shape if n > 1]
+    return sides if len(sides) == 2 else None
+
+
+def _slice_count(shape: tuple[int, ...], axis: int) -> int:
+    if len(shape) != 3:
+        raise MedicalFormatError(f"it holds an array of shape {shape}; medxgan reads 2-D images and 3-D volumes")
+    return shape[axis]
 
 
 def nifti_slices(file: Path, axis: int, slices: slice = slice(None)) -> list[tuple[int, np.ndarray]]:
     """(index, image in [0, 1]) of the volume's slices across voxel axis `axis` (0, 1 or 2), those
     `slices` picks; one window for the whole volume, so its slices compare. A 2-D file is one slice."""
     unit = _nifti_unit(file)
-    planes = [n for n in unit.shape if n > 1]
-    if len(planes) == 2:
-        return [(0, _shown(unit.reshape(planes)))]
-    if unit.ndim != 3:
-        raise MedicalFormatError(f"it holds an array of shape {unit.shape}; explain-images reads 2-D images and "
-                                 "3-D volumes")
-    picked = range(unit.shape[axis])[slices]
+    plane = _plane_shape(unit.shape)
+    if plane:
+        return [(0, _shown(unit.reshape(plane)))]
+    picked = range(_slice_count(unit.shape, axis))[slices]
     if not picked:
         raise MedicalFormatError(f"its axis {axis} has {unit.shape[axis]} slices, none in {slices.start}:{slices.stop}")
     return [(k, _shown(np.take(unit, k, axis=axis))) for k in picked]
@@ -134,7 +211,23 @@ def nifti_slices(file: Path, axis: int, slices: slice = slice(None)) -> list[tup
 
 def _nifti_unit(file: Path) -> np.ndarray:
     """The voxel values windowed onto [0, 1]: by the header's cal_min/cal_max where set, else by the
-    percentile window over all of them."""
+    percentile window over all of them. The last volume read is kept (read-only), so reading its
+    slices one by one, as a manifest's rows do, decodes it once; a changed file is read again."""
+    try:
+        stat = Path(file).stat()
+    except OSError as error:
+        raise MedicalFormatError(f"not a readable NIfTI image ({error})") from error
+    return _cached_nifti_unit(str(file), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_nifti_unit(file: str, _mtime_ns: int, _size: int) -> np.ndarray:
+    unit = _read_nifti_unit(Path(file))
+    unit.setflags(write=False)
+    return unit
+
+
+def _read_nifti_unit(file: Path) -> np.ndarray:
     import nibabel
 
     try:

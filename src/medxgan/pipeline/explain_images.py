@@ -34,7 +34,7 @@ from medxgan.data.manifest import (
     network_input,
     unit_image,
 )
-from medxgan.data.medical_formats import MedicalFormatError, is_nifti, nifti_slices
+from medxgan.data.medical_formats import MedicalFormatError, is_nifti, nifti_slices, slice_name
 from medxgan.explainers import EXPLAINERS
 from medxgan.files import atomic_path, progress
 from medxgan.report import figures
@@ -109,7 +109,6 @@ def check_out_dir(out_dir: Path, paths: list[Path]) -> None:
                           "mix its figures with those of another run)")
 
 
-SLICE_MARK = "#slice="  # FILE#slice=K names slice K of a NIfTI volume
 EXPLAINING = "explain-images"  # where a read error happened, beside the file it names
 # An image whose reconstruction error exceeds this many times the worst of the bundle's own test
 # positives is one G cannot draw: its maps explain a different image than the one given.
@@ -118,15 +117,15 @@ OUTSIDE_DISTRIBUTION_FACTOR = 2.0
 
 def read_images(files: list[Path], size: int, channels: int, slice_axis: int = 2,
                 slices: slice = slice(None)) -> tuple[list[str], torch.Tensor, list[str]]:
-    """What was read, one name per image (the file, or FILE#slice=K for slice K of a NIfTI volume
-    across voxel axis `slice_axis`, those `slices` picks), the images (N, C, size, size) in [-1, 1],
-    and the unreadable files' errors."""
+    """What was read, one name per image (the file, or, as a manifest names it, FILE#slice=K for
+    slice K of a NIfTI volume across voxel axis `slice_axis`, those `slices` picks), the images
+    (N, C, size, size) in [-1, 1], and the unreadable files' errors."""
     names, images, errors = [], [], []
     for file in progress(files, desc="reading images"):
         try:
             if is_nifti(file):
                 volume = _read_slices(file, slice_axis, slices)
-                names += [f"{file}{SLICE_MARK}{k}" if len(volume) > 1 else str(file) for k, _ in volume]
+                names += [slice_name(file, slice_axis, k) if len(volume) > 1 else str(file) for k, _ in volume]
                 images += [torch.from_numpy(network_input(unit_image(plane), size, channels)) for _, plane in volume]
             else:
                 images.append(torch.from_numpy(load_image(file, EXPLAINING, size, channels)))
@@ -146,8 +145,7 @@ def _read_slices(file: Path, axis: int, slices: slice) -> list:
 
 def figure_name(position: int, name: str) -> str:
     """NNNN_STEM or NNNN_STEM_sliceK: the position keeps two files of one name apart."""
-    file, _, index = name.partition(SLICE_MARK)
-    return f"{position:04d}_{image_stem(Path(file))}" + (f"_slice{int(index):03d}" if index else "")
+    return f"{position:04d}_{image_stem(Path(name))}"
 
 
 def _as_image_set(images: torch.Tensor, files: list[Path]) -> ImageSet:

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from medxgan.config import SOURCE_DEFAULTS, ConfigError, check_results_owner, record_results_owner
+from medxgan.data.medical_formats import DEFAULT_SLICE_AXIS
 from medxgan.pipeline.context import (
     CHUNK,
     CLASSIFIER,
@@ -67,6 +68,26 @@ def download(ctx: Context) -> None:
     sources.download(ctx.settings, ctx.args.out_dir)
 
 
+def parse_slices(text: str) -> slice:
+    """START:STOP (either may be left out) as a slice, for --slices."""
+    start, colon, stop = text.partition(":")
+    try:
+        if not colon:
+            raise ValueError
+        return slice(int(start) if start else None, int(stop) if stop else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not START:STOP, e.g. 40:80") from None
+
+
+VOLUME_SLICING = (  # how a NIfTI volume becomes images, one per slice
+    Argument("--slice-axis", type=int, choices=(0, 1, 2), default=DEFAULT_SLICE_AXIS,
+             help="the voxel axis a NIfTI volume is sliced across, one image per slice (default: %(default)s, "
+                  "axial for most brain MRI)"),
+    Argument("--slices", type=parse_slices, default=slice(None), metavar="START:STOP",
+             help="the slices of each NIfTI volume to take, START inclusive, STOP exclusive (default: all)"),
+)
+
+
 @step("import-folder", "prepare your own images in ImageFolder layout (ROOT/{train,test}/CLASS/...) into a manifest",
       Argument("root", type=Path, help="ROOT with train/CLASS/ and test/CLASS/ image folders, optional masks/ mirror"),
       Argument("--negative", required=True, help="the negative class's folder name, e.g. normal"),
@@ -76,12 +97,14 @@ def download(ctx: Context) -> None:
       Argument("--channels", type=int, choices=(1, 3), default=1, help="1 grayscale or 3 RGB (default 1)"),
       Argument("--val-fraction", type=float, default=SOURCE_DEFAULTS["val_fraction"],
                help="share of train moved to validation, stratified (default %(default)s)"),
-      Argument("--seed", type=int, default=0, help="seed of the validation draw (default 0)"), settings=False)
+      Argument("--seed", type=int, default=0, help="seed of the validation draw (default 0)"),
+      *VOLUME_SLICING, settings=False)
 def import_folder(ctx: Context) -> None:
     from medxgan.data.imagefolder import import_folder
 
     a = ctx.args
-    import_folder(a.root, a.negative, a.positive, a.out_dir, a.image_size, a.channels, a.val_fraction, a.seed)
+    import_folder(a.root, a.negative, a.positive, a.out_dir, a.image_size, a.channels, a.val_fraction, a.seed,
+                  a.slice_axis, a.slices)
 
 
 @step("check-manifest", "check a manifest before any training: images in two splits or with two labels, missing "
@@ -446,17 +469,6 @@ def bundle(ctx: Context) -> None:
     write_bundle(ctx.args.results_dir.name, ctx.args.results_dir, ctx.settings, ctx.args.out)
 
 
-def parse_slices(text: str) -> slice:
-    """START:STOP (either may be left out) as a slice, for --slices."""
-    start, colon, stop = text.partition(":")
-    try:
-        if not colon:
-            raise ValueError
-        return slice(int(start) if start else None, int(stop) if stop else None)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not START:STOP, e.g. 40:80") from None
-
-
 @step("explain-images", "explain image files or folders of them with a trained bundle: a figure, heatmaps (.npy) and "
       "a CSV row per image",
       Argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER",
@@ -469,12 +481,7 @@ def parse_slices(text: str) -> slice:
       Argument("--classifier-factory", metavar="MODULE:FUNCTION",
                help="the factory that builds the bundle's classifier, where it was built by one: a bundle never "
                     "names code to import, so you name the code you trust"),
-      Argument("--slice-axis", type=int, choices=(0, 1, 2), default=2,
-               help="the voxel axis a NIfTI volume is sliced across, one explained image per slice (default: "
-                    "%(default)s, axial for most brain MRI)"),
-      Argument("--slices", type=parse_slices, default=slice(None), metavar="START:STOP",
-               help="the slices of each NIfTI volume to explain, START inclusive, STOP exclusive (default: all)"),
-      settings=False)
+      *VOLUME_SLICING, settings=False)
 def explain_images(ctx: Context) -> None:
     from medxgan.pipeline.explain_images import explain_images
 
