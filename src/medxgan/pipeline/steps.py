@@ -233,7 +233,8 @@ def invert(ctx: Context) -> None:
     from medxgan.files import portable_path
     from medxgan.inversion import reconstruct
 
-    s, device = ctx.settings, ctx.start()
+    s = ctx.settings
+    ctx.start()
     precision = ctx.precision
     C, G, E = ctx.network("classifier"), ctx.network("generator"), ctx.encoder()
     data, place = ctx.test_positives_of("inversion")
