@@ -341,7 +341,7 @@ def expected_swap_curve(start: float, end: float, pixels: int, steps: int) -> to
     return torch.sigmoid(MeanClassifier.GAIN * mean).float()
 
 
-@pytest.mark.parametrize("steps, batch_size", [(7, 256), (7, 3), (20, 5)])
+@pytest.mark.parametrize("steps, batch_size", [(1, 256), (7, 256), (7, 3), (20, 5)])
 def test_deletion_and_insertion_swap_round_i_over_steps_of_the_pixels(steps, batch_size):
     # Constant images make the curve depend only on how many pixels were swapped at each step.
     images, baseline = torch.ones(2, 1, SIZE, SIZE), torch.full((2, 1, SIZE, SIZE), -1.0)
@@ -461,6 +461,27 @@ def test_twin_scores_are_nan_where_the_twin_is_the_image():
     heatmaps = torch.rand(2, 32, 32, generator=torch.Generator().manual_seed(3))
     for scores in (twin_difference_spearman(heatmaps, differences), twin_difference_mass(heatmaps, differences)):
         assert not scores[0].isnan() and scores[1].isnan()
+
+
+def test_twin_difference_spearman_is_nan_where_the_difference_is_uniform():
+    """A twin that differs by the same amount everywhere leaves no pixel order to compare with, beside
+    an image whose lesion changed some pixels and not others."""
+    images, twins = twins_and_lesions(n=2)
+    differences = twin_difference(images, twins)
+    differences[1] = 0.3
+    heatmaps = torch.rand(2, 32, 32, generator=torch.Generator().manual_seed(4))
+    scores = twin_difference_spearman(heatmaps, differences)
+    assert not scores[0].isnan() and scores[1].isnan()
+
+
+def test_twin_difference_mass_counts_only_differences_above_the_threshold():
+    differences = torch.zeros(1, SIZE, SIZE)
+    differences[:, :4] = 0.25  # at the threshold: not the lesion's
+    differences[:, 4:8] = 0.5
+    heatmaps = torch.zeros(1, SIZE, SIZE)
+    heatmaps[:, :8] = 1.0
+    torch.testing.assert_close(twin_difference_mass(heatmaps, differences, threshold=0.25), torch.tensor([0.5]))
+    assert twin_difference_mass(heatmaps, differences, threshold=0.5).isnan().all()
 
 
 def test_the_lesion_support_is_a_whole_grey_level_of_difference():
