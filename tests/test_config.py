@@ -274,21 +274,31 @@ def test_schema_defaults_are_the_shipped_config_and_valid():
 
 
 def test_config_is_checked_against_the_workflows_schema_wherever_it_lies(config_dir: Path):
-    from medxgan.config import schema_for
+    from medxgan.config import PROJECT_SCHEMA
 
-    assert schema_for(config_dir / "config.yaml") == schema_for(REPO / "config" / "config.yaml") == SCHEMA_FILE
+    assert PROJECT_SCHEMA == SCHEMA_FILE  # the package's schema is the workflow's, not a copy that could drift
+    bad = yaml.safe_load((config_dir / "config.yaml").read_text()) | {"seed": "abc"}
+    (config_dir / "config.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match="seed"):
+        load_config(config_dir / "config.yaml")
     assert not (REPO / "config" / "schema").exists()
 
 
-def test_a_package_installed_without_its_clone_finds_the_schema_beside_the_config(config_dir: Path, monkeypatch):
-    import medxgan.config
-    from medxgan.config import schema_for
+def test_a_wheel_of_the_package_carries_the_schema(tmp_path: Path):
+    """A package installed without its clone (pip install .) checks configs, step settings and bundles
+    against the same schema: the wheel holds the workflow's schema itself, not a link to it."""
+    import subprocess
+    import sys
+    import zipfile
 
-    monkeypatch.setattr(medxgan.config, "PROJECT_SCHEMA", config_dir.parent / "site-packages" / "config.schema.yaml")
-    with pytest.raises(ConfigError, match="configuration schema not found"):
-        load_config(config_dir / "config.yaml")
-    schema = config_dir.parent / "workflow" / "schemas" / "config.schema.yaml"
-    schema.parent.mkdir(parents=True)
-    shutil.copy(SCHEMA_FILE, schema)
-    assert schema_for(config_dir / "config.yaml") == schema
-    assert set(load_config(config_dir / "config.yaml")["datasets"]) == {"synthetic-cxr", "synthetic-mri"}
+    tree = tmp_path / "project"  # built from a copy: a build leaves build/ and egg-info behind
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for part in ("src", "workflow/schemas"):
+        shutil.copytree(REPO / part, tree / part, symlinks=True, ignore=skip)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, tree / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(tree), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist")], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("medxgan-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("medxgan/config.schema.yaml") == SCHEMA_FILE.read_bytes()

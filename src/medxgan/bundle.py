@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from medxgan.artifacts import read_spec
-from medxgan.config import PROJECT_SCHEMA, ConfigError, validate_settings
+from medxgan.config import ConfigError, validate_settings
 from medxgan.files import file_sha256
 
 CLASSIFIER, GENERATOR, ENCODER = "classifier.safetensors", "generator.safetensors", "encoder.safetensors"
@@ -186,8 +186,8 @@ def _refuse(path: Path, names: set[str], problem: str) -> None:
 
 
 def read_bundle(path: Path) -> dict:
-    """The settings of a verified bundle, checked against the config's schema (where this package
-    has it: a clone of the project) with every key that inverting and explaining read."""
+    """The settings of a verified bundle, checked against the config's schema with every key that
+    inverting and explaining read."""
     path = Path(path)
     verify(path)
     try:
@@ -196,9 +196,8 @@ def read_bundle(path: Path) -> dict:
         raise BundleError(f"{path / SETTINGS} is not JSON ({error})") from None
     if not isinstance(settings, dict):
         raise BundleError(f"{path / SETTINGS} holds no settings object")
-    if PROJECT_SCHEMA.is_file():
-        try:
-            validate_settings(settings, complete=REQUIRED_SETTINGS)
-        except ConfigError as error:
-            raise BundleError(f"{path / SETTINGS}: {error}") from None
+    try:
+        validate_settings(settings, complete=REQUIRED_SETTINGS)
+    except ConfigError as error:
+        raise BundleError(f"{path / SETTINGS}: {error}") from None
     return settings

@@ -23,9 +23,9 @@ SOURCE_DEFAULTS = {
     "test_fraction": 0.2,  # share held out for testing where the source has no test split
     "near_duplicate_distance": 4,  # perceptual-hash bits (of 64) within which two images count as copies
 }
-# The workflow's schema, where Snakemake's workflow template and catalog look, from the repository root.
-SCHEMA_RELATIVE = Path("workflow") / "schemas" / "config.schema.yaml"
-PROJECT_SCHEMA = Path(__file__).resolve().parents[2] / SCHEMA_RELATIVE  # in a clone of the project
+# The config's schema, shipped in the package: in a clone of the project, a link to the workflow's
+# workflow/schemas/config.schema.yaml (where Snakemake's workflow template keeps it), in a wheel a copy.
+PROJECT_SCHEMA = Path(__file__).with_name("config.schema.yaml").resolve()
 MANIFEST_REPORT = "manifest_check.json"  # results/{dataset}/: the manifest check's report names its manifest
 # results/{dataset}/: the manifest the folder's results are of, written once, by the first passing manifest check.
 # No rule's output: Snakemake deletes a failed rule's outputs (the report among them), never this record.
@@ -34,19 +34,6 @@ OWNER_RECORD = "manifest_owner.json"
 
 class ConfigError(ValueError):
     """A configuration value or command-line argument is missing or wrong; the message names it."""
-
-
-def schema_for(config_path: str | Path) -> Path:
-    """The schema a config file is checked against: this package's clone's (workflow/schemas/), wherever
-    the config file lies; for a package installed without its clone, that of the clone holding the
-    config file (its folder's or parent folder's workflow/schemas/, as config/ lies beside workflow/)."""
-    if PROJECT_SCHEMA.is_file():
-        return PROJECT_SCHEMA
-    folder = Path(config_path).resolve().parent
-    for root in (folder.parent, folder):
-        if (root / SCHEMA_RELATIVE).is_file():
-            return root / SCHEMA_RELATIVE
-    raise ConfigError(f"configuration schema not found: neither {PROJECT_SCHEMA} nor {folder.parent / SCHEMA_RELATIVE}")
 
 
 def validate(config: dict, schema_path: str | Path) -> None:
@@ -99,7 +86,7 @@ def load_config(*paths: str | Path) -> dict:
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         config = merge(config, yaml.safe_load(path.read_text()) or {})
-    validate(config, schema_for(paths[0]))
+    validate(config, PROJECT_SCHEMA)
     return config
 
 

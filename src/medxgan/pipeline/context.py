@@ -15,7 +15,6 @@ from functools import cached_property
 from pathlib import Path
 
 from medxgan.config import (
-    PROJECT_SCHEMA,
     ConfigError,
     add_user_manifest,
     dataset_settings,
@@ -120,8 +119,7 @@ class Context:
         a = self.args
         if a.settings:
             settings = _settings_json(a.settings)
-            if PROJECT_SCHEMA.is_file():  # a clone of the project; an installed package carries no workflow/
-                validate_settings(settings)
+            validate_settings(settings)
             return settings
         if not (a.config and a.dataset):
             raise ConfigError("give --settings JSON, or --config FILE together with --dataset NAME")
