@@ -114,10 +114,10 @@ def test_to_grey_names_a_channel_count_it_cannot_convert():
         to_grey(torch.zeros(1, 2, 5, 5))
 
 
-@pytest.mark.parametrize("cls", [Interpolation, LatentIG])
-def test_every_generative_explainer_takes_an_inverter(cls, models, batch):
+@pytest.mark.parametrize("name", GENERATIVE_METHODS)
+def test_every_generative_explainer_takes_an_inverter(name, models, batch):
     images, z = batch
-    explainer = cls(*models, inverter=lambda x: z, **({"n_steps": 4} if cls is LatentIG else {}))
+    explainer = build(name, *models, inverter=lambda x: z, **FAST.get(name, {}))
     assert torch.equal(explainer.attribute(images), explainer.attribute(images, latents=z))
 
 
@@ -382,6 +382,32 @@ def test_build_explainer_passes_the_explain_settings(models, method, options):
     assert explainer.classifier is classifier
     assert getattr(explainer, "generator", generator) is generator
     assert {name: getattr(explainer, name) for name in options} == options
+
+
+@pytest.mark.parametrize("name, defaults", [
+    ("ig_blur", {"n_steps": 50, "kernel_size": 11, "sigma": 5.0}),
+    ("ig_counterfactual", {"n_steps": 50}),
+    ("latent_ig_to_image", {"latent_steps": 50, "image_steps": 50}),
+])
+def test_ig_explainers_default_to_50_steps_and_an_11_pixel_sigma_5_blur(name, defaults, models, batch):
+    images, (z1, z2) = batch
+    # off the reconstruction, so Latent IG to image's image leg is not empty
+    x = images[:2] + 0.3 * torch.randn(images[:2].shape, generator=torch.Generator().manual_seed(0))
+    z = z1[:2], z2[:2]
+    assert torch.equal(build(name, *models).attribute(x, latents=z),
+                       build(name, *models, **defaults).attribute(x, latents=z))
+
+
+def test_latent_shift_defaults_search_8_in_16_steps_for_a_drop_of_0_8_and_map_10_frames():
+    # p = sigmoid(2 (2 - s)) along the shift s: a drop of 0.8 first at s = 2.75, so the grid's step,
+    # the drop and the number of frames (the map is |pattern| * shift / (frames - 1)) all show.
+    pattern = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    pattern[..., 2:5, 3:6] = 1.0
+    classifier = LogisticClassifier(pattern[0] * 2.0 / pattern.sum()).double()
+    generator = LinearPathGenerator(pattern)
+    z = torch.zeros(1, 2, dtype=torch.float64), torch.tensor([[2.0, 0.0]], dtype=torch.float64)
+    heatmap = LatentShift(classifier, generator).attribute(torch.zeros(1, 1, 8, 8), latents=z)
+    torch.testing.assert_close(heatmap[0], (pattern[0, 0] * 3.0 / 9).float())  # shift 3.0: the grid point after 2.75
 
 
 def test_build_explainer_names_an_unknown_method(models):
