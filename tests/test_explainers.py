@@ -346,6 +346,17 @@ def test_chunking_does_not_change_results(name, exact_models, exact_batch):
     torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("name", [name for name in EXPLAINERS if name != "gradcam"])  # pytorch-grad-cam goes through numpy, which has no bf16
+def test_explainers_follow_bfloat16_networks(name, models, batch):
+    # the explainers' own tensors (path fractions, shift grids) must take the latents' dtype: a float32
+    # one promotes the codes, which bf16 layers then refuse
+    images, (z1, z2) = batch
+    networks = [copy.deepcopy(network).bfloat16() for network in models]
+    heatmaps = build(name, *networks, **FAST.get(name, {})).attribute(images.bfloat16(),
+                                                                      latents=(z1.bfloat16(), z2.bfloat16()))
+    assert heatmaps.shape == (5, SIZE, SIZE) and heatmaps.dtype == torch.float32 and torch.isfinite(heatmaps).all()
+
+
 @pytest.mark.parametrize("form", LatentIG.FORMS)
 def test_latent_ig_chunks_along_the_path(form, exact_models):
     # batch_size 3 with 2 images: stretches of one path point each, joined across chunks.
