@@ -455,6 +455,32 @@ def test_counterfactual_ig_runs_from_the_negative_realisation_to_the_image(exact
     assert torch.equal(at_baseline, torch.zeros(5, SIZE, SIZE))
 
 
+def test_counterfactual_ig_takes_a_generator_of_another_precision(models, batch):
+    # The negative realisation is the baseline of IG on the images: it takes the images' dtype, so a
+    # float64 generator serves a float32 classifier.
+    classifier, generator = models
+    images, (z1, z2) = batch
+    expected = CounterfactualIntegratedGradients(classifier, generator, n_steps=8).attribute(images, latents=(z1, z2))
+    wide = CounterfactualIntegratedGradients(classifier, copy.deepcopy(generator).double(), n_steps=8)
+    torch.testing.assert_close(wide.attribute(images, latents=(z1.double(), z2.double())), expected,
+                               rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [name for name, cls in EXPLAINERS.items() if issubclass(cls, RealImageExplainer)])
+def test_real_image_heatmaps_are_the_attributions_for_the_given_target(name):
+    # Three classes, since with two the attributions for either target differ only in sign.
+    torch.manual_seed(0)
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    generator = LinearPathGenerator(torch.rand(1, 1, 8, 8))
+    z1, z2 = torch.zeros(2, 2), torch.tensor([[1.0, 0.0], [-0.5, 0.0]])
+    x = torch.rand(2, 1, 8, 8)
+    explainer = build(name, classifier, generator, **FAST[name])
+    heatmaps = [explainer.attribute(x, target, latents=(z1, z2)) for target in range(3)]
+    for target, heatmap in enumerate(heatmaps):
+        torch.testing.assert_close(heatmap, explainer.attributions(x, z1, z2, target).abs().sum(dim=1))
+    assert not torch.allclose(heatmaps[0], heatmaps[1]) and not torch.allclose(heatmaps[1], heatmaps[2])
+
+
 def test_latent_ig_to_image_sums_to_the_change_from_the_negative_realisation_to_the_image():
     # G(z1, a z2) = a s pattern and C = sigmoid(w . x); x adds a bump outside the pattern, so both
     # legs move C by a tenth or more: from G(z1, 0) to G(z1, z2), then on to x.
@@ -495,6 +521,21 @@ def test_latent_shift_stops_at_the_first_shift_that_drops_c_enough_and_maps_the_
     assert 0 < expected_shift < max_shift
     heatmap = explainer.attribute(torch.zeros(1, 1, 8, 8), latents=(z1, z2))
     torch.testing.assert_close(heatmap[0], (pattern[0, 0] * expected_shift / (frames - 1)).float())
+
+
+def test_latent_shift_searches_each_images_shift_on_its_own():
+    # p = sigmoid(4 (scale - s)) on the grid 0, 0.25, ..., 2: scale 0.5 drops by 0.5 first at 0.75,
+    # scale 1 at 1.25, and scale 3.5 never (p > 0.99 throughout), so it takes the lowest p, at 2.
+    pattern = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    pattern[..., 2:5, 3:6] = 1.0
+    classifier = LogisticClassifier(pattern[0] * 4.0 / pattern.sum()).double()
+    explainer = LatentShift(classifier, LinearPathGenerator(pattern), max_shift=2.0, search_steps=8, drop=0.5,
+                            frames=3)
+    z1, z2 = torch.zeros(3, 2, dtype=torch.float64), torch.tensor([[0.5, 0.0], [1.0, 0.0], [3.5, 0.0]],
+                                                                   dtype=torch.float64)
+    heatmaps = explainer.attribute(torch.zeros(3, 1, 8, 8), latents=(z1, z2))
+    shifts = torch.tensor([0.75, 1.25, 2.0], dtype=torch.float64)
+    torch.testing.assert_close(heatmaps, (pattern[:, 0] * shifts[:, None, None] / 2).float())
 
 
 def test_latent_shift_takes_the_lowest_probability_when_no_shift_drops_c_enough():
