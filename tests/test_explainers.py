@@ -547,6 +547,33 @@ def test_latent_shift_takes_the_lowest_probability_when_no_shift_drops_c_enough(
     torch.testing.assert_close(heatmap[0], torch.full((4, 4), 2.0 / 2))  # the whole range: 2.0 over 2 steps
 
 
+class ShiftClassifier(nn.Module):
+    """For G = z2[0] * pattern and Latent Shift from z2[0] = 1: logits as functions of the shift
+    s = 1 - x[..., 0, 0]: class 0 at 0, the target (1) at s (s - 1), and `rising` more classes at
+    4096 (s - 1). At s = 0 the target's probability is exactly 1/2 (the others' exp underflows to 0),
+    and it falls with s; at s = 1 every logit is 0, so it is exactly 1 / (2 + rising); beyond, near 0."""
+
+    def __init__(self, rising: int):
+        super().__init__()
+        self.rising = rising
+
+    def forward(self, x):
+        s = 1.0 - x[:, :1, 0, 0]
+        return torch.cat([torch.zeros_like(s), s * (s - 1.0), (4096.0 * (s - 1.0)).expand(-1, self.rising)], dim=1)
+
+
+@pytest.mark.parametrize("rising, drop, shift", [(2, 0.25, 1.0), (18, 0.8, 1.25)])
+def test_latent_shift_stops_at_a_drop_of_exactly_drop_but_only_below_the_floor(rising, drop, shift):
+    # On the grid 0, 0.25, ..., 2 the probability at s = 1 is exactly 1/4, a drop of exactly 0.25 from
+    # 1/2, which stops the search; or exactly 1/20, the floor 0.05, which does not: only the next step does.
+    pattern = torch.ones(1, 1, 4, 4, dtype=torch.float64)
+    explainer = LatentShift(ShiftClassifier(rising), LinearPathGenerator(pattern), max_shift=2.0, search_steps=8,
+                            drop=drop, frames=3)
+    z1, z2 = torch.zeros(1, 2, dtype=torch.float64), torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    heatmap = explainer.attribute(torch.zeros(1, 1, 4, 4), latents=(z1, z2))
+    torch.testing.assert_close(heatmap[0], torch.full((4, 4), shift / 2))
+
+
 def test_the_method_families_name_every_explainer_once():
     families = methods.USES_G + methods.PIXEL_SPACE
     assert sorted(families) == sorted(EXPLAINERS) and len(set(families)) == len(families)
