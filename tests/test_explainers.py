@@ -114,10 +114,10 @@ def test_to_grey_names_a_channel_count_it_cannot_convert():
         to_grey(torch.zeros(1, 2, 5, 5))
 
 
-@pytest.mark.parametrize("cls", [Interpolation, LatentIG])
-def test_every_generative_explainer_takes_an_inverter(cls, models, batch):
+@pytest.mark.parametrize("name", GENERATIVE_METHODS)
+def test_every_generative_explainer_takes_an_inverter(name, models, batch):
     images, z = batch
-    explainer = cls(*models, inverter=lambda x: z, **({"n_steps": 4} if cls is LatentIG else {}))
+    explainer = build(name, *models, inverter=lambda x: z, **FAST.get(name, {}))
     assert torch.equal(explainer.attribute(images), explainer.attribute(images, latents=z))
 
 
@@ -346,6 +346,17 @@ def test_chunking_does_not_change_results(name, exact_models, exact_batch):
     torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("name", [name for name in EXPLAINERS if name != "gradcam"])  # pytorch-grad-cam goes through numpy, which has no bf16
+def test_explainers_follow_bfloat16_networks(name, models, batch):
+    # the explainers' own tensors (path fractions, shift grids) must take the latents' dtype: a float32
+    # one promotes the codes, which bf16 layers then refuse
+    images, (z1, z2) = batch
+    networks = [copy.deepcopy(network).bfloat16() for network in models]
+    heatmaps = build(name, *networks, **FAST.get(name, {})).attribute(images.bfloat16(),
+                                                                      latents=(z1.bfloat16(), z2.bfloat16()))
+    assert heatmaps.shape == (5, SIZE, SIZE) and heatmaps.dtype == torch.float32 and torch.isfinite(heatmaps).all()
+
+
 @pytest.mark.parametrize("form", LatentIG.FORMS)
 def test_latent_ig_chunks_along_the_path(form, exact_models):
     # batch_size 3 with 2 images: stretches of one path point each, joined across chunks.
@@ -384,6 +395,32 @@ def test_build_explainer_passes_the_explain_settings(models, method, options):
     assert {name: getattr(explainer, name) for name in options} == options
 
 
+@pytest.mark.parametrize("name, defaults", [
+    ("ig_blur", {"n_steps": 50, "kernel_size": 11, "sigma": 5.0}),
+    ("ig_counterfactual", {"n_steps": 50}),
+    ("latent_ig_to_image", {"latent_steps": 50, "image_steps": 50}),
+])
+def test_ig_explainers_default_to_50_steps_and_an_11_pixel_sigma_5_blur(name, defaults, models, batch):
+    images, (z1, z2) = batch
+    # off the reconstruction, so Latent IG to image's image leg is not empty
+    x = images[:2] + 0.3 * torch.randn(images[:2].shape, generator=torch.Generator().manual_seed(0))
+    z = z1[:2], z2[:2]
+    assert torch.equal(build(name, *models).attribute(x, latents=z),
+                       build(name, *models, **defaults).attribute(x, latents=z))
+
+
+def test_latent_shift_defaults_search_8_in_16_steps_for_a_drop_of_0_8_and_map_10_frames():
+    # p = sigmoid(2 (2 - s)) along the shift s: a drop of 0.8 first at s = 2.75, so the grid's step,
+    # the drop and the number of frames (the map is |pattern| * shift / (frames - 1)) all show.
+    pattern = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    pattern[..., 2:5, 3:6] = 1.0
+    classifier = LogisticClassifier(pattern[0] * 2.0 / pattern.sum()).double()
+    generator = LinearPathGenerator(pattern)
+    z = torch.zeros(1, 2, dtype=torch.float64), torch.tensor([[2.0, 0.0]], dtype=torch.float64)
+    heatmap = LatentShift(classifier, generator).attribute(torch.zeros(1, 1, 8, 8), latents=z)
+    torch.testing.assert_close(heatmap[0], (pattern[0, 0] * 3.0 / 9).float())  # shift 3.0: the grid point after 2.75
+
+
 def test_build_explainer_names_an_unknown_method(models):
     with pytest.raises(ValueError, match=r"unknown explanation method 'lime'; known: difference, interpolation"):
         build_explainer("lime", *models, EXPLAIN_CFG)
@@ -416,6 +453,32 @@ def test_counterfactual_ig_runs_from_the_negative_realisation_to_the_image(exact
     torch.testing.assert_close(attributions.sum(dim=(1, 2, 3)), delta, rtol=0, atol=2e-3)
     at_baseline = CounterfactualIntegratedGradients(classifier, generator, n_steps=8).attribute(negative, latents=(z1, z2))
     assert torch.equal(at_baseline, torch.zeros(5, SIZE, SIZE))
+
+
+def test_counterfactual_ig_takes_a_generator_of_another_precision(models, batch):
+    # The negative realisation is the baseline of IG on the images: it takes the images' dtype, so a
+    # float64 generator serves a float32 classifier.
+    classifier, generator = models
+    images, (z1, z2) = batch
+    expected = CounterfactualIntegratedGradients(classifier, generator, n_steps=8).attribute(images, latents=(z1, z2))
+    wide = CounterfactualIntegratedGradients(classifier, copy.deepcopy(generator).double(), n_steps=8)
+    torch.testing.assert_close(wide.attribute(images, latents=(z1.double(), z2.double())), expected,
+                               rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [name for name, cls in EXPLAINERS.items() if issubclass(cls, RealImageExplainer)])
+def test_real_image_heatmaps_are_the_attributions_for_the_given_target(name):
+    # Three classes, since with two the attributions for either target differ only in sign.
+    torch.manual_seed(0)
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    generator = LinearPathGenerator(torch.rand(1, 1, 8, 8))
+    z1, z2 = torch.zeros(2, 2), torch.tensor([[1.0, 0.0], [-0.5, 0.0]])
+    x = torch.rand(2, 1, 8, 8)
+    explainer = build(name, classifier, generator, **FAST[name])
+    heatmaps = [explainer.attribute(x, target, latents=(z1, z2)) for target in range(3)]
+    for target, heatmap in enumerate(heatmaps):
+        torch.testing.assert_close(heatmap, explainer.attributions(x, z1, z2, target).abs().sum(dim=1))
+    assert not torch.allclose(heatmaps[0], heatmaps[1]) and not torch.allclose(heatmaps[1], heatmaps[2])
 
 
 def test_latent_ig_to_image_sums_to_the_change_from_the_negative_realisation_to_the_image():
@@ -460,6 +523,21 @@ def test_latent_shift_stops_at_the_first_shift_that_drops_c_enough_and_maps_the_
     torch.testing.assert_close(heatmap[0], (pattern[0, 0] * expected_shift / (frames - 1)).float())
 
 
+def test_latent_shift_searches_each_images_shift_on_its_own():
+    # p = sigmoid(4 (scale - s)) on the grid 0, 0.25, ..., 2: scale 0.5 drops by 0.5 first at 0.75,
+    # scale 1 at 1.25, and scale 3.5 never (p > 0.99 throughout), so it takes the lowest p, at 2.
+    pattern = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    pattern[..., 2:5, 3:6] = 1.0
+    classifier = LogisticClassifier(pattern[0] * 4.0 / pattern.sum()).double()
+    explainer = LatentShift(classifier, LinearPathGenerator(pattern), max_shift=2.0, search_steps=8, drop=0.5,
+                            frames=3)
+    z1, z2 = torch.zeros(3, 2, dtype=torch.float64), torch.tensor([[0.5, 0.0], [1.0, 0.0], [3.5, 0.0]],
+                                                                   dtype=torch.float64)
+    heatmaps = explainer.attribute(torch.zeros(3, 1, 8, 8), latents=(z1, z2))
+    shifts = torch.tensor([0.75, 1.25, 2.0], dtype=torch.float64)
+    torch.testing.assert_close(heatmaps, (pattern[:, 0] * shifts[:, None, None] / 2).float())
+
+
 def test_latent_shift_takes_the_lowest_probability_when_no_shift_drops_c_enough():
     pattern = torch.ones(1, 1, 4, 4, dtype=torch.float64)
     classifier = LogisticClassifier(pattern[0] * 0.01).double()  # nearly flat: no shift drops p by 0.8
@@ -467,6 +545,33 @@ def test_latent_shift_takes_the_lowest_probability_when_no_shift_drops_c_enough(
     z1, z2 = torch.zeros(1, 2, dtype=torch.float64), torch.tensor([[1.0, 0.0]], dtype=torch.float64)
     heatmap = explainer.attribute(torch.zeros(1, 1, 4, 4), latents=(z1, z2))
     torch.testing.assert_close(heatmap[0], torch.full((4, 4), 2.0 / 2))  # the whole range: 2.0 over 2 steps
+
+
+class ShiftClassifier(nn.Module):
+    """For G = z2[0] * pattern and Latent Shift from z2[0] = 1: logits as functions of the shift
+    s = 1 - x[..., 0, 0]: class 0 at 0, the target (1) at s (s - 1), and `rising` more classes at
+    4096 (s - 1). At s = 0 the target's probability is exactly 1/2 (the others' exp underflows to 0),
+    and it falls with s; at s = 1 every logit is 0, so it is exactly 1 / (2 + rising); beyond, near 0."""
+
+    def __init__(self, rising: int):
+        super().__init__()
+        self.rising = rising
+
+    def forward(self, x):
+        s = 1.0 - x[:, :1, 0, 0]
+        return torch.cat([torch.zeros_like(s), s * (s - 1.0), (4096.0 * (s - 1.0)).expand(-1, self.rising)], dim=1)
+
+
+@pytest.mark.parametrize("rising, drop, shift", [(2, 0.25, 1.0), (18, 0.8, 1.25)])
+def test_latent_shift_stops_at_a_drop_of_exactly_drop_but_only_below_the_floor(rising, drop, shift):
+    # On the grid 0, 0.25, ..., 2 the probability at s = 1 is exactly 1/4, a drop of exactly 0.25 from
+    # 1/2, which stops the search; or exactly 1/20, the floor 0.05, which does not: only the next step does.
+    pattern = torch.ones(1, 1, 4, 4, dtype=torch.float64)
+    explainer = LatentShift(ShiftClassifier(rising), LinearPathGenerator(pattern), max_shift=2.0, search_steps=8,
+                            drop=drop, frames=3)
+    z1, z2 = torch.zeros(1, 2, dtype=torch.float64), torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    heatmap = explainer.attribute(torch.zeros(1, 1, 4, 4), latents=(z1, z2))
+    torch.testing.assert_close(heatmap[0], torch.full((4, 4), shift / 2))
 
 
 def test_the_method_families_name_every_explainer_once():
