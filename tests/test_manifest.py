@@ -122,7 +122,8 @@ def with_row(row_index, **changes):
 
 def test_missing_image_names_file_and_line(folder):
     manifest = write_rows(folder, with_row(2, path="img/absent.png"))
-    with pytest.raises(ManifestError, match=r"manifest\.csv, line 4: column 'path': image file .*absent\.png not found"):
+    with pytest.raises(ManifestError,
+                       match=r"manifest\.csv, line 4: column 'path': image file .*absent\.png not found"):
         read_manifest(manifest, NEG, POS)
 
 
@@ -460,8 +461,8 @@ def test_a_twin_of_another_size_names_file_line_and_sizes(twin_folder):
     save_image(twin_folder / "img" / "small_twin.png", (20, 20), "RGB")
     manifest = write_twin_rows(twin_folder, "img/small_twin.png")
     with pytest.raises(ManifestError, match=r"manifest\.csv, line 3: column 'healthy_twin_path': healthy twin "
-                                             r".*small_twin\.png is 20x20 pixels, its image .*colour\.jpg is 61x45; a twin must be the "
-                                             r"same image without the lesion$"):
+                                             r".*small_twin\.png is 20x20 pixels, its image .*colour\.jpg is 61x45; "
+                                             r"a twin must be the same image without the lesion$"):
         load_split(manifest, "train", NEG, POS, SIZE, 1)
 
 
