@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from medxgan.data.manifest import (MANIFEST_COLUMNS, TWIN_COLUMN, ImageSet, ManifestError, load_image, load_split,
-                                   read_manifest, write_manifest)
+from medxgan.data.manifest import (MANIFEST_COLUMNS, TWIN_COLUMN, ImageSet, ManifestError, check_twin_size, load_image,
+                                   load_split, read_manifest, write_manifest)
 
 NEG, POS = "normal", "opacity"
 SIZE = 32
@@ -122,7 +122,8 @@ def with_row(row_index, **changes):
 
 def test_missing_image_names_file_and_line(folder):
     manifest = write_rows(folder, with_row(2, path="img/absent.png"))
-    with pytest.raises(ManifestError, match=r"manifest\.csv, line 4.*absent\.png"):
+    with pytest.raises(ManifestError,
+                       match=r"manifest\.csv, line 4: column 'path': image file .*absent\.png not found"):
         read_manifest(manifest, NEG, POS)
 
 
@@ -141,7 +142,7 @@ def test_unknown_label_names_label_and_choices(folder):
 
 def test_missing_mask_names_file_and_line(folder):
     manifest = write_rows(folder, with_row(1, mask_path="img/no_mask.png"))
-    with pytest.raises(ManifestError, match=r"line 3.*mask_path.*no_mask\.png"):
+    with pytest.raises(ManifestError, match=r"line 3: column 'mask_path': mask file .*no_mask\.png not found"):
         read_manifest(manifest, NEG, POS)
 
 
@@ -435,7 +436,8 @@ def test_a_set_without_twins_holds_none():
     data = ImageSet(images, torch.ones(2, dtype=torch.long), torch.zeros(2, SIZE, SIZE, dtype=torch.bool),
                     torch.zeros(2, dtype=torch.bool), ["a", "b"], torch.arange(2))
     assert data.twins is None and data.has_twin.tolist() == [False, False]
-    with pytest.raises(ValueError, match="needs their twins"):
+    assert len(data.subset(~data.has_twin)) == 2  # has_twin picks images, as a mask does
+    with pytest.raises(ValueError, match=r"^an ImageSet whose has_twin marks images needs their twins$"):
         ImageSet(images, data.labels, data.masks, data.has_mask, data.ids, data.rows, has_twin=torch.ones(2).bool())
 
 
@@ -459,5 +461,30 @@ def test_a_twin_of_another_size_names_file_line_and_sizes(twin_folder):
     save_image(twin_folder / "img" / "small_twin.png", (20, 20), "RGB")
     manifest = write_twin_rows(twin_folder, "img/small_twin.png")
     with pytest.raises(ManifestError, match=r"manifest\.csv, line 3: column 'healthy_twin_path': healthy twin "
-                                             r".*small_twin\.png is 20x20 pixels, its image .*colour\.jpg is 61x45"):
+                                             r".*small_twin\.png is 20x20 pixels, its image .*colour\.jpg is 61x45; "
+                                             r"a twin must be the same image without the lesion$"):
         load_split(manifest, "train", NEG, POS, SIZE, 1)
+
+
+def truncated_png(path, size):
+    """A PNG whose header (and so its size) reads, but whose pixels end early."""
+    save_image(path, size, "RGB")
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+
+
+@pytest.mark.parametrize("broken", ["not an image", "truncated"])
+def test_an_unreadable_twin_names_the_line_and_the_twin(twin_folder, broken):
+    twin = twin_folder / "img" / "broken_twin.png"
+    if broken == "truncated":
+        truncated_png(twin, COLOUR_SIZE)  # its size matches: the pixels fail as they are read
+    else:
+        twin.write_bytes(b"not an image at all" * 10)
+    manifest = write_twin_rows(twin_folder, "img/broken_twin.png")
+    with pytest.raises(ManifestError, match=r"^.*manifest\.csv, line 3: cannot read healthy twin .*broken_twin\.png: "):
+        load_split(manifest, "train", NEG, POS, SIZE, 1)
+
+
+def test_a_twin_whose_image_cannot_be_read_names_the_image(twin_folder):
+    (twin_folder / "img" / "garbage.png").write_bytes(b"not an image at all" * 10)
+    with pytest.raises(ManifestError, match=r"^line 3: cannot read image .*garbage\.png: "):
+        check_twin_size(twin_folder / "img" / "twin.png", twin_folder / "img" / "garbage.png", "line 3")

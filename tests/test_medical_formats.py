@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from medxgan.data.imagefolder import import_folder
-from medxgan.data.manifest import ManifestError, is_image_name, load_split, open_image
+from medxgan.data.manifest import ManifestError, image_stem, is_image_name, load_split, open_image
 from medxgan.data.manifest_check import check_manifest
 from medxgan.data.medical_formats import PERCENTILE_WINDOW, nifti_slices
 
@@ -161,6 +161,46 @@ def test_a_slice_of_a_file_that_is_not_a_volume_says_how_slices_are_named(tmp_pa
         load_split(manifest, "test", "no_tumor", "tumor", SIDE, 1)
 
 
+def write_twin_manifest(folder, twin: str) -> Path:
+    """A positive slice of brain.nii.gz with the healthy twin `twin`, and a negative slice without one."""
+    table = pd.DataFrame([("brain.nii.gz#slice=1", "tumor", "test", "", "p1", twin),
+                          ("brain.nii.gz#slice=0", "no_tumor", "test", "", "p1", "")],
+                         columns=["path", "label", "split", "mask_path", "patient_id", "healthy_twin_path"])
+    table.to_csv(folder / "manifest.csv", index=False)
+    return folder / "manifest.csv"
+
+
+def test_a_slices_healthy_twin_is_the_same_slice_of_a_healthy_volume(tmp_path):
+    write_nifti(tmp_path / "brain.nii.gz", volume())
+    write_nifti(tmp_path / "healthy.nii.gz", volume() * (np.arange(6) != 1))  # slice 1 without its square
+    data = load_split(write_twin_manifest(tmp_path, "healthy.nii.gz#slice=1"), "test", "no_tumor", "tumor", SIDE, 1)
+    assert data.has_twin.tolist() == [True, False]
+    healthy = dict(nifti_slices(tmp_path / "healthy.nii.gz", 2))[1]  # windowed with its own volume
+    np.testing.assert_allclose(data.twins[0, 0].numpy(), healthy * 2 - 1, atol=1e-6)
+    assert not data.twins[1].any()
+
+
+@pytest.mark.parametrize("twin, shape, message", [
+    ("healthy.nii.gz#slice=1", (SIDE, 20, 6), r"line 2: column 'healthy_twin_path': healthy twin .*healthy\.nii\.gz"
+                                              r"#slice=1 is 32x20 pixels, its image .*brain\.nii\.gz#slice=1 is 32x32"),
+    ("healthy.nii.gz#slice=9", (SIDE, SIDE, 6), r"line 2: cannot read healthy twin .*healthy\.nii\.gz#slice=9: "
+                                                r"slice 9 is beyond the volume"),
+])
+def test_a_twin_slice_of_another_size_or_beyond_its_volume_names_the_line(tmp_path, twin, shape, message):
+    write_nifti(tmp_path / "brain.nii.gz", volume())
+    write_nifti(tmp_path / "healthy.nii.gz", np.ones(shape))
+    with pytest.raises(ManifestError, match="^" + r".*manifest\.csv, " + message):
+        load_split(write_twin_manifest(tmp_path, twin), "test", "no_tumor", "tumor", SIDE, 1)
+
+
+@pytest.mark.parametrize("name, stem", [
+    ("scan.nii.gz", "scan"), ("Scan.NII.GZ", "Scan"), ("chest.PNG", "chest"), ("ct.dcm", "ct"),
+    ("scan.nii.gz#slice=7", "scan_slice007"), ("scan.nii#axis=0,slice=12", "scan_axis0_slice012"),
+])
+def test_an_image_stem_drops_its_suffix_in_any_case_and_names_a_slice(name, stem):
+    assert image_stem(Path("data") / name) == stem
+
+
 def test_slices_of_one_volume_in_two_splits_fail_the_manifest_check(tmp_path):
     splits = {"a": "train", "b": "val", "c": "test"}
     for scale, name in enumerate(splits, start=1):
@@ -190,7 +230,8 @@ def test_a_multi_frame_gif_is_refused_and_a_single_frame_one_is_read(tmp_path):
     frames = [Image.fromarray(np.full((SIDE, SIDE), v, dtype=np.uint8)) for v in (0, 255)]
     frames[0].save(tmp_path / "two.gif", save_all=True, append_images=frames[1:])
     frames[1].save(tmp_path / "one.gif")
-    with pytest.raises(ManifestError, match="it has 2 frames"):
+    with pytest.raises(ManifestError, match=r"^here: cannot read image .*two\.gif: it has 2 frames; medxgan reads one "
+                                            r"image per file: save the frame you want on its own$"):
         open_image(tmp_path / "two.gif", "here")
     assert unit(tmp_path / "one.gif").min() == 1.0
 
