@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -6,8 +7,9 @@ import torch
 from torch import nn
 
 import medxgan.inversion as inversion
-from medxgan.inversion import (POSITIVE_SEARCH_START, Inversion, check_encoder, invert, invert_batch, invert_batches, inversion_loss,
-                               negative_counterfactuals, positive_realisation, starting_codes, worst_patch_error)
+from medxgan.inversion import (POSITIVE_SEARCH_START, Inversion, InversionRecord, check_encoder, invert, invert_batch,
+                               invert_batches, inversion_loss, negative_counterfactuals, positive_realisation,
+                               reconstruct, reconstruction_mse, reconstruction_ssim, starting_codes, worst_patch_error)
 from medxgan.nets.encoder import Encoder
 from medxgan.nets.networks import Generator, SimpleCNN, positive_probability
 from helpers import calibrate_gan_pair
@@ -122,6 +124,15 @@ def test_batch_size_splits_do_not_change_results(exact_models, exact_targets, ex
     chunked = invert(generator, classifier, exact_targets, ROWS, {**CFG, "batch_size": 3}, seed=1)
     for name, tensor in exact_inverted.as_tensors().items():
         torch.testing.assert_close(chunked.as_tensors()[name], tensor, rtol=0, atol=BATCH_TOL)
+
+
+def test_networks_in_float64_invert_float32_images_in_float64(exact_models, targets, exact_targets):
+    generator, classifier = copy.deepcopy(exact_models)
+    cfg = {**CFG, "steps": 3}
+    assert targets.dtype == torch.float32
+    in_float64 = invert(generator, classifier, exact_targets[:2], ROWS[:2], cfg, seed=1)
+    assert_same(invert(generator, classifier, targets[:2], ROWS[:2], cfg, seed=1), in_float64)
+    assert all(tensor.dtype == torch.float64 for tensor in in_float64.as_tensors().values())
 
 
 def test_inversion_is_deterministic_and_seeded(models, targets, inverted):
@@ -441,3 +452,64 @@ def test_the_worst_patch_error_is_the_largest_patch_mean_averaged_over_sizes():
     error[1] = 2.0            # uniform: every patch's mean 2
     torch.testing.assert_close(worst_patch_error(error, [4, 8]), torch.tensor([(1.0 + 0.25) / 2, 2.0]))
     torch.testing.assert_close(worst_patch_error(error.repeat(1, 3, 1, 1), [4]), torch.tensor([1.0, 2.0]))
+
+
+# ------------------------------------------------------------------ reconstruct and its record
+
+RECONSTRUCT_CFG = {**CFG, "steps": 6, "batch_size": 2}
+
+
+def test_reconstruct_records_the_inversion_and_what_the_networks_make_of_it(models, targets):
+    """Each field is what its own step computes: the codes, loss and C(x) of `invert` (run at the
+    same precision, with the same encoder), G(z1, z2), G(z1, 0), C on both, and the error of
+    G(z1, z2) against x; everything kept in float32 though the search ran in bf16."""
+    generator, classifier = models
+    torch.manual_seed(1)
+    encoder = Encoder(NZ1, NZ2, SIZE, channels=1, width=0.0625).eval()
+    cfg = {**RECONSTRUCT_CFG, "init": "encoder"}
+    record = reconstruct(generator, classifier, targets, ROWS, cfg, 3, "bf16", encoder)
+    codes = invert(generator, classifier, targets, ROWS, cfg, 3, "bf16", encoder)
+    assert not torch.equal(codes.z1, invert(generator, classifier, targets, ROWS, cfg, 3, "fp32", encoder).z1)
+    assert torch.equal(record.rows, ROWS)
+    for name in ("z1", "z2", "loss", "p_image"):
+        assert torch.equal(getattr(record, name), getattr(codes, name)), name
+    with torch.no_grad():
+        reconstruction, negative = generator(codes.z1, codes.z2), generator(codes.z1, torch.zeros_like(codes.z2))
+        torch.testing.assert_close(record.reconstruction, reconstruction)
+        torch.testing.assert_close(record.negative, negative)
+        torch.testing.assert_close(record.p_reconstruction, positive_probability(classifier, reconstruction))
+        torch.testing.assert_close(record.p_negative, positive_probability(classifier, negative))
+    assert not torch.allclose(record.negative, record.reconstruction)
+    torch.testing.assert_close(record.mse, reconstruction_mse(reconstruction, targets))
+    torch.testing.assert_close(record.ssim, reconstruction_ssim(reconstruction, targets))
+    assert record.mse.shape == record.ssim.shape == (len(ROWS),)
+    assert not record.judged_by_oracle
+    for name, tensor in record.tensors().items():
+        assert tensor.dtype == (torch.int64 if name == "rows" else torch.float32), name
+
+
+def test_reconstructing_in_parts_gives_the_whole_sets_numbers(models, targets):
+    # parts that start on a multiple of the batch size are cut into the whole set's batches
+    generator, classifier = models
+    whole = reconstruct(generator, classifier, targets, ROWS, RECONSTRUCT_CFG, seed=1)
+    parts = [reconstruct(generator, classifier, targets[part], ROWS[part], RECONSTRUCT_CFG, seed=1)
+             for part in (slice(0, 2), slice(2, 4))]
+    assert whole.tensors().keys() == parts[0].tensors().keys()
+    for name, tensor in whole.tensors().items():
+        assert torch.equal(torch.cat([getattr(part, name) for part in parts]), tensor), name
+    assert not torch.equal(parts[0].ssim, parts[1].ssim)  # each part scores its own images
+
+
+def test_a_record_lists_its_set_tensors_and_takes_changes_as_a_copy(models, targets):
+    generator, classifier = models
+    record = reconstruct(generator, classifier, targets, ROWS, {**RECONSTRUCT_CFG, "steps": 1}, seed=1)
+    names = [f.name for f in dataclasses.fields(InversionRecord)]
+    assert list(record.tensors()) == names[:-3]  # the oracle's probabilities are not set yet
+    for name, tensor in record.tensors().items():
+        assert tensor is getattr(record, name)
+    judged = record.with_(p_oracle_image=record.p_image + 1, p_oracle_negative=record.p_negative)
+    assert judged.judged_by_oracle and not record.judged_by_oracle
+    assert list(judged.tensors()) == [name for name in names if name != "p_oracle_reconstruction"]
+    assert torch.equal(judged.p_oracle_image, record.p_image + 1) and judged.z1 is record.z1
+    assert torch.equal(judged.subset([2, 0]).p_oracle_image, record.p_image[[2, 0]] + 1)
+    assert judged.codes == (record.z1, record.z2)

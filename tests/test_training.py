@@ -609,3 +609,39 @@ def test_a_truncated_checkpoint_is_moved_aside_and_training_starts_afresh(frozen
     assert "cannot be read" in caplog.text and (tmp_path / "checkpoint.pt.unreadable").is_file()
     assert fresh.losses == reference.losses
     assert_same_state(fresh.G, reference.G)
+
+
+# ---------------------------------------------------------------------------------- GAN: reconstruction terms
+
+def test_reconstruction_terms_of_a_plain_generator_without_positives_are_the_mse_alone(frozen_classifier, phantoms):
+    """With no positive in the batch there is nothing for C to call positive or cleared: its term
+    is 0, not the NaN of an empty mean; a plain generator has no mask, so no mask area."""
+    cfg = {**GAN_CFG, "reconstruction_weight": 1.0, "composition": "plain"}
+    trainer = GANTrainer(frozen_classifier, cfg, DATA_CFG, seed=0, device="cpu")
+    train = phantoms["train"]
+    for labels in (torch.zeros(8, dtype=torch.long), train.labels[:8]):
+        images = train.images[:8]
+        mse, cls, mask = reconstruction_terms(trainer.G, trainer.E, trainer.C, images, labels)
+        with torch.no_grad():
+            z1, z2 = trainer.E(images)
+            expected = F.mse_loss(trainer.G(z1, z2 * (labels == 1)[:, None]), images)
+        torch.testing.assert_close(mse, expected)
+        assert mask.item() == 0.0
+        assert (cls.item() > 0) == bool(labels.any()) and torch.isfinite(cls)
+
+
+def test_the_reconstruction_terms_run_at_the_chosen_precision(frozen_classifier, phantoms):
+    # a plain G: its forward pass is the whole generator (a masked one composes outside forward)
+    cfg = {**GAN_CFG, "reconstruction_weight": 1.0, "composition": "plain"}
+    trainer = GANTrainer(copy.deepcopy(frozen_classifier), cfg, DATA_CFG, seed=0, device="cpu", precision="bf16")
+    seen = {"G": [], "E": [], "C": []}
+    handles = [getattr(trainer, name).register_forward_hook(
+        lambda module, inputs, output, name=name: seen[name].append(
+            (output[0] if isinstance(output, tuple) else output).dtype)) for name in seen]
+    try:
+        trainer.train_step(phantoms["train"].images[:8], phantoms["train"].labels[:8])
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert {name: len(dtypes) for name, dtypes in seen.items()} == {"G": 3, "E": 1, "C": 2}
+    assert {dtype for dtypes in seen.values() for dtype in dtypes} == {torch.bfloat16}
