@@ -11,6 +11,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from medxgan.data.manifest import ImageSet, load_split
 from medxgan.data.phantoms import PHANTOMS, write_phantom_dataset
+from medxgan.nets.encoder import Encoder
 from medxgan.nets.networks import Generator, SimpleCNN
 from medxgan.nets.kinds import build_from_spec
 from medxgan.train.gan import GANTrainer, disentanglement_check, mask_area, proximity, reconstruction_terms
@@ -341,6 +342,8 @@ def test_negatives_reconstruct_from_z1_alone(frozen_classifier, phantoms):
     its z2 outputs; a positive's reaches both."""
     cfg = {**GAN_CFG, "reconstruction_weight": 1.0, "composition": "masked"}
     trainer = GANTrainer(frozen_classifier, cfg, DATA_CFG, seed=0, device="cpu")
+    as_wide_as_d = Encoder(cfg["nz1"], cfg["nz2"], SIZE, 1, cfg["d_width"])  # E is built on D's layers, at D's width
+    assert [p.shape for p in trainer.E.parameters()] == [p.shape for p in as_wide_as_d.parameters()]
     train = phantoms["train"]
     for label in (0, 1):
         images = train.images[train.labels == label][:4]
