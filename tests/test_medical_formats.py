@@ -161,6 +161,13 @@ def test_a_slice_of_a_file_that_is_not_a_volume_says_how_slices_are_named(tmp_pa
         load_split(manifest, "test", "no_tumor", "tumor", SIDE, 1)
 
 
+@pytest.mark.parametrize("listed, missing", [("gone.png", "gone.png"), ("gone.nii.gz#slice=2", "gone.nii.gz")])
+def test_a_missing_file_or_volume_is_named_without_the_slice_hint(tmp_path, listed, missing):
+    manifest = write_manifest(tmp_path, [(listed, "no_tumor", "test", "", "")])
+    with pytest.raises(ManifestError, match=rf"line 2: column 'path': image file {tmp_path / missing} not found$"):
+        load_split(manifest, "test", "no_tumor", "tumor", SIDE, 1)
+
+
 def write_twin_manifest(folder, twin: str) -> Path:
     """A positive slice of brain.nii.gz with the healthy twin `twin`, and a negative slice without one."""
     table = pd.DataFrame([("brain.nii.gz#slice=1", "tumor", "test", "", "p1", twin),
@@ -207,8 +214,9 @@ def test_slices_of_one_volume_in_two_splits_fail_the_manifest_check(tmp_path):
         write_nifti(tmp_path / f"{name}.nii.gz", volume() * scale)
     rows = [(f"{name}.nii.gz#slice={k}", label, split, "", "")
             for name, split in splits.items() for k, label in ((0, "no_tumor"), (1, "tumor"))]
-    manifest = write_manifest(tmp_path, rows)
-    assert check_manifest(manifest, "no_tumor", "tumor", SIDE, seed=0)["rows"] == 6  # one volume per split passes
+    Image.fromarray(np.zeros((SIDE, SIDE), dtype=np.uint8)).save(tmp_path / "flat.png")
+    manifest = write_manifest(tmp_path, rows + [("flat.png", "no_tumor", "test", "", "")])  # pictures beside slices
+    assert check_manifest(manifest, "no_tumor", "tumor", SIDE, seed=0)["rows"] == 7  # one volume per split passes
     rows[1] = ("c.nii.gz#slice=4", "tumor", "train", "", "")  # a slice of c joins train
     with pytest.raises(ManifestError, match=r"slices of volume .*c\.nii\.gz are in splits test, train \(lines "
                                             r"3, 6, 7\): keep a volume's slices in one split"):
