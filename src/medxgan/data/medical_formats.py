@@ -155,22 +155,20 @@ def read_nifti(file: Path) -> np.ndarray:
     if part is not None:
         return read_volume_slice(part)
     values = _nifti_unit(file)
-    plane = _plane_shape(values.shape)
-    if plane is None:
+    if _plane_shape(values.shape) is None:
         raise MedicalFormatError(f"it holds an array of shape {values.shape}; name one slice of it as "
                                  f"{SLICE_NAME_FORMS}")
-    return _shown(values.reshape(plane))
+    return _slice_image(values, DEFAULT_SLICE_AXIS, 0)
 
 
 def read_volume_slice(part: VolumeSlice) -> np.ndarray:
     """The one slice FILE#slice=K names (slice 0 of a 2-D file is the file's image)."""
     unit = _nifti_unit(part.file)
-    plane = _plane_shape(unit.shape)
-    count = 1 if plane else _slice_count(unit.shape, part.axis)
+    count = _slice_count(unit.shape, part.axis)
     if part.index >= count:
         raise MedicalFormatError(f"slice {part.index} is beyond the volume: its axis {part.axis} has {count} "
                                  f"slice(s) (0 to {count - 1})")
-    return _shown(unit.reshape(plane)) if plane else _shown(np.take(unit, part.index, axis=part.axis))
+    return _slice_image(unit, part.axis, part.index)
 
 
 def nifti_slice_count(file: Path, axis: int) -> int:
@@ -181,7 +179,7 @@ def nifti_slice_count(file: Path, axis: int) -> int:
         shape = nibabel.load(file).shape
     except (nibabel.filebasedimages.ImageFileError, OSError, ValueError, EOFError) as error:
         raise MedicalFormatError(f"not a readable NIfTI image ({error})") from error
-    return 1 if _plane_shape(shape) else _slice_count(shape, axis)
+    return _slice_count(shape, axis)
 
 
 def _plane_shape(shape: tuple[int, ...]) -> list[int] | None:
@@ -191,22 +189,32 @@ def _plane_shape(shape: tuple[int, ...]) -> list[int] | None:
 
 
 def _slice_count(shape: tuple[int, ...], axis: int) -> int:
+    """The slices across `axis`: 1 for an array that is one 2-D image."""
+    if _plane_shape(shape):
+        return 1
     if len(shape) != 3:
         raise MedicalFormatError(f"it holds an array of shape {shape}; medxgan reads 2-D images and 3-D volumes")
     return shape[axis]
 
 
+def _slice_image(unit: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """Slice `index` across `axis` as shown (an array that is one 2-D image is its only slice)."""
+    plane = _plane_shape(unit.shape)
+    return _shown(unit.reshape(plane) if plane else np.take(unit, index, axis=axis))
+
+
 def nifti_slices(file: Path, axis: int, slices: slice = slice(None)) -> list[tuple[int, np.ndarray]]:
     """(index, image in [0, 1]) of the volume's slices across voxel axis `axis` (0, 1 or 2), those
-    `slices` picks; one window for the whole volume, so its slices compare. A 2-D file is one slice."""
+    `slices` picks; one window for the whole volume, so its slices compare. A 2-D file is one slice,
+    whatever `slices` picks."""
     unit = _nifti_unit(file)
-    plane = _plane_shape(unit.shape)
-    if plane:
-        return [(0, _shown(unit.reshape(plane)))]
-    picked = range(_slice_count(unit.shape, axis))[slices]
+    count = _slice_count(unit.shape, axis)
+    if _plane_shape(unit.shape):
+        return [(0, _slice_image(unit, axis, 0))]
+    picked = range(count)[slices]
     if not picked:
-        raise MedicalFormatError(f"its axis {axis} has {unit.shape[axis]} slices, none in {slices.start}:{slices.stop}")
-    return [(k, _shown(np.take(unit, k, axis=axis))) for k in picked]
+        raise MedicalFormatError(f"its axis {axis} has {count} slices, none in {slices.start}:{slices.stop}")
+    return [(k, _slice_image(unit, axis, k)) for k in picked]
 
 
 def _nifti_unit(file: Path) -> np.ndarray:

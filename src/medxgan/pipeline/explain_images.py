@@ -34,7 +34,7 @@ from medxgan.data.manifest import (
     network_input,
     unit_image,
 )
-from medxgan.data.medical_formats import MedicalFormatError, is_nifti, nifti_slices, slice_name
+from medxgan.data.medical_formats import DEFAULT_SLICE_AXIS, MedicalFormatError, is_nifti, nifti_slices, slice_name
 from medxgan.explainers import EXPLAINERS
 from medxgan.files import atomic_path, progress
 from medxgan.report import figures
@@ -115,7 +115,7 @@ EXPLAINING = "explain-images"  # where a read error happened, beside the file it
 OUTSIDE_DISTRIBUTION_FACTOR = 2.0
 
 
-def read_images(files: list[Path], size: int, channels: int, slice_axis: int = 2,
+def read_images(files: list[Path], size: int, channels: int, slice_axis: int = DEFAULT_SLICE_AXIS,
                 slices: slice = slice(None)) -> tuple[list[str], torch.Tensor, list[str]]:
     """What was read, one name per image (the file, or, as a manifest names it, FILE#slice=K for
     slice K of a NIfTI volume across voxel axis `slice_axis`, those `slices` picks), the images
@@ -155,7 +155,7 @@ def _as_image_set(images: torch.Tensor, files: list[Path]) -> ImageSet:
 
 
 def explain_images(paths: list[Path], bundle: Path, out_dir: Path, methods=DEFAULT_METHODS,
-                   classifier_factory: str | None = None, slice_axis: int = 2,
+                   classifier_factory: str | None = None, slice_axis: int = DEFAULT_SLICE_AXIS,
                    slices: slice = slice(None)) -> pd.DataFrame:
     """Explain every image file under `paths`, and each slice of a NIfTI volume (see `read_images`),
     with the bundle's networks into `out_dir` (`classifier_factory`: see MedXGAN.from_bundle)."""
