@@ -6,6 +6,11 @@ from medxgan.inversion import InversionRecord
 from torch import nn
 
 
+# inversion.tuning switched off (the paper's G as trained), for tests that build the inversion's settings by hand
+TUNING_OFF = {"steps": 0, "lr": 1e-3, "mse_weight": 1.0, "removal_weight": 1.0, "mask_weight": 5.0,
+              "lesion_weight": 10.0, "image_weight": 0.1}
+
+
 def calibrate_batch_norm(model: nn.Module, *inputs: torch.Tensor) -> None:
     """Set batch-norm running statistics from one batch, so a random eval-mode model is not near-constant."""
     for m in model.modules():

@@ -18,7 +18,7 @@ PREPROCESS = {"range": [0, 1], "size": 48, "channels": 3, "mean": [0.485, 0.456,
 def parts():
     torch.manual_seed(0)
     settings = default_settings("config/config.yaml", "synthetic-cxr")
-    settings["inversion"].update(init="random", restarts=1, steps=3)
+    settings["inversion"].update(init="random", restarts=1, steps=3, tuning={**settings["inversion"]["tuning"], "steps": 0})
     settings["explain"].update(latent_ig_steps=4, ig_steps=4)
     net = torchvision.models.resnet18(num_classes=2).eval()
     generator = Generator(settings["gan"]["nz1"], settings["gan"]["nz2"], 64, 1, width=0.0625).eval()
@@ -45,6 +45,13 @@ def test_settings_that_start_from_an_encoder_need_one(parts):
     with pytest.raises(ValueError, match="pass encoder="):
         MedXGAN(net, generator, {**settings, "inversion": {**settings["inversion"], "init": "encoder"}},
                 preprocess=PREPROCESS, device="cpu")
+
+
+def test_settings_that_tune_the_lesion_branch_need_a_masked_generator(parts):
+    net, generator, settings = parts
+    tuned = {**settings, "inversion": {**settings["inversion"], "tuning": {**settings["inversion"]["tuning"], "steps": 1}}}
+    with pytest.raises(ValueError, match="inversion.tuning.steps: 0"):
+        MedXGAN(net, generator, tuned, preprocess=PREPROCESS, device="cpu")
 
 
 # --- the gate at the API's entry: one ValueError saying what was expected and what was given -------

@@ -34,9 +34,9 @@ def _results(folder: Path, settings: dict) -> Path:
     save_model(build_classifier("simple_cnn", size, channels, 0.25), folder / "classifier" / "model.safetensors",
                {"kind": "classifier", "arch": "simple_cnn", "image_size": size, "channels": channels, "width": 0.25,
                 "labels": LABELS})
-    save_model(build_generator("plain", 4, 2, size, channels, 0.0625, "resize"), folder / "gan" / "generator.safetensors",
+    save_model(build_generator("masked", 4, 2, size, channels, 0.0625, "resize"), folder / "gan" / "generator.safetensors",
                {"kind": "generator", "nz1": 4, "nz2": 2, "image_size": size, "channels": channels, "width": 0.0625,
-                "composition": "plain", "upsampling": "resize", "labels": LABELS})
+                "composition": "masked", "upsampling": "resize", "labels": LABELS})
     (folder / "classifier" / "metrics.json").write_text(json.dumps(
         {"val": {"n": 2}, "test": {"n": 2, "accuracy": 0.5, "auroc": None}}))
     (folder / "gan" / "summary.json").write_text(json.dumps(
@@ -51,6 +51,7 @@ def written(tmp_path_factory) -> Path:
     settings = json.loads(step_settings(load_config(REPO / "config" / "config.yaml"), "synthetic-cxr",
                                         "data", "encoder", "inversion", "explain", "precision"))
     settings["inversion"].update(init="random", restarts=1, steps=2, positive_steps=2, batch_size=4)
+    settings["inversion"]["tuning"]["steps"] = 2
     settings["explain"].update(latent_ig_steps=2, ig_steps=2, interpolation_points=2, batch_size=4)
     settings.update(device="cpu", precision="fp32")
     folder = tmp_path_factory.mktemp("written")

@@ -10,13 +10,14 @@ from medxgan.train.encoder import encoder_losses, reconstruction_mse, train_enco
 from medxgan.inversion import invert
 from medxgan.nets.networks import Generator, SimpleCNN, dcgan_init
 from medxgan.artifacts import load_model, save_model
+from helpers import TUNING_OFF
 
 NZ1, NZ2, SIZE = 8, 4, 64
 DATA_CFG = {"image_size": SIZE, "channels": 1}
 ENCODER_CFG = {"width": 0.125, "steps": 60, "batch_size": 16, "lr": 1e-3, "betas": [0.9, 0.999], "image_weight": 1.0}
 INVERSION_CFG = {"init": "encoder", "restarts": 1, "steps": 0, "lr": 0.05, "mse_weight": 10.0,
                  "local_weight": 0.0, "local_patches": [4, 8], "bce_weight": 1.0,
-                 "batch_size": 8}
+                 "batch_size": 8, "tuning": TUNING_OFF}
 
 
 @pytest.fixture(scope="module")

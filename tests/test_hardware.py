@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from helpers import calibrate_gan_pair
+from helpers import TUNING_OFF, calibrate_gan_pair
 
 from medxgan import hardware
 from medxgan.evaluate.metrics import pointing_game
@@ -17,7 +17,7 @@ from medxgan.train.gan import GANTrainer
 
 NZ1, NZ2, SIZE = 8, 4, 64
 CFG = {"init": "random", "restarts": 2, "steps": 40, "lr": 0.05, "mse_weight": 10.0,
-       "local_weight": 0.0, "local_patches": [4, 8], "bce_weight": 1.0, "batch_size": 8}
+       "local_weight": 0.0, "local_patches": [4, 8], "bce_weight": 1.0, "batch_size": 8, "tuning": TUNING_OFF}
 CPU = torch.device("cpu")
 
 

@@ -12,11 +12,11 @@ from medxgan.inversion import (POSITIVE_SEARCH_START, Inversion, InversionRecord
                                reconstruct, reconstruction_mse, reconstruction_ssim, starting_codes, worst_patch_error)
 from medxgan.nets.encoder import Encoder
 from medxgan.nets.networks import Generator, SimpleCNN, positive_probability
-from helpers import calibrate_gan_pair
+from helpers import TUNING_OFF, calibrate_gan_pair
 
 NZ1, NZ2, SIZE = 8, 4, 64
 CFG = {"init": "random", "restarts": 2, "steps": 60, "lr": 0.05, "mse_weight": 10.0, "local_weight": 0.0,
-       "local_patches": [4, 8], "bce_weight": 1.0, "batch_size": 4}
+       "local_patches": [4, 8], "bce_weight": 1.0, "batch_size": 4, "tuning": TUNING_OFF}
 ROWS = torch.tensor([10, 3, 7, 0])  # manifest rows, deliberately not 0..N-1
 # Batch invariance is exact in exact arithmetic (each image's loss is its own), but CPU kernels pick
 # other algorithms for other batch sizes, and 60 Adam steps amplify their rounding: in float32 an
@@ -504,12 +504,12 @@ def test_a_record_lists_its_set_tensors_and_takes_changes_as_a_copy(models, targ
     generator, classifier = models
     record = reconstruct(generator, classifier, targets, ROWS, {**RECONSTRUCT_CFG, "steps": 1}, seed=1)
     names = [f.name for f in dataclasses.fields(InversionRecord)]
-    assert list(record.tensors()) == names[:-3]  # the oracle's probabilities are not set yet
+    assert list(record.tensors()) == names[:-4]  # the oracle's probabilities and tuned weights are not set yet
     for name, tensor in record.tensors().items():
         assert tensor is getattr(record, name)
     judged = record.with_(p_oracle_image=record.p_image + 1, p_oracle_negative=record.p_negative)
     assert judged.judged_by_oracle and not record.judged_by_oracle
-    assert list(judged.tensors()) == [name for name in names if name != "p_oracle_reconstruction"]
+    assert list(judged.tensors()) == [name for name in names if name not in ("p_oracle_reconstruction", "lesion_weights")]
     assert torch.equal(judged.p_oracle_image, record.p_image + 1) and judged.z1 is record.z1
     assert torch.equal(judged.subset([2, 0]).p_oracle_image, record.p_image[[2, 0]] + 1)
     assert judged.codes == (record.z1, record.z2)

@@ -15,7 +15,7 @@ from medxgan.data.manifest import MANIFEST_COLUMNS, read_manifest, write_manifes
 from medxgan.inversion import invert
 from medxgan.evaluate.metrics import mask_auroc, mass_in_lesion, pointing_game, relevance_rank_accuracy, top_k_iou
 from medxgan.nets.networks import Generator, SimpleCNN
-from helpers import calibrate_gan_pair
+from helpers import TUNING_OFF, calibrate_gan_pair
 
 SIDE = 8
 # Heatmap values on a coarse grid keep ties common (ties are where orderings and maxima go wrong)
@@ -85,7 +85,7 @@ def test_the_manifest_reader_reads_back_what_the_writer_wrote(image_folder, rows
 NZ1, NZ2, N_IMAGES, BATCH = 6, 3, 8, 2
 INVERSION = {"init": "random", "restarts": 2, "steps": 6, "lr": 0.05, "mse_weight": 10.0,
              "local_weight": 0.0, "local_patches": [4, 8], "bce_weight": 1.0,
-             "batch_size": BATCH}
+             "batch_size": BATCH, "tuning": TUNING_OFF}
 
 
 @pytest.fixture(scope="module")

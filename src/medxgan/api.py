@@ -28,6 +28,7 @@ from medxgan.artifacts import load_model
 from medxgan.config import SECTIONS, dataset_settings, load_config
 from medxgan.explainers import GENERATIVE_METHODS, build_explainer
 from medxgan.inversion import InversionRecord, negative_counterfactuals, reconstruct
+from medxgan.tuning import check_tunable, generator_for
 from medxgan.nets.networks import positive_probability
 from medxgan.nets.user import UserClassifier, input_settings
 from medxgan.torch_utils import pick_device
@@ -105,6 +106,7 @@ class MedXGAN:
         self.encoder = None if encoder is None else encoder.to(self.device).eval().requires_grad_(False)
         if self.encoder is None and settings["inversion"]["init"] == "encoder":
             raise ValueError("the settings' inversion starts from an encoder (inversion.init: encoder): pass encoder=")
+        check_tunable(self.generator, settings["inversion"]["tuning"])
 
     @classmethod
     def from_bundle(cls, path: str | Path, device: str | torch.device | None = None,
@@ -172,7 +174,8 @@ class MedXGAN:
         if codes is None and any(method in GENERATIVE_METHODS for method in methods):
             codes = self._invert(images)
         latents = None if codes is None else codes.codes  # pixel-space methods ignore them
-        return {method: build_explainer(method, self.classifier, self.generator, self.settings["explain"])
+        G = self.generator if codes is None else generator_for(self.generator, codes.z1, codes.lesion_weights)
+        return {method: build_explainer(method, self.classifier, G, self.settings["explain"])
                 .attribute(images, target=target, latents=latents) for method in methods}
 
     def attribute(self, images: torch.Tensor, target: int = 1) -> torch.Tensor:

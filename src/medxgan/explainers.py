@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from medxgan.torch_utils import frozen, module_device
+from medxgan.tuning import TunedGenerator
 
 Latents = tuple[Tensor, Tensor]
 
@@ -153,6 +154,8 @@ class GenerativeExplainer(Explainer):
 
     Subclasses implement `_explain(z1, z2, target)` on one chunk of latents already on the device.
     """
+
+    READS_TUNED_BRANCH = True  # explains with each image's tuned lesion branch, where the inversion tuned it
 
     def __init__(self, classifier: nn.Module, generator: nn.Module,
                  inverter: Callable[[Tensor], Latents] | None = None, batch_size: int = 64):
@@ -332,6 +335,7 @@ class LatentShift(GenerativeExplainer):
     between `frames` consecutive images G(z - lambda * g), lambda from 0 to that shift (the
     original's "int" heatmap). Unlike the medXGAN maps, the shift may change z1 too."""
 
+    READS_TUNED_BRANCH = False  # z1 moves off the image's code, where its tuned branch does not apply
     OPTIONS = {"max_shift": "latent_shift_max", "search_steps": "latent_shift_search_steps",
                "drop": "latent_shift_drop", "frames": "latent_shift_frames"}
 
@@ -399,5 +403,7 @@ def build_explainer(method: str, classifier: nn.Module, generator: nn.Module, cf
     cls = EXPLAINERS[method]
     options = {"batch_size": cfg["batch_size"]} | {option: cfg[key] for option, key in cls.OPTIONS.items()}
     if method in GENERATIVE_METHODS:
+        if isinstance(generator, TunedGenerator) and not cls.READS_TUNED_BRANCH:
+            generator = generator.G
         return cls(classifier, generator, **options)
     return cls(classifier, **options)

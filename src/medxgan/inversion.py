@@ -29,6 +29,7 @@ from medxgan.files import progress
 from medxgan.hardware import autocast
 from medxgan.nets.networks import positive_probability
 from medxgan.torch_utils import module_device
+from medxgan.tuning import check_tunable, generator_for, tune_lesion_branch
 
 POSITIVE_SEARCH_START = 1e-2  # scale of the first z2 of the positive-realisation search
 
@@ -65,6 +66,7 @@ class InversionRecord:
     p_oracle_image: torch.Tensor | None = None
     p_oracle_reconstruction: torch.Tensor | None = None
     p_oracle_negative: torch.Tensor | None = None
+    lesion_weights: torch.Tensor | None = None  # (N, P) each image's tuned lesion branch (medxgan.tuning)
 
     @property
     def codes(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,24 +206,28 @@ def invert(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor,
 
 def reconstruct(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Tensor, cfg: dict, seed: int,
                 precision: str = "fp32", encoder: nn.Module | None = None) -> InversionRecord:
-    """Invert the images (`invert_batches`) and record their reconstructions, negative realisations
-    and scores: the one path the pipeline's invert step and `MedXGAN.invert` share. Everything is
+    """Invert the images (`invert_batches`), tune each one's lesion branch where inversion.tuning
+    asks for it (`medxgan.tuning`), and record their reconstructions, negative realisations and
+    scores: the one path the pipeline's invert step and `MedXGAN.invert` share. Everything is
     computed one inversion batch at a time, so a chunk gets exactly the numbers the whole set gets.
     The images and scores kept are float32, whatever precision the search ran in."""
+    check_tunable(G, cfg["tuning"])
     device, parts = module_device(G), []
     for batch, result in invert_batches(G, C, images, rows, cfg, seed, precision, encoder):
+        weights = (tune_lesion_branch(G, C, images[batch], result.z1, result.z2, cfg["tuning"])
+                   if cfg["tuning"]["steps"] > 0 else None)
         z1, z2 = result.z1.to(device), result.z2.to(device)
         with torch.no_grad():
-            reconstruction = G(z1, z2).cpu()
+            reconstruction = generator_for(G, result.z1, weights)(z1, z2).cpu()
             negative = G(z1, torch.zeros_like(z2)).cpu()
             p_reconstruction = positive_probability(C, reconstruction.to(device)).cpu()
             p_negative = positive_probability(C, negative.to(device)).cpu()
         parts.append(InversionRecord(
             rows[batch], result.z1, result.z2, result.loss, result.p_image, p_reconstruction, p_negative,
             reconstruction_mse(reconstruction, images[batch]), reconstruction_ssim(reconstruction, images[batch]),
-            reconstruction, negative))
-    return InversionRecord(**{f.name: torch.cat([getattr(part, f.name) for part in parts])
-                              for f in fields(InversionRecord) if f.default is not None})
+            reconstruction, negative, lesion_weights=weights))
+    return InversionRecord(**{name: torch.cat([part.tensors()[name] for part in parts])
+                              for name in parts[0].tensors()})
 
 
 def positive_realisation(G: nn.Module, C: nn.Module, z1: torch.Tensor, cfg: dict, seed: int,

@@ -20,10 +20,11 @@ from medxgan.config import ConfigError
 from medxgan.data.manifest import ImageSet
 from medxgan.evaluate import checks, metrics, robustness
 from medxgan.explainers import GENERATIVE_METHODS, build_explainer
-from medxgan.inversion import InversionRecord, invert, negative_counterfactuals
+from medxgan.inversion import InversionRecord, negative_counterfactuals, reconstruct
 from medxgan.names import INVERSION_METHOD, RANDOM_METHOD, READ_C_DIRECTLY
 from medxgan.nets.networks import positive_probability
 from medxgan.torch_utils import module_device
+from medxgan.tuning import generator_for
 
 log = logging.getLogger(__name__)
 
@@ -279,8 +280,8 @@ def sanity_table(C, G, data: ImageSet, latents: InversionRecord, s: dict) -> pd.
         log.warning("the sanity check needs C's Linear/Conv2d/BatchNorm2d layers, which a TorchScript classifier "
                     "does not expose: skipped")
         return pd.DataFrame(columns=["layer", "step", "image", "spearman", "ssim", "method"])
-    rows = data.rows.tolist()
-    codes = (latents.z1[:len(rows)], latents.z2[:len(rows)])
+    record = latents.subset(slice(len(data)))
+    codes, G = record.codes, generator_for(G, record.z1, record.lesion_weights)
     frames = []
     for method in [m for m in SANITY_METHODS if m in s["explain"]["methods"]]:
         def explain(model, method=method):
@@ -301,11 +302,15 @@ def robustness_table(C, G, data: ImageSet, s: dict, encoder=None) -> pd.DataFram
 
     def explain_with(method):
         def explain(images):
+            if method not in GENERATIVE_METHODS:
+                return heatmaps_for(method, C, G, images, s, latents=None)
             key = hashlib.sha256(images.numpy().tobytes()).hexdigest()
-            if method in GENERATIVE_METHODS and key not in inversions:
-                codes = invert(G, C, images, data.rows, s["inversion"], s["seed"], s["precision"], encoder)
-                inversions[key] = (codes.z1, codes.z2)
-            return heatmaps_for(method, C, G, images, s, latents=inversions.get(key))
+            if key not in inversions:
+                inversions[key] = reconstruct(G, C, images, data.rows, s["inversion"], s["seed"], s["precision"],
+                                              encoder)
+            record = inversions[key]
+            return heatmaps_for(method, C, generator_for(G, record.z1, record.lesion_weights), images, s,
+                                latents=record.codes)
         return explain
 
     frames = []

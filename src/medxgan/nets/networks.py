@@ -110,10 +110,14 @@ class MaskedGenerator(nn.Module):
 
     def compose(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The image and its mask m, shape (N, 1, H, W), in [0, 1]."""
-        lesion = self.lesion(z1, z2)
+        return self.blend(self.anatomy(z1, z2[:, :0]), self.lesion(z1, z2), z2)
+
+    def blend(self, anatomy: torch.Tensor, lesion: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image and mask from G0's anatomy and L's output (its image channels and mask logit),
+        gated by |z2|: where a caller draws L with other weights (`medxgan.tuning`)."""
         gate = torch.tanh(self.GATE_SCALE * z2.norm(dim=1) / self.nz2 ** 0.5)
         mask = (lesion[:, -1:] + 1) / 2 * gate[:, None, None, None]  # L's tanh output, moved to [0, 1]
-        return (1 - mask) * self.anatomy(z1, z2[:, :0]) + mask * lesion[:, :-1], mask
+        return (1 - mask) * anatomy + mask * lesion[:, :-1], mask
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         return self.compose(z1, z2)[0]

@@ -1,0 +1,193 @@
+"""Per-image tuning of the masked G's lesion branch (medxgan.tuning)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from medxgan.artifacts import read_inversion, write_inversion
+from medxgan.data.manifest import ImageSet
+from medxgan.explainers import build_explainer
+from medxgan.inversion import reconstruct
+from medxgan.nets.networks import Generator, MaskedGenerator, dcgan_init
+from medxgan.tuning import (TunedGenerator, branch_shapes, check_tunable, from_vectors, generator_for, tune_lesion_branch,
+                            tuning_loss)
+from helpers import TUNING_OFF, RegionClassifier, calibrate_batch_norm
+
+NZ1, NZ2, SIZE = 8, 4, 64
+LESION = (slice(12, 20), slice(12, 20))  # inside RegionClassifier's rows/cols 8..24
+TUNING = {**TUNING_OFF, "steps": 80, "lr": 1e-2}
+EXPLAIN = {"batch_size": 8, "interpolation_points": 3, "latent_ig_steps": 4, "latent_ig_form": "path", "ig_steps": 4,
+           "ig_baseline": -1.0, "ig_blur_kernel": 5, "ig_blur_sigma": 2.0, "latent_shift_max": 2.0,
+           "latent_shift_search_steps": 2, "latent_shift_drop": 0.8, "latent_shift_frames": 3}
+
+
+@pytest.fixture(scope="module")
+def pair():
+    torch.manual_seed(0)
+    G = MaskedGenerator(NZ1, NZ2, SIZE, channels=1, width=0.0625, upsampling="resize")
+    dcgan_init(G)
+    rng = torch.Generator().manual_seed(1)
+    z1, z2 = torch.randn(32, NZ1, generator=rng), torch.randn(32, NZ2, generator=rng)
+    calibrate_batch_norm(G, z1, z2)
+    return G.requires_grad_(False), RegionClassifier(gain=8.0).requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def case(pair):
+    """Codes, and images that are G's drawing at those codes plus a bright square G does not draw."""
+    G, _ = pair
+    rng = torch.Generator().manual_seed(2)
+    z1, z2 = torch.randn(3, NZ1, generator=rng), torch.randn(3, NZ2, generator=rng)
+    with torch.no_grad():
+        images = G(z1, z2)
+    images[:, :, LESION[0], LESION[1]] = 1.0
+    return z1, z2, images
+
+
+def tuned_lesion(G: MaskedGenerator, weights: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """L's output for each code with its image's weights, one image at a time."""
+    params, buffers = from_vectors(weights, branch_shapes(G)), dict(G.lesion.named_buffers())
+    return torch.cat([functional_call(G.lesion, ({k: v[i] for k, v in params.items()}, buffers),
+                                      (z1[i:i + 1], z2[i:i + 1])) for i in range(len(z1))])
+
+
+@pytest.fixture(scope="module")
+def tuned(pair, case):
+    G, C = pair
+    z1, z2, images = case
+    before = copy.deepcopy(G.state_dict())
+    weights = tune_lesion_branch(G, C, images, z1, z2, TUNING)
+    assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())  # G itself is not tuned
+    return weights
+
+
+def test_tuning_moves_the_mask_onto_the_lesion_the_inversion_missed(pair, case, tuned):
+    G, C = pair
+    z1, z2, images = case
+    assert tuned.shape == (3, sum(p.numel() for p in G.lesion.parameters()))
+    with torch.no_grad():
+        anatomy = G.anatomy(z1, z2[:, :0])
+        _, before = G.blend(anatomy, G.lesion(z1, z2), z2)
+        _, after = G.blend(anatomy, tuned_lesion(G, tuned, z1, z2), z2)
+        untuned = {name: p.expand(3, *p.shape) for name, p in G.lesion.named_parameters()}
+        loss_before = tuning_loss(G, C, untuned, z1, z2, images, anatomy, TUNING)
+        loss_after = tuning_loss(G, C, from_vectors(tuned, branch_shapes(G)), z1, z2, images, anatomy, TUNING)
+    inside = (slice(None), slice(None), *LESION)
+    assert before[inside].mean() < 2 * before.mean()  # G's own mask is not on the square ...
+    assert after[inside].mean() > 4 * after.mean()  # ... each image's tuned one is
+    assert (loss_after < 0.95 * loss_before).all()
+
+
+def test_the_tuned_generator_draws_tuned_codes_with_their_weights_and_others_with_gs(pair, case, tuned):
+    G, _ = pair
+    z1, z2, _ = case
+    generator = TunedGenerator(G, z1, tuned)
+    other = torch.randn(2, NZ1, generator=torch.Generator().manual_seed(9))
+    # a latent path's batch: the images' codes repeated, out of order, beside codes of no tuned image
+    order = torch.tensor([2, 0, 0, 1, 2])
+    batch_z1, batch_z2 = torch.cat([z1[order], other]), torch.cat([z2[order] * 0.5, z2[:2]])
+    with torch.no_grad():
+        drawn = generator(batch_z1, batch_z2)
+        expected = G.blend(G.anatomy(z1[order], z2[order, :0]), tuned_lesion(G, tuned[order], z1[order], z2[order] * 0.5),
+                           z2[order] * 0.5)[0]
+        assert torch.allclose(drawn[:5], expected, atol=1e-6)
+        assert torch.allclose(drawn[5:], G(other, z2[:2]), atol=1e-6)  # (another batch size rounds otherwise)
+        assert torch.equal(generator(z1, torch.zeros_like(z2)), G(z1, torch.zeros_like(z2)))  # G(z1, 0) bit for bit
+        assert not torch.allclose(drawn[:5], G(batch_z1[:5], batch_z2[:5]), atol=1e-3)  # the tuning shows
+
+
+def test_each_image_is_tuned_as_it_would_be_alone(pair, case):
+    G, C = (copy.deepcopy(network).double() for network in pair)
+    z1, z2, images = (t.double() for t in case)
+    cfg = {**TUNING, "steps": 5}
+    together = tune_lesion_branch(G, C, images, z1, z2, cfg)
+    alone = tune_lesion_branch(G, C, images[1:2], z1[1:2], z2[1:2], cfg)
+    assert torch.allclose(together[1:2], alone, atol=1e-9, rtol=0)
+    assert not torch.allclose(together[0], together[1])
+
+
+def test_the_tuning_loss_is_its_five_weighted_terms(pair, case):
+    G, C = pair
+    z1, z2, images = case
+    params = {name: p.expand(3, *p.shape) for name, p in G.lesion.named_parameters()}
+    anatomy = G.anatomy(z1, z2[:, :0])
+    lesion = G.lesion(z1, z2)
+    drawn, mask = G.blend(anatomy, lesion, z2)
+    removed = (1 - mask) * images + mask * anatomy
+    positive = F.cross_entropy(C(drawn), torch.ones(3, dtype=torch.long), reduction="none")
+    negative = F.cross_entropy(C(removed), torch.zeros(3, dtype=torch.long), reduction="none")
+    branch_error = (lesion[:, :1] - images).pow(2)
+    terms = {"mse_weight": (drawn - images).pow(2).flatten(1).mean(1), "removal_weight": negative,
+             "mask_weight": mask.flatten(1).mean(1),
+             "lesion_weight": (mask * branch_error).flatten(1).sum(1) / mask.flatten(1).sum(1),
+             "image_weight": branch_error.flatten(1).mean(1)}
+    weights = {"mse_weight": 2.0, "removal_weight": 3.0, "mask_weight": 5.0, "lesion_weight": 7.0, "image_weight": 11.0}
+    expected = positive + sum(weights[name] * term for name, term in terms.items())
+    loss = tuning_loss(G, C, params, z1, z2, images, anatomy, {**TUNING, **weights})
+    assert torch.allclose(loss, expected, atol=1e-5)
+
+
+def test_an_empty_mask_weighs_the_branch_error_by_one_pixel_not_zero(pair, case):
+    G, C = pair
+    z1, _, images = case
+    zero = torch.zeros(3, NZ2)  # the gate closes the mask
+    params = {name: p.expand(3, *p.shape) for name, p in G.lesion.named_parameters()}
+    cfg = {**TUNING_OFF, "mse_weight": 0.0, "removal_weight": 0.0, "mask_weight": 0.0, "lesion_weight": 1.0,
+           "image_weight": 0.0}
+    loss = tuning_loss(G, C, params, z1, zero, images, G.anatomy(z1, zero[:, :0]), cfg)
+    # only C's call on the drawing remains: the lesion term is 0 / 1, not 0 / 0
+    assert torch.isfinite(loss).all()
+    assert torch.allclose(loss, F.cross_entropy(C(G(z1, zero)), torch.ones(3, dtype=torch.long), reduction="none"))
+
+
+def test_reconstruct_records_the_tuned_pair_and_its_weights(pair, case, tmp_path):
+    G, C = pair
+    z1, z2, images = case
+    cfg = {"init": "random", "restarts": 1, "steps": 2, "lr": 0.05, "mse_weight": 10.0, "local_weight": 0.0,
+           "local_patches": [4], "bce_weight": 1.0, "batch_size": 2, "tuning": {**TUNING, "steps": 3}}
+    rows = torch.tensor([4, 1, 7])
+    record = reconstruct(G, C, images, rows, cfg, seed=0)
+    plain = reconstruct(G, C, images, rows, {**cfg, "tuning": TUNING_OFF}, seed=0)
+    assert plain.lesion_weights is None and record.lesion_weights.shape[0] == 3
+    assert torch.equal(record.z1, plain.z1) and torch.equal(record.negative, plain.negative)
+    generator = generator_for(G, record.z1, record.lesion_weights)
+    with torch.no_grad():
+        assert torch.allclose(record.reconstruction, generator(record.z1, record.z2), atol=1e-6)
+    assert not torch.allclose(record.reconstruction, plain.reconstruction, atol=1e-4)
+    assert generator_for(G, plain.z1, plain.lesion_weights) is G
+
+    data = ImageSet(images, torch.ones(3, dtype=torch.long), torch.zeros(3, SIZE, SIZE, dtype=torch.bool),
+                    torch.zeros(3, dtype=torch.bool), ["a", "b", "c"], rows)
+    write_inversion(record, data.ids, tmp_path, {})
+    again = read_inversion(tmp_path / "latents.safetensors", data)
+    assert torch.equal(again.lesion_weights, record.lesion_weights)
+    assert torch.equal(read_inversion(tmp_path / "latents.safetensors", data.subset([1, 2]), slice(1, 3)).lesion_weights,
+                       record.lesion_weights[1:])
+
+
+def test_the_difference_map_reads_the_tuned_branch_and_latent_shift_reads_g(pair, case, tuned):
+    G, C = pair
+    z1, z2, images = case
+    generator = TunedGenerator(G, z1, tuned)
+    difference = build_explainer("difference", C, generator, EXPLAIN)
+    assert difference.generator is generator and build_explainer("latent_shift", C, generator, EXPLAIN).generator is G
+    with torch.no_grad():
+        expected = (generator(z1, z2) - G(z1, torch.zeros_like(z2))).abs()[:, 0]
+    assert torch.allclose(difference.attribute(images, latents=(z1, z2)), expected, atol=1e-6)
+
+
+def test_tuning_a_plain_generator_is_refused_and_steps_0_accepts_it():
+    plain = Generator(NZ1, NZ2, SIZE, channels=1, width=0.0625)
+    with pytest.raises(ValueError, match="gan.composition: masked"):
+        check_tunable(plain, {"steps": 1})
+    check_tunable(plain, {"steps": 0})
+
+
+def test_tuned_weights_must_match_the_codes(pair, case, tuned):
+    G, _ = pair
+    z1, _, _ = case
+    with pytest.raises(ValueError, match="2 images given with 3 anatomy codes"):
+        TunedGenerator(G, z1, tuned[:2])
