@@ -18,7 +18,7 @@ from medxgan.pipeline import cli
 from medxgan.config import ConfigError, dataset_settings, load_config, merge
 from medxgan.data.phantoms import write_phantom_dataset
 from medxgan.explainers import EXPLAINERS
-from medxgan.nets.networks import Generator, SimpleCNN
+from medxgan.nets.networks import MaskedGenerator, SimpleCNN
 from medxgan.artifacts import save_model
 from medxgan.shards import ShardError, check_chunk, chunk_ranges, chunk_size, parse_chunk
 from helpers import calibrate_gan_pair
@@ -29,7 +29,7 @@ NZ1, NZ2, SIZE = 8, 4, 64
 # last chunk is a part-chunk, so both ways a chunk's batches could go wrong are exercised.
 BATCH, CHUNK = 4, 8
 SMALL = {
-    "inversion": {"init": "random", "restarts": 2, "steps": 5, "batch_size": BATCH},
+    "inversion": {"init": "random", "restarts": 2, "steps": 5, "batch_size": BATCH, "tuning": {"steps": 3}},
     "explain": {"latent_ig_steps": 4, "ig_steps": 4, "interpolation_points": 3, "batch_size": BATCH},
 }
 
@@ -82,10 +82,13 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     manifest = write_phantom_dataset("synthetic-mri", root / "data", SIZE, {"train": 2, "val": 2, "test": 24}, 0.5, seed=3)
     torch.manual_seed(0)
-    generator, classifier = Generator(NZ1, NZ2, SIZE, channels=1, width=0.0625), SimpleCNN(SIZE, 1, width=0.25)
+    # a masked G, whose lesion branch the inversion tunes per image: the tuned weights shard too
+    generator = MaskedGenerator(NZ1, NZ2, SIZE, channels=1, width=0.0625, upsampling="resize")
+    classifier = SimpleCNN(SIZE, 1, width=0.25)
     calibrate_gan_pair(generator, classifier)
     save_model(generator, root / "generator.safetensors",
-               {"kind": "generator", "nz1": NZ1, "nz2": NZ2, "image_size": SIZE, "channels": 1, "width": 0.0625})
+               {"kind": "generator", "nz1": NZ1, "nz2": NZ2, "image_size": SIZE, "channels": 1, "width": 0.0625,
+                "composition": "masked", "upsampling": "resize"})
     save_model(classifier, root / "classifier.safetensors",
                {"kind": "classifier", "arch": "simple_cnn", "image_size": SIZE, "channels": 1, "width": 0.25})
     settings = merge(dataset_settings(load_config(REPO / "config" / "config.yaml"), "synthetic-mri"), SMALL)
@@ -121,6 +124,7 @@ def test_sharded_inversion_writes_the_unsharded_files_byte_for_byte(inversions):
         assert (sharded / name).read_bytes() == (whole / name).read_bytes(), name
     latents = load_file(str(sharded / "latents.safetensors"))
     assert len(latents["rows"]) == 12 and latents["reconstruction"].shape == (12, 1, SIZE, SIZE)
+    assert len(latents["lesion_weights"]) == 12  # each image's tuned branch, gathered from its chunk
 
 
 def test_gathered_provenance_names_the_manifest_and_every_chunk(inversions, study):
@@ -220,7 +224,9 @@ def test_workflow_reruns_only_the_failed_chunk_and_matches_one_job(sharded_workd
     results = work / "results" / "synthetic-mri"
     models = {"manifest": manifest, "classifier": results / "classifier/model.safetensors",
               "generator": results / "gan/generator.safetensors"}
-    medxgan("invert", settings, models, out_dir=work / "whole")
+    # with the job's thread count: the tuning's batched convolutions round by how they are split
+    threads = json.loads((results / "inversion/provenance.json").read_text())["provenance"]["torch_threads"]
+    medxgan("invert", settings, models, out_dir=work / "whole", threads=threads)
     for name in ("latents.safetensors", "inversion.csv"):
         assert (results / "inversion" / name).read_bytes() == (work / "whole" / name).read_bytes(), name
     medxgan("explain", settings, models, inversion=work / "whole/latents.safetensors", method="latent_ig",
