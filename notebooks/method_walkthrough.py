@@ -32,7 +32,6 @@ from medxgan.report import tables
 from medxgan.api import MedXGAN
 from medxgan.data.manifest import load_split
 from medxgan.explainers import EXPLAINERS
-from medxgan.tuning import generator_for
 
 ROOT = Path(".") if Path("results").is_dir() else Path("..")
 DATASET = tables.summary_table(ROOT / "results").dataset.iloc[-1]  # the last dataset the run summarised
@@ -78,7 +77,7 @@ plt.show()
 # Its attributions along G(z1, a·z2) add up to C(G(z1, z2)) − C(G(z1, 0)).
 
 # %%
-latent_ig = EXPLAINERS["latent_ig"](C, generator_for(G, codes.z1, codes.lesion_weights), n_steps=64)  # G as tuned for the image
+latent_ig = EXPLAINERS["latent_ig"](C, codes.drawn_by(G), n_steps=64)  # G as tuned for the image
 total = latent_ig.attributions(codes.z1, codes.z2).sum().item()
 gap = (codes.p_reconstruction - codes.p_negative).item()
 print(f"sum of attributions {total:.4f}; probability gap {gap:.4f}")

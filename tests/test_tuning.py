@@ -12,8 +12,7 @@ from medxgan.data.manifest import ImageSet
 from medxgan.explainers import build_explainer
 from medxgan.inversion import reconstruct
 from medxgan.nets.networks import Generator, MaskedGenerator, dcgan_init
-from medxgan.tuning import (TunedGenerator, branch_shapes, check_tunable, from_vectors, generator_for, tune_lesion_branch,
-                            tuning_loss)
+from medxgan.tuning import TunedGenerator, branch_shapes, check_tunable, from_vectors, tune_lesion_branch, tuning_loss
 from helpers import TUNING_OFF, RegionClassifier, calibrate_batch_norm
 
 NZ1, NZ2, SIZE = 8, 4, 64
@@ -153,11 +152,11 @@ def test_reconstruct_records_the_tuned_pair_and_its_weights(pair, case, tmp_path
     plain = reconstruct(G, C, images, rows, {**cfg, "tuning": TUNING_OFF}, seed=0)
     assert plain.lesion_weights is None and record.lesion_weights.shape[0] == 3
     assert torch.equal(record.z1, plain.z1) and torch.equal(record.negative, plain.negative)
-    generator = generator_for(G, record.z1, record.lesion_weights)
+    generator = record.drawn_by(G)
     with torch.no_grad():
         assert torch.allclose(record.reconstruction, generator(record.z1, record.z2), atol=1e-6)
     assert not torch.allclose(record.reconstruction, plain.reconstruction, atol=1e-4)
-    assert generator_for(G, plain.z1, plain.lesion_weights) is G
+    assert plain.drawn_by(G) is G
 
     data = ImageSet(images, torch.ones(3, dtype=torch.long), torch.zeros(3, SIZE, SIZE, dtype=torch.bool),
                     torch.zeros(3, dtype=torch.bool), ["a", "b", "c"], rows)

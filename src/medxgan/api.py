@@ -28,7 +28,7 @@ from medxgan.artifacts import load_model
 from medxgan.config import SECTIONS, dataset_settings, load_config
 from medxgan.explainers import GENERATIVE_METHODS, build_explainer
 from medxgan.inversion import InversionRecord, negative_counterfactuals, reconstruct
-from medxgan.tuning import check_tunable, generator_for
+from medxgan.tuning import check_tunable
 from medxgan.nets.networks import positive_probability
 from medxgan.nets.user import UserClassifier, input_settings
 from medxgan.torch_utils import pick_device
@@ -174,7 +174,7 @@ class MedXGAN:
         if codes is None and any(method in GENERATIVE_METHODS for method in methods):
             codes = self._invert(images)
         latents = None if codes is None else codes.codes  # pixel-space methods ignore them
-        G = self.generator if codes is None else generator_for(self.generator, codes.z1, codes.lesion_weights)
+        G = self.generator if codes is None else codes.drawn_by(self.generator)
         return {method: build_explainer(method, self.classifier, G, self.settings["explain"])
                 .attribute(images, target=target, latents=latents) for method in methods}
 

@@ -72,6 +72,11 @@ class InversionRecord:
     def codes(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.z1, self.z2
 
+    def drawn_by(self, G: nn.Module) -> nn.Module:
+        """G as the maps of these images draw them: with each one's tuned lesion branch where the
+        inversion tuned it (`medxgan.tuning`), G itself otherwise."""
+        return generator_for(G, self.z1, self.lesion_weights)
+
     @property
     def judged_by_oracle(self) -> bool:
         return self.p_oracle_image is not None

@@ -125,13 +125,14 @@ class TunedGenerator(nn.Module):
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         matches = (z1[:, None, :] == self.codes[None].to(z1.dtype)).all(dim=2)
         owner = torch.where(matches.any(dim=1), matches.float().argmax(dim=1), -1)
-        lesion = self.G.lesion(z1, z2)
-        for image in owner.unique().tolist():
-            if image >= 0:
-                rows = (owner == image).nonzero().flatten()
-                params = {name: p[image] for name, p in self.params.items()}
-                own = functional_call(self.G.lesion, (params, self.buffers), (z1[rows], z2[rows]))
-                lesion = lesion.index_put((rows,), own)
+        order, drawn = [], []
+        for image in owner.unique().tolist():  # each code's rows drawn once, with its own weights or G's (-1)
+            rows = (owner == image).nonzero().flatten()
+            params = None if image < 0 else ({name: p[image] for name, p in self.params.items()}, self.buffers)
+            drawn.append(self.G.lesion(z1[rows], z2[rows]) if params is None
+                         else functional_call(self.G.lesion, params, (z1[rows], z2[rows])))
+            order.append(rows)
+        lesion = torch.cat(drawn)[torch.cat(order).argsort()]
         return self.G.blend(self.G.anatomy(z1, z2[:, :0]), lesion, z2)[0]
 
 

@@ -24,7 +24,6 @@ from medxgan.inversion import InversionRecord, negative_counterfactuals, reconst
 from medxgan.names import INVERSION_METHOD, RANDOM_METHOD, READ_C_DIRECTLY
 from medxgan.nets.networks import positive_probability
 from medxgan.torch_utils import module_device
-from medxgan.tuning import generator_for
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +280,7 @@ def sanity_table(C, G, data: ImageSet, latents: InversionRecord, s: dict) -> pd.
                     "does not expose: skipped")
         return pd.DataFrame(columns=["layer", "step", "image", "spearman", "ssim", "method"])
     record = latents.subset(slice(len(data)))
-    codes, G = record.codes, generator_for(G, record.z1, record.lesion_weights)
+    codes, G = record.codes, record.drawn_by(G)
     frames = []
     for method in [m for m in SANITY_METHODS if m in s["explain"]["methods"]]:
         def explain(model, method=method):
@@ -309,8 +308,7 @@ def robustness_table(C, G, data: ImageSet, s: dict, encoder=None) -> pd.DataFram
                 inversions[key] = reconstruct(G, C, images, data.rows, s["inversion"], s["seed"], s["precision"],
                                               encoder)
             record = inversions[key]
-            return heatmaps_for(method, C, generator_for(G, record.z1, record.lesion_weights), images, s,
-                                latents=record.codes)
+            return heatmaps_for(method, C, record.drawn_by(G), images, s, latents=record.codes)
         return explain
 
     frames = []

@@ -254,13 +254,12 @@ def invert(ctx: Context) -> None:
 def explain(ctx: Context) -> None:
     from medxgan.artifacts import read_inversion, write_heatmaps
     from medxgan.explainers import build_explainer
-    from medxgan.tuning import generator_for
 
     ctx.start()
     data, place = ctx.test_positives_of("explain")
     record = read_inversion(ctx.args.inversion, data, slice(place["start"], place["stop"]) if place else None)
-    G = generator_for(ctx.network("generator"), record.z1, record.lesion_weights)
-    explainer = build_explainer(ctx.args.method, ctx.network("classifier"), G, ctx.settings["explain"])
+    explainer = build_explainer(ctx.args.method, ctx.network("classifier"), record.drawn_by(ctx.network("generator")),
+                                ctx.settings["explain"])
     heatmaps = explainer.attribute(data.images, target=1, latents=record.codes)
     write_heatmaps(heatmaps, data.rows, ctx.args.method, ctx.args.out, place)
 
@@ -370,7 +369,6 @@ def draw_figures(ctx: Context) -> None:
 
     from medxgan.artifacts import read_heatmaps, read_inversion
     from medxgan.report import figures
-    from medxgan.tuning import generator_for
 
     a, s = ctx.args, ctx.settings
     ctx.start()
@@ -380,8 +378,7 @@ def draw_figures(ctx: Context) -> None:
     heatmaps = read_heatmaps(a.explanations)
     examples = figures.example_indices(data, s["figures"]["examples"])
     figures.save(figures.pipeline_rows(C, data, record, heatmaps, examples), a.out_dir / "pipeline.png")
-    figures.save(figures.interpolation_strip(C, generator_for(G, record.z1, record.lesion_weights), record, examples,
-                                             s["explain"]["interpolation_points"]),
+    figures.save(figures.interpolation_strip(C, record.drawn_by(G), record, examples, s["explain"]["interpolation_points"]),
                  a.out_dir / "interpolation.png")
     figures.save(figures.metrics_bars(pd.read_csv(a.metrics)), a.out_dir / "metrics.png")
     figures.save(figures.faithfulness_curves(pd.read_csv(a.curves), s["seed"]), a.out_dir / "curves.png")
