@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from medxgan.artifacts import read_inversion, write_inversion
+from medxgan.config import ConfigError
 from medxgan.data.manifest import ImageSet
 from medxgan.explainers import build_explainer
 from medxgan.inversion import reconstruct
@@ -180,7 +181,7 @@ def test_the_difference_map_reads_the_tuned_branch_and_latent_shift_reads_g(pair
 
 def test_tuning_a_plain_generator_is_refused_and_steps_0_accepts_it():
     plain = Generator(NZ1, NZ2, SIZE, channels=1, width=0.0625)
-    with pytest.raises(ValueError, match="gan.composition: masked"):
+    with pytest.raises(ConfigError, match="gan.composition: masked"):
         check_tunable(plain, {"steps": 1})
     check_tunable(plain, {"steps": 0})
 

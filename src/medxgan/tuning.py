@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from medxgan.config import ConfigError
 from medxgan.files import progress
 from medxgan.nets.networks import MaskedGenerator
 
@@ -34,8 +35,9 @@ NEGATIVE, POSITIVE = 0, 1
 
 
 def check_tunable(G: nn.Module, cfg: dict) -> None:
+    """A setting that cannot apply to this G is bad input: `medxgan invert` says so in one line."""
     if cfg["steps"] > 0 and not isinstance(G, MaskedGenerator):
-        raise ValueError("inversion.tuning.steps > 0 tunes a masked G's lesion branch, but this G is "
+        raise ConfigError("inversion.tuning.steps > 0 tunes a masked G's lesion branch, but this G is "
                          f"{type(G).__name__}: set gan.composition: masked, or inversion.tuning.steps: 0")
 
 
