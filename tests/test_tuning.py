@@ -18,7 +18,7 @@ from helpers import TUNING_OFF, RegionClassifier, calibrate_batch_norm
 
 NZ1, NZ2, SIZE = 8, 4, 64
 LESION = (slice(12, 20), slice(12, 20))  # inside RegionClassifier's rows/cols 8..24
-TUNING = {**TUNING_OFF, "steps": 80, "lr": 1e-2}
+TUNING = {**TUNING_OFF, "steps": 120, "lr": 1e-3}
 EXPLAIN = {"batch_size": 8, "interpolation_points": 3, "latent_ig_steps": 4, "latent_ig_form": "path", "ig_steps": 4,
            "ig_baseline": -1.0, "ig_blur_kernel": 5, "ig_blur_sigma": 2.0, "latent_shift_max": 2.0,
            "latent_shift_search_steps": 2, "latent_shift_drop": 0.8, "latent_shift_frames": 3}
@@ -59,8 +59,9 @@ def tuned(pair, case):
     G, C = pair
     z1, z2, images = case
     before = copy.deepcopy(G.state_dict())
-    weights = tune_lesion_branch(G, C, images, z1, z2, TUNING)
+    weights, code = tune_lesion_branch(G, C, images, z1, z2, TUNING)
     assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())  # G itself is not tuned
+    assert torch.equal(code, z2)  # code_lr 0: z2 as inverted
     return weights
 
 
@@ -102,11 +103,29 @@ def test_the_tuned_generator_draws_tuned_codes_with_their_weights_and_others_wit
 def test_each_image_is_tuned_as_it_would_be_alone(pair, case):
     G, C = (copy.deepcopy(network).double() for network in pair)
     z1, z2, images = (t.double() for t in case)
-    cfg = {**TUNING, "steps": 5}
-    together = tune_lesion_branch(G, C, images, z1, z2, cfg)
-    alone = tune_lesion_branch(G, C, images[1:2], z1[1:2], z2[1:2], cfg)
+    cfg = {**TUNING, "steps": 5, "code_lr": 0.05}
+    (together, together_codes), (alone, alone_code) = (tune_lesion_branch(G, C, images[rows], z1[rows], z2[rows], cfg)
+                                                       for rows in (slice(None), slice(1, 2)))
     assert torch.allclose(together[1:2], alone, atol=1e-9, rtol=0)
+    assert torch.allclose(together_codes[1:2], alone_code, atol=1e-9, rtol=0)
     assert not torch.allclose(together[0], together[1])
+
+
+def test_a_lesion_code_of_small_norm_caps_the_mask_unless_the_code_is_tuned_too(pair, case):
+    G, C = pair
+    z1, z2, images = case
+    gate = 0.3  # the mask's ceiling, tanh(2 |z2| / sqrt(nz2)), at a z2 of this norm
+    small = z2 / z2.norm(dim=1, keepdim=True) * torch.atanh(torch.tensor(gate)) * NZ2 ** 0.5 / 2
+    inside = (slice(None), slice(None), *LESION)
+    masks = {}
+    for code_lr in (0.0, 0.05):
+        weights, code = tune_lesion_branch(G, C, images, z1, small, {**TUNING, "steps": 200, "code_lr": code_lr})
+        assert torch.equal(code, small) == (code_lr == 0)
+        with torch.no_grad():
+            masks[code_lr] = G.blend(G.anatomy(z1, code[:, :0]), tuned_lesion(G, weights, z1, code), code)[1][inside]
+            assert torch.equal(TunedGenerator(G, z1, weights)(z1, torch.zeros_like(code)), G(z1, torch.zeros_like(code)))
+    assert masks[0.0].max() <= gate + 1e-6  # tuning L alone cannot raise the mask over the gate ...
+    assert (masks[0.05].flatten(1).mean(1) > 0.8).all()  # ... the tuned code opens it over the lesion
 
 
 def test_the_tuning_loss_is_its_five_weighted_terms(pair, case):
@@ -153,6 +172,11 @@ def test_reconstruct_records_the_tuned_pair_and_its_weights(pair, case, tmp_path
     plain = reconstruct(G, C, images, rows, {**cfg, "tuning": TUNING_OFF}, seed=0)
     assert plain.lesion_weights is None and record.lesion_weights.shape[0] == 3
     assert torch.equal(record.z1, plain.z1) and torch.equal(record.negative, plain.negative)
+    assert torch.equal(record.z2, plain.z2)  # code_lr 0
+    coded = reconstruct(G, C, images, rows, {**cfg, "tuning": {**cfg["tuning"], "code_lr": 0.1}}, seed=0)
+    assert not torch.allclose(coded.z2, plain.z2) and torch.equal(coded.negative, plain.negative)
+    with torch.no_grad():  # the record's z2 is the tuned code the reconstruction was drawn at
+        assert torch.allclose(coded.reconstruction, coded.drawn_by(G)(coded.z1, coded.z2), atol=1e-6)
     generator = record.drawn_by(G)
     with torch.no_grad():
         assert torch.allclose(record.reconstruction, generator(record.z1, record.z2), atol=1e-6)

@@ -219,16 +219,16 @@ def reconstruct(G: nn.Module, C: nn.Module, images: torch.Tensor, rows: torch.Te
     check_tunable(G, cfg["tuning"])
     device, parts = module_device(G), []
     for batch, result in invert_batches(G, C, images, rows, cfg, seed, precision, encoder):
-        weights = (tune_lesion_branch(G, C, images[batch], result.z1, result.z2, cfg["tuning"])
-                   if cfg["tuning"]["steps"] > 0 else None)
-        z1, z2 = result.z1.to(device), result.z2.to(device)
+        weights, lesion_code = (tune_lesion_branch(G, C, images[batch], result.z1, result.z2, cfg["tuning"])
+                                if cfg["tuning"]["steps"] > 0 else (None, result.z2))
+        z1, z2 = result.z1.to(device), lesion_code.to(device)
         with torch.no_grad():
             reconstruction = generator_for(G, result.z1, weights)(z1, z2).cpu()
             negative = G(z1, torch.zeros_like(z2)).cpu()
             p_reconstruction = positive_probability(C, reconstruction.to(device)).cpu()
             p_negative = positive_probability(C, negative.to(device)).cpu()
         parts.append(InversionRecord(
-            rows[batch], result.z1, result.z2, result.loss, result.p_image, p_reconstruction, p_negative,
+            rows[batch], result.z1, lesion_code, result.loss, result.p_image, p_reconstruction, p_negative,
             reconstruction_mse(reconstruction, images[batch]), reconstruction_ssim(reconstruction, images[batch]),
             reconstruction, negative, lesion_weights=weights))
     return InversionRecord(**{name: torch.cat([part.tensors()[name] for part in parts])
