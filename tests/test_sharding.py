@@ -224,8 +224,10 @@ def test_workflow_reruns_only_the_failed_chunk_and_matches_one_job(sharded_workd
     results = work / "results" / "synthetic-mri"
     models = {"manifest": manifest, "classifier": results / "classifier/model.safetensors",
               "generator": results / "gan/generator.safetensors"}
-    # with the job's thread count: the tuning's batched convolutions round by how they are split
-    threads = json.loads((results / "inversion/provenance.json").read_text())["provenance"]["torch_threads"]
+    # with the job's thread count (the tuning's batched convolutions round by how they are split) and
+    # precision (`auto` probes the machine's speed again, and under another load may pick otherwise)
+    provenance = json.loads((results / "inversion/provenance.json").read_text())["provenance"]
+    threads, settings = provenance["torch_threads"], {**settings, "precision": provenance["precision"]}
     medxgan("invert", settings, models, out_dir=work / "whole", threads=threads)
     for name in ("latents.safetensors", "inversion.csv"):
         assert (results / "inversion" / name).read_bytes() == (work / "whole" / name).read_bytes(), name
