@@ -45,16 +45,22 @@ def make_workdir(path: Path, overrides: dict) -> Path:
     return path
 
 
-def snakemake_command(workdir: Path, *args: str) -> dict:
+def snakemake_command(workdir: Path, *args: str, stdout=subprocess.PIPE) -> dict:
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(workdir)}
+    # One precision-probe cache for every run and job: `precision: auto` measured separately by two
+    # runs that load the same cores could choose differently, and their bytes would differ.
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(workdir),
+           "MEDXGAN_CACHE_DIR": str(workdir.parent / "probe-cache")}
     return {"args": [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
                      "--directory", str(workdir), *args],
-            "cwd": workdir, "env": env, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+            "cwd": workdir, "env": env, "stdout": stdout, "stderr": subprocess.STDOUT, "text": True}
 
 
 def run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(**snakemake_command(workdir, *args), timeout=RUN_TIMEOUT)
+    try:
+        return subprocess.run(**snakemake_command(workdir, *args), timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired as timeout:
+        pytest.fail(f"snakemake {' '.join(args)} ran past {RUN_TIMEOUT} s; its output ends:\n{(timeout.output or '')[-5000:]}")
 
 
 def submitted(output: str) -> dict[str, int]:
@@ -66,15 +72,20 @@ def submitted(output: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The tiny DAG sharded on the cluster and, at the same time, unsharded on this machine."""
-    local_dir = make_workdir(tmp_path_factory.mktemp("local"), {})
-    cluster_dir = make_workdir(tmp_path_factory.mktemp("cluster"), SHARDS)
-    local = subprocess.Popen(**snakemake_command(local_dir, "--cores", "2", *TARGETS))
-    try:
-        cluster = run(cluster_dir, *PROFILES, *TARGETS)
-        local_output, _ = local.communicate(timeout=RUN_TIMEOUT)
-    finally:
-        local.kill()
-    assert local.returncode == 0, local_output[-3000:]
+    root = tmp_path_factory.mktemp("runs")
+    local_dir = make_workdir(root / "local", {})
+    cluster_dir = make_workdir(root / "cluster", SHARDS)
+    # The local run writes to a file, not a pipe: nobody reads a pipe while the cluster run is
+    # waited for, and a full one would stall the local run.
+    local_log = root / "local.log"
+    with local_log.open("w") as log:
+        local = subprocess.Popen(**snakemake_command(local_dir, "--cores", "2", *TARGETS, stdout=log))
+        try:
+            cluster = run(cluster_dir, *PROFILES, *TARGETS)
+            local.wait(timeout=RUN_TIMEOUT)
+        finally:
+            local.kill()
+    assert local.returncode == 0, local_log.read_text()[-3000:]
     assert cluster.returncode == 0, cluster.stdout[-5000:]
     return local_dir, cluster_dir, cluster.stdout
 

@@ -13,7 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 PYTHON=${PYTHON:-.venv/bin/python}
-TEST_TIMEOUT=${SLURM_TEST_TIMEOUT:-420}   # seconds for the whole pytest run
+TEST_TIMEOUT=${SLURM_TEST_TIMEOUT:-960}   # seconds for the whole pytest run: above its runs' own limits (3 x 300 s), so a
+                                          # run that hangs fails its test with its output
 READY_TIMEOUT=60                          # seconds for slurmd to register with slurmctld
 # The node has no GPU. Slurm schedules `--gpus=1` (what the plugin makes of the GPU rules' gpu=1)
 # on GPUs listed in gres.conf, each with a device file: two stand-in files let the node run two
