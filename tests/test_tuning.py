@@ -2,6 +2,7 @@
 
 import copy
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +11,7 @@ from torch.func import functional_call
 from medxgan.artifacts import read_inversion, write_inversion
 from medxgan.config import ConfigError
 from medxgan.data.manifest import ImageSet
+from medxgan.evaluate import scoring
 from medxgan.explainers import build_explainer
 from medxgan.inversion import reconstruct
 from medxgan.nets.networks import Generator, MaskedGenerator, dcgan_init
@@ -190,6 +192,28 @@ def test_reconstruct_records_the_tuned_pair_and_its_weights(pair, case, tmp_path
     assert torch.equal(again.lesion_weights, record.lesion_weights)
     assert torch.equal(read_inversion(tmp_path / "latents.safetensors", data.subset([1, 2]), slice(1, 3)).lesion_weights,
                        record.lesion_weights[1:])
+
+
+def test_the_robustness_check_takes_the_inversion_steps_record_for_the_clean_images(pair, case, monkeypatch):
+    G, C = pair
+    _, _, images = case
+    inversion = {"init": "random", "restarts": 1, "steps": 2, "lr": 0.05, "mse_weight": 10.0, "local_weight": 0.0,
+                 "local_patches": [4], "bce_weight": 1.0, "batch_size": 3, "tuning": {**TUNING, "steps": 3, "code_lr": 0.1}}
+    rows = torch.tensor([4, 1, 7])
+    data = ImageSet(images, torch.ones(3, dtype=torch.long), torch.zeros(3, SIZE, SIZE, dtype=torch.bool),
+                    torch.zeros(3, dtype=torch.bool), ["a", "b", "c"], rows)
+    s = {"seed": 0, "precision": "fp32", "inversion": inversion, "explain": {**EXPLAIN, "methods": ["difference", "ig"]},
+         "checks": {"noise_sigmas": [0.1], "sensitivity_radius": 0.05, "sensitivity_samples": 1}}
+    inverted = []
+    monkeypatch.setattr(scoring, "reconstruct",
+                        lambda G, C, images, *rest: inverted.append(images) or reconstruct(G, C, images, *rest))
+    alone = scoring.robustness_table(C, G, data, s)
+    assert len(inverted) == 3  # the clean images (sigma 0 too), sigma 0.1, one max-sensitivity sample
+    record = reconstruct(G, C, images, rows, inversion, 0, "fp32")
+    inverted.clear()
+    given = scoring.robustness_table(C, G, data, s, record=record)
+    assert len(inverted) == 2 and not any(torch.equal(noisy, images) for noisy in inverted)
+    pd.testing.assert_frame_equal(given, alone)  # the step's record is what a second inversion would give
 
 
 def test_the_difference_map_reads_the_tuned_branch_and_latent_shift_reads_g(pair, case, tuned):

@@ -289,21 +289,23 @@ def sanity_table(C, G, data: ImageSet, latents: InversionRecord, s: dict) -> pd.
     return pd.concat(frames, ignore_index=True)
 
 
-def robustness_table(C, G, data: ImageSet, s: dict, encoder=None) -> pd.DataFrame:
+def robustness_table(C, G, data: ImageSet, s: dict, encoder=None,
+                     record: InversionRecord | None = None) -> pd.DataFrame:
     """Similarity of each method's heatmaps under input noise, and its max-sensitivity.
 
     A medXGAN heatmap of a noisy image comes from that image's own inversion, run as the inversion
     step runs (from `encoder` where inversion.init asks for it); the inversions are shared by the
-    three generative methods.
+    generative methods. `record`, the inversion step's record of these images, stands for their
+    clean inversion (and sigma 0's, the same images): one inversion fewer.
     """
     cfg = s["checks"]
-    inversions = {}
+    inversions = {} if record is None else {_image_key(data.images): record}
 
     def explain_with(method):
         def explain(images):
             if method not in GENERATIVE_METHODS:
                 return heatmaps_for(method, C, G, images, s, latents=None)
-            key = hashlib.sha256(images.numpy().tobytes()).hexdigest()
+            key = _image_key(images)
             if key not in inversions:
                 inversions[key] = reconstruct(G, C, images, data.rows, s["inversion"], s["seed"], s["precision"],
                                               encoder)
@@ -321,6 +323,10 @@ def robustness_table(C, G, data: ImageSet, s: dict, encoder=None) -> pd.DataFram
                    pd.DataFrame({"sigma": float("nan"), "image": range(len(data)), "metric": "max_sensitivity",
                                  "value": sensitivity.double().numpy(), "method": method})]
     return pd.concat(frames, ignore_index=True)
+
+
+def _image_key(images: torch.Tensor) -> str:
+    return hashlib.sha256(images.numpy().tobytes()).hexdigest()
 
 
 def feature_spaces(C, s: dict) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:

@@ -343,7 +343,7 @@ def check(ctx: Context) -> None:
     sample = torch.arange(min(s["checks"]["images"], len(data)))
     tables = {
         "sanity": scoring.sanity_table(C, G, data.subset(sample), record, s),
-        "robustness": scoring.robustness_table(C, G, data.subset(sample), s, E),
+        "robustness": scoring.robustness_table(C, G, data.subset(sample), s, E, record.subset(sample)),
         "counterfactual": pd.concat([scoring.counterfactual_table(C, data, negatives, record, s), pd.DataFrame(
             scoring.negative_counterfactual_rows(C, G, negatives, s, E))], ignore_index=True),
     }
