@@ -35,6 +35,14 @@ def test_shipped_config_is_valid():
     assert set(config["datasets"]) == {"synthetic-cxr", "synthetic-mri"}
 
 
+@pytest.mark.parametrize("overlay", sorted(path.name for path in (REPO / "config").glob("*.yaml") if path.name != "config.yaml"))
+def test_each_shipped_overlay_is_valid_over_the_config_and_listed_in_its_readme(overlay: str):
+    base = load_config(REPO / "config" / "config.yaml")
+    config = load_config(REPO / "config" / "config.yaml", REPO / "config" / overlay)
+    assert config != base  # it changes something
+    assert f"| `{overlay}` |" in (REPO / "config" / "README.md").read_text()
+
+
 def test_wrong_type_names_the_key(config_dir: Path):
     path = edit(config_dir, lambda c: c["defaults"]["gan"].update(steps="many"))
     with pytest.raises(ConfigError, match=r"defaults\.gan\.steps: 'many' is not of type 'integer'"):
