@@ -60,7 +60,8 @@ def run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(**snakemake_command(workdir, *args), timeout=RUN_TIMEOUT)
     except subprocess.TimeoutExpired as timeout:
-        pytest.fail(f"snakemake {' '.join(args)} ran past {RUN_TIMEOUT} s; its output ends:\n{(timeout.output or '')[-5000:]}")
+        output = (timeout.output or "")[-5000:]
+        pytest.fail(f"snakemake {' '.join(args)} ran past {RUN_TIMEOUT} s; its output ends:\n{output}")
 
 
 def submitted(output: str) -> dict[str, int]:

@@ -35,7 +35,10 @@ def test_shipped_config_is_valid():
     assert set(config["datasets"]) == {"synthetic-cxr", "synthetic-mri"}
 
 
-@pytest.mark.parametrize("overlay", sorted(path.name for path in (REPO / "config").glob("*.yaml") if path.name != "config.yaml"))
+OVERLAYS = sorted(path.name for path in (REPO / "config").glob("*.yaml") if path.name != "config.yaml")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_each_shipped_overlay_is_valid_over_the_config_and_listed_in_its_readme(overlay: str):
     base = load_config(REPO / "config" / "config.yaml")
     config = load_config(REPO / "config" / "config.yaml", REPO / "config" / overlay)
