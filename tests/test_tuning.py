@@ -11,7 +11,7 @@ from torch.func import functional_call
 from medxgan.artifacts import read_inversion, write_inversion
 from medxgan.config import ConfigError
 from medxgan.data.manifest import ImageSet
-from medxgan.evaluate import scoring
+from medxgan.evaluate import robustness, scoring
 from medxgan.explainers import build_explainer
 from medxgan.inversion import reconstruct
 from medxgan.nets.networks import Generator, MaskedGenerator, dcgan_init
@@ -194,7 +194,8 @@ def test_reconstruct_records_the_tuned_pair_and_its_weights(pair, case, tmp_path
                        record.lesion_weights[1:])
 
 
-def test_the_robustness_check_takes_the_inversion_steps_record_for_the_clean_images(pair, case, monkeypatch):
+def test_the_robustness_check_inverts_its_perturbed_copies_in_one_call_and_reuses_the_steps_record(pair, case,
+                                                                                                    monkeypatch):
     G, C = pair
     _, _, images = case
     inversion = {"init": "random", "restarts": 1, "steps": 2, "lr": 0.05, "mse_weight": 10.0, "local_weight": 0.0,
@@ -208,12 +209,20 @@ def test_the_robustness_check_takes_the_inversion_steps_record_for_the_clean_ima
     monkeypatch.setattr(scoring, "reconstruct",
                         lambda G, C, images, *rest: inverted.append(images) or reconstruct(G, C, images, *rest))
     alone = scoring.robustness_table(C, G, data, s)
-    assert len(inverted) == 3  # the clean images (sigma 0 too), sigma 0.1, one max-sensitivity sample
+    # one call: the clean images (sigma 0 too), sigma 0.1, one max-sensitivity sample
+    noisy = robustness.add_noise(images, 0.1, 0)
+    assert len(inverted) == 1 and torch.equal(inverted[0][:3], images) and torch.equal(inverted[0][3:6], noisy)
     record = reconstruct(G, C, images, rows, inversion, 0, "fp32")
     inverted.clear()
     given = scoring.robustness_table(C, G, data, s, record=record)
-    assert len(inverted) == 2 and not any(torch.equal(noisy, images) for noisy in inverted)
+    assert len(inverted) == 1 and len(inverted[0]) == 6 and not torch.equal(inverted[0][:3], images)
     pd.testing.assert_frame_equal(given, alone)  # the step's record is what a second inversion would give
+    # each copy's record is its own inversion (the batches here hold one copy each, so to the bit)
+    together = scoring._invert_together([images, noisy], {}, C, G, rows, s, None)
+    for perturbed in (images, noisy):
+        own = reconstruct(G, C, perturbed, rows, inversion, 0, "fp32").tensors()
+        for name, tensor in together[scoring._image_key(perturbed)].tensors().items():
+            assert torch.equal(tensor, own[name]), name
 
 
 def test_the_difference_map_reads_the_tuned_branch_and_latent_shift_reads_g(pair, case, tuned):

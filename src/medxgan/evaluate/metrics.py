@@ -45,19 +45,23 @@ def mass_in_lesion(heatmaps: Tensor, masks: Tensor) -> Tensor:
 
 
 def mask_auroc(heatmaps: Tensor, masks: Tensor) -> Tensor:
-    """AUROC of pixel heatmap values against the mask; NaN where the mask is empty or full."""
-    from torchmetrics.functional.classification import binary_auroc
+    """AUROC of pixel heatmap values against the mask; NaN where the mask is empty or full.
 
-    scores = []
-    for heatmap, mask in zip(heatmaps.flatten(1).float(), masks.flatten(1)):
-        if mask.all() or not mask.any():
-            scores.append(heatmap.new_tensor(float("nan")))
-            continue
-        # Min-max scaling keeps the order and stops torchmetrics from squashing values outside [0, 1].
-        span = heatmap.max() - heatmap.min()
-        preds = (heatmap - heatmap.min()) / span if span > 0 else torch.zeros_like(heatmap)
-        scores.append(binary_auroc(preds, mask.long()))
-    return torch.stack(scores).cpu()
+    The Mann-Whitney form, from average ranks (ties count half), for all images at once: the same
+    number as the area under the ROC curve (torchmetrics' `binary_auroc`, within 2e-7), which, called
+    per image, took 9 s of the evaluate step's 40 (100 images, 10 maps; this form takes 1 s)."""
+    from scipy.stats import rankdata
+
+    values = heatmaps.detach().flatten(1).float().cpu().numpy()
+    inside = masks.flatten(1).cpu().numpy().astype(bool)
+    ranks = rankdata(values, axis=1)
+    positives = inside.sum(axis=1)
+    negatives = inside.shape[1] - positives
+    defined = (positives > 0) & (negatives > 0)
+    u = (ranks * inside).sum(axis=1) - positives * (positives + 1) / 2
+    auroc = np.full(len(values), np.nan)
+    auroc[defined] = u[defined] / (positives[defined] * negatives[defined])
+    return torch.from_numpy(auroc).float()
 
 
 def relevance_ranks(heatmaps: Tensor) -> Tensor:

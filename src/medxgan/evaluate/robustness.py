@@ -47,6 +47,14 @@ def add_noise(images: Tensor, sigma: float, seed: int) -> Tensor:
     return (images + sigma * noise).clamp(IMAGE_MIN, IMAGE_MAX)
 
 
+def sensitivity_samples(images: Tensor, radius: float = 0.05, samples: int = 10, seed: int = 0) -> list[Tensor]:
+    """The perturbed copies `max_sensitivity` explains: `samples` uniform draws in the L-inf ball of
+    `radius`, clamped to [-1, 1]; image i's draws depend only on (seed, i)."""
+    generators = image_generators(len(images), seed)
+    return [(images + radius * (2 * _draw(images, generators, torch.rand) - 1)).clamp(IMAGE_MIN, IMAGE_MAX)
+            for _ in range(samples)]
+
+
 def max_sensitivity(explain: Explain, images: Tensor, radius: float = 0.05, samples: int = 10,
                     seed: int = 0) -> Tensor:
     """Max-sensitivity (Yeh et al. 2019), per image (N,):
@@ -54,16 +62,14 @@ def max_sensitivity(explain: Explain, images: Tensor, radius: float = 0.05, samp
     ||explain(x + d) - explain(x)||_2 / ||explain(x)||_2.
 
     Dividing by the clean heatmap's norm lets methods with different heatmap scales compare; NaN where
-    that norm is 0. Perturbed images are clamped to [-1, 1]. One explain call per sample covers all
-    images; image i's perturbations depend only on (seed, i).
+    that norm is 0. The perturbed images are `sensitivity_samples`; one explain call per sample covers
+    all images.
     """
     reference = explain(images).detach().float().flatten(1)
     reference_norm = reference.norm(dim=1)
-    generators = image_generators(len(images), seed)
     worst = torch.zeros_like(reference_norm)
-    for _ in range(samples):
-        offsets = radius * (2 * _draw(images, generators, torch.rand) - 1)  # uniform in [-radius, radius]
-        perturbed = explain((images + offsets).clamp(IMAGE_MIN, IMAGE_MAX)).detach().float().flatten(1)
+    for perturbed_images in sensitivity_samples(images, radius, samples, seed):
+        perturbed = explain(perturbed_images).detach().float().flatten(1)
         worst = torch.maximum(worst, (perturbed - reference).norm(dim=1))
     return torch.where(reference_norm > 0, worst / reference_norm, float("nan")).cpu()
 

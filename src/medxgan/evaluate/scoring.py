@@ -295,34 +295,55 @@ def robustness_table(C, G, data: ImageSet, s: dict, encoder=None,
 
     A medXGAN heatmap of a noisy image comes from that image's own inversion, run as the inversion
     step runs (from `encoder` where inversion.init asks for it); the inversions are shared by the
-    generative methods. `record`, the inversion step's record of these images, stands for their
-    clean inversion (and sigma 0's, the same images): one inversion fewer.
+    generative methods, and every perturbed copy is inverted in one call (an image's inversion does
+    not depend on the others in its batch, up to the kernels' rounding). `record`, the inversion
+    step's record of these images, stands for their clean inversion (and sigma 0's, the same
+    images): one inversion fewer.
     """
     cfg = s["checks"]
+    sigmas = [0.0, *cfg["noise_sigmas"]]
     inversions = {} if record is None else {_image_key(data.images): record}
+    if any(method in GENERATIVE_METHODS for method in s["explain"]["methods"]):
+        perturbed = [robustness.add_noise(data.images, sigma, s["seed"]) for sigma in sigmas]
+        perturbed += robustness.sensitivity_samples(data.images, cfg["sensitivity_radius"],
+                                                    cfg["sensitivity_samples"], s["seed"])
+        inversions.update(_invert_together([data.images, *perturbed], inversions, C, G, data.rows, s, encoder))
 
     def explain_with(method):
         def explain(images):
             if method not in GENERATIVE_METHODS:
                 return heatmaps_for(method, C, G, images, s, latents=None)
-            key = _image_key(images)
-            if key not in inversions:
-                inversions[key] = reconstruct(G, C, images, data.rows, s["inversion"], s["seed"], s["precision"],
-                                              encoder)
-            record = inversions[key]
+            record = inversions[_image_key(images)]
             return heatmaps_for(method, C, record.drawn_by(G), images, s, latents=record.codes)
         return explain
 
     frames = []
     for method in s["explain"]["methods"]:
         explain = explain_with(method)
-        noise = robustness.noise_robustness(explain, data.images, [0.0, *cfg["noise_sigmas"]], s["seed"])
+        noise = robustness.noise_robustness(explain, data.images, sigmas, s["seed"])
         sensitivity = robustness.max_sensitivity(explain, data.images, cfg["sensitivity_radius"],
                                                  cfg["sensitivity_samples"], s["seed"])
         frames += [noise.assign(method=method),
                    pd.DataFrame({"sigma": float("nan"), "image": range(len(data)), "metric": "max_sensitivity",
                                  "value": sensitivity.double().numpy(), "method": method})]
     return pd.concat(frames, ignore_index=True)
+
+
+def _invert_together(image_sets: list[torch.Tensor], done: dict[str, InversionRecord], C, G, rows: torch.Tensor,
+                     s: dict, encoder) -> dict[str, InversionRecord]:
+    """The record of each image set not in `done` (keyed by `_image_key`), from one inversion of all
+    of them: one tuning of a few dozen images instead of one per set of a few."""
+    missing = {}
+    for images in image_sets:
+        key = _image_key(images)
+        if key not in done:
+            missing.setdefault(key, images)
+    if not missing:
+        return {}
+    together = reconstruct(G, C, torch.cat(list(missing.values())), rows.repeat(len(missing)), s["inversion"],
+                           s["seed"], s["precision"], encoder)
+    size = len(rows)
+    return {key: together.subset(slice(i * size, (i + 1) * size)) for i, key in enumerate(missing)}
 
 
 def _image_key(images: torch.Tensor) -> str:

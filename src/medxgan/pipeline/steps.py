@@ -381,7 +381,7 @@ def draw_figures(ctx: Context) -> None:
     figures.save(figures.interpolation_strip(C, record.drawn_by(G), record, examples, s["explain"]["interpolation_points"]),
                  a.out_dir / "interpolation.png")
     figures.save(figures.metrics_bars(pd.read_csv(a.metrics)), a.out_dir / "metrics.png")
-    figures.save(figures.faithfulness_curves(pd.read_csv(a.curves), s["seed"]), a.out_dir / "curves.png")
+    figures.save(figures.faithfulness_curves(pd.read_csv(a.curves)), a.out_dir / "curves.png")
     figures.save(figures.inversion_quality(data, record, s["figures"]["examples"]), a.out_dir / "inversion.png")
     samples = figures.disentanglement_samples(C, oracle, G, s["figures"]["examples"], s["seed"])
     figures.save(figures.disentanglement_grid(samples), a.out_dir / "disentanglement.png")
