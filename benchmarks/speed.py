@@ -13,6 +13,7 @@ the encoder start of the inversion) and the release's (G 11.9 M parameters, rand
   - one inversion step eager and under torch.compile (default width), with the compile time;
   - one GAN training step (D update, then G update with the classifier term), as the release ran
     it (fp32), channels-last, and channels-last in bf16;
+  - the lesion-branch tuning after the inversion, one image and batched (a masked G only);
   - one encoder training step (default design only);
   - each method of the config's explain.methods, images/s (fp32 and channels-last, as the workflow
     computes them);
@@ -39,8 +40,9 @@ from medxgan.nets.encoder import Encoder
 from medxgan.train.encoder import encoder_losses
 from medxgan.explainers import build_explainer
 from medxgan.inversion import inversion_loss, invert_batch
-from medxgan.nets.networks import SimpleCNN, build_generator
+from medxgan.nets.networks import MaskedGenerator, SimpleCNN, build_generator
 from medxgan.train.gan import GANTrainer
+from medxgan.tuning import tune_lesion_branch
 from medxgan.torch_utils import pick_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,6 +151,26 @@ def inversion_rows(name: str, widths: dict, inversion_cfg: dict, batch: int, dev
     hardware.channels_last(G, C)
     return rows + [measured(f"batched {batch}{start}, channels-last", batch, "fp32"),
                    measured(f"batched {batch}{start}, channels-last, bf16", batch, "bf16")]
+
+
+def tuning_rows(name: str, widths: dict, inversion_cfg: dict, batch: int, device: torch.device) -> list[Row]:
+    """The lesion-branch tuning that follows the inversion (a masked G, inversion.tuning.steps > 0),
+    as `tune_lesion_branch` runs it: each image's own copy of L's weights, fp32, Adam fused."""
+    G, C = networks(widths, device)
+    if not isinstance(G, MaskedGenerator) or inversion_cfg["tuning"]["steps"] == 0:
+        return []
+    images = torch.rand(batch, CHANNELS, SIZE, SIZE) * 2 - 1
+    z1, z2 = torch.randn(batch, G.nz1), torch.randn(batch, G.nz2)
+    steps = 2  # tuning steps per timed call
+
+    def tune(n: int, step_count: int):
+        return lambda: tune_lesion_branch(G, C, images[:n], z1[:n], z2[:n],
+                                          {**inversion_cfg["tuning"], "steps": step_count})
+
+    # counted on one image: the flop counter does not divide a batched (grouped) convolution by its groups
+    step_flops = flops(tune(1, 1))
+    return [Row(f"{name}: lesion-branch tuning, batched {n}", rate(tune(n, steps), n * steps, device),
+                "image-steps/s", step_flops, "fp32") for n in (1, batch)]
 
 
 def encoder(widths: dict, device: torch.device) -> Encoder:
@@ -318,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, widths in designs:
         rows += inversion_rows(name, widths, defaults["inversion"], args.batch, device)
+        rows += tuning_rows(name, widths, defaults["inversion"], args.batch, device)
         if name == "default width" and not args.quick:
             rows += compiled_inversion_rows(name, widths, defaults["inversion"], args.batch, device)
         rows += gan_rows(name, widths, defaults["gan"], device)

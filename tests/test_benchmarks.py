@@ -33,6 +33,7 @@ def test_speed_benchmark_times_what_the_shipped_config_runs():
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["defaults"]
     assert "default width: inversion, batched 4, encoder start, channels-last" in cases  # init: encoder
     assert "default width: encoder training step, batch 4" in cases
+    assert config["inversion"]["tuning"]["steps"] > 0 and "default width: lesion-branch tuning, batched 4" in cases
     assert [case.removeprefix("default width: explain, ") for case in cases if ": explain, " in case] == \
         config["explain"]["methods"]
     assert "| batched bf16 inversion vs the per-image fp32 loop, default width |" in run.stdout  # the goals table
