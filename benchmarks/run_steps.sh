@@ -6,7 +6,12 @@ set -euo pipefail
 root=$1; shift
 configs=(); while [ "$1" != "--" ]; do configs+=("$1"); shift; done; shift
 medxgan=${MEDXGAN:-medxgan}
-methods=(difference interpolation latent_ig gradcam ig)
+
+setting() {  # setting DATASET SECTION KEY: the merged configs' value (a list space-separated)
+    python -c 'import sys; from medxgan.config import dataset_settings, load_config
+value = dataset_settings(load_config(*sys.argv[4:]), sys.argv[1])[sys.argv[2]][sys.argv[3]]
+print(" ".join(value) if isinstance(value, list) else value)' "$1" "$2" "$3" "${configs[@]}"
+}
 
 timed() {  # timed NAME COMMAND...: run, print "NAME seconds"
     local name=$1; shift
@@ -26,7 +31,14 @@ for ds in "$@"; do
     timed "$ds train-classifier" $medxgan train-classifier "${common[@]}" "${m[@]}" --out-dir "$out/classifier" 2>"$out/logs/train_classifier.log"
     timed "$ds train-oracle" $medxgan train-oracle "${common[@]}" "${m[@]}" --out-dir "$out/oracle" 2>"$out/logs/train_oracle.log"
     timed "$ds train-gan" $medxgan train-gan "${common[@]}" "${m[@]}" "${c[@]}" --out-dir "$out/gan" 2>"$out/logs/train_gan.log"
-    timed "$ds invert" $medxgan invert "${common[@]}" "${m[@]}" "${c[@]}" "${g[@]}" --out-dir "$out/inversion" 2>"$out/logs/invert.log"
+    e=()  # the encoder, trained and passed exactly when the config's inversion starts from it
+    init=$(setting "$ds" inversion init)
+    read -ra methods <<< "$(setting "$ds" explain methods)"
+    if [ "$init" = encoder ]; then
+        timed "$ds train-encoder" $medxgan train-encoder "${common[@]}" "${m[@]}" "${g[@]}" --out-dir "$out/encoder" 2>"$out/logs/train_encoder.log"
+        e=(--encoder "$out/encoder/model.safetensors")
+    fi
+    timed "$ds invert" $medxgan invert "${common[@]}" "${m[@]}" "${c[@]}" "${g[@]}" "${e[@]}" --out-dir "$out/inversion" 2>"$out/logs/invert.log"
     for method in "${methods[@]}"; do
         timed "$ds explain $method" $medxgan explain "${common[@]}" "${m[@]}" "${c[@]}" "${g[@]}" "${i[@]}" \
             --method "$method" --out "$out/explanations/$method.safetensors" 2>"$out/logs/explain_$method.log"
@@ -35,6 +47,7 @@ for ds in "$@"; do
     timed "$ds evaluate" $medxgan evaluate "${common[@]}" "${m[@]}" "${c[@]}" "${i[@]}" --explanations "${heatmaps[@]}" \
         --oracle "$out/oracle/model.safetensors" --out-dir "$out" 2>"$out/logs/evaluate.log"
     timed "$ds figures" $medxgan figures "${common[@]}" "${m[@]}" "${c[@]}" "${g[@]}" "${i[@]}" --explanations "${heatmaps[@]}" \
-        --metrics "$out/metrics.csv" --curves "$out/metrics_curves.csv" --out-dir "$out/figures" 2>"$out/logs/figures.log"
+        --metrics "$out/metrics.csv" --curves "$out/metrics_curves.csv" --oracle "$out/oracle/model.safetensors" \
+        --out-dir "$out/figures" 2>"$out/logs/figures.log"
 done
 $medxgan summarize --results "$root/results" --datasets "$@" --out "$root/results/summary.md"
