@@ -15,9 +15,11 @@ command_of() {  # the job's shell command for a dataset, its outputs sent to $sc
     grep -h "Shell command: medxgan $job " "$run"/.snakemake/log/*.log | grep -- "$1" | head -1 |
         sed "s/^Shell command: //; s/ 2> .*//; s#--out-dir [^ ]*#--out-dir $scratch/$1#; s#--out [^ ]*#--out $scratch/$1.safetensors#"
 }
+labels=(A B)
+failed=0
 for round in $(seq "$rounds"); do
-    for label in A B; do
-        venv=${venvs[$([ "$label" = A ] && echo 0 || echo 1)]}
+    for side in 0 1; do
+        venv=${venvs[side]}; label=${labels[side]}; pids=()
         for dataset in synthetic-cxr synthetic-mri; do
             cmd=$(command_of "$dataset" || true)
             [ -n "$cmd" ] || { echo "no '$job' command for $dataset in $run/.snakemake/log" >&2; exit 2; }
@@ -26,9 +28,11 @@ for round in $(seq "$rounds"); do
                     awk -v r="$round" -v l="$label" -v d="$dataset" -v a="$start" -v b="$EPOCHREALTIME" \
                         'BEGIN { printf "round %s  %s  %-14s %7.1f s\n", r, l, d, b - a }'
                 else
-                    echo "round $round  $label  $dataset failed:" >&2; tail -5 "$scratch/$dataset.log" >&2
+                    echo "round $round  $label  $dataset failed:" >&2; tail -5 "$scratch/$dataset.log" >&2; exit 1
                 fi) &
+            pids+=($!)
         done
-        wait
+        for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
     done
 done
+exit "$failed"
