@@ -74,11 +74,12 @@ def build(name: str, classifier, generator, **kwargs):
 
 # few steps: these tests check plumbing
 FAST = {"latent_ig": {"n_steps": 4}, "ig": {"n_steps": 8}, "ig_blur": {"n_steps": 8}, "ig_counterfactual": {"n_steps": 8},
+        "ig_removal": {"n_steps": 8},
         "latent_ig_to_image": {"latent_steps": 4, "image_steps": 8}, "latent_shift": {"search_steps": 4, "frames": 3}}
 
 
 def test_generative_methods_are_the_generative_explainers():
-    assert set(GENERATIVE_METHODS) == {"difference", "interpolation", "latent_ig", "ig_counterfactual",
+    assert set(GENERATIVE_METHODS) == {"difference", "interpolation", "latent_ig", "ig_counterfactual", "ig_removal",
                                        "latent_ig_to_image", "latent_shift"}
     assert all(issubclass(EXPLAINERS[name], GenerativeExplainer) for name in GENERATIVE_METHODS)
 
@@ -383,6 +384,7 @@ EXPLAIN_CFG = {"batch_size": 7, "interpolation_points": 5, "latent_ig_steps": 9,
     ("ig", {"n_steps": 11, "baseline": 0.5}),
     ("ig_blur", {"n_steps": 11, "kernel_size": 7, "sigma": 2.5}),
     ("ig_counterfactual", {"n_steps": 11}),
+    ("ig_removal", {"n_steps": 11}),
     ("latent_ig_to_image", {"latent_steps": 9, "image_steps": 11}),
     ("latent_shift", {"max_shift": 3.0, "search_steps": 6, "drop": 0.4, "frames": 4}),
 ])
@@ -398,6 +400,7 @@ def test_build_explainer_passes_the_explain_settings(models, method, options):
 @pytest.mark.parametrize("name, defaults", [
     ("ig_blur", {"n_steps": 50, "kernel_size": 11, "sigma": 5.0}),
     ("ig_counterfactual", {"n_steps": 50}),
+    ("ig_removal", {"n_steps": 50}),
     ("latent_ig_to_image", {"latent_steps": 50, "image_steps": 50}),
 ])
 def test_ig_explainers_default_to_50_steps_and_an_11_pixel_sigma_5_blur(name, defaults, models, batch):
@@ -464,6 +467,58 @@ def test_counterfactual_ig_takes_a_generator_of_another_precision(models, batch)
     wide = CounterfactualIntegratedGradients(classifier, copy.deepcopy(generator).double(), n_steps=8)
     torch.testing.assert_close(wide.attribute(images, latents=(z1.double(), z2.double())), expected,
                                rtol=1e-4, atol=1e-6)
+
+
+class SquareMaskGenerator(nn.Module):
+    """A masked G in miniature: G(z1, 0) = z1[:, 0] * anatomy, and z2 acts only inside a square,
+    where G(z1, z2) is z2[:, 0] * lesion; `compose` gives the image and that mask."""
+
+    def __init__(self, anatomy: torch.Tensor, lesion: torch.Tensor, square: tuple[slice, slice]):
+        super().__init__()
+        self.nz1, self.nz2 = 2, 2
+        mask = torch.zeros_like(anatomy)
+        mask[..., square[0], square[1]] = 1.0
+        for name, tensor in (("anatomy", anatomy), ("lesion", lesion), ("mask", mask)):
+            self.register_buffer(name, tensor)
+
+    def compose(self, z1, z2):
+        mask = self.mask * (z2.norm(dim=1) > 0).to(z2.dtype)[:, None, None, None]
+        image = (1 - mask) * z1[:, :1, None, None] * self.anatomy + mask * z2[:, :1, None, None] * self.lesion
+        return image, mask
+
+    def forward(self, z1, z2):
+        return self.compose(z1, z2)[0]
+
+
+def test_ig_removal_starts_from_the_image_with_the_masked_region_drawn_without_pathology():
+    torch.manual_seed(0)
+    anatomy, lesion = torch.rand(1, 1, 8, 8, dtype=torch.float64), torch.rand(1, 1, 8, 8, dtype=torch.float64)
+    square = (slice(2, 5), slice(3, 6))
+    generator = SquareMaskGenerator(anatomy, lesion, square)
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    z1, z2 = torch.tensor([[1.0, 0.0], [0.5, 0.0], [2.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.3, 0.2], [2.0, 1.0]])
+    z1, z2 = z1.double(), z2.double()
+    explainer = build("ig_removal", classifier, generator, n_steps=64)
+    attributions = explainer.attributions(x, z1, z2)
+    baseline = x.clone()
+    baseline[..., square[0], square[1]] = (z1[:, :1, None, None] * anatomy)[..., square[0], square[1]]
+    expected = captum.attr.IntegratedGradients(lambda images: classifier(images).softmax(dim=1)).attribute(
+        x, baselines=baseline, target=1, n_steps=64)
+    torch.testing.assert_close(attributions, expected)
+    outside = torch.ones(8, 8, dtype=torch.bool)
+    outside[square] = False
+    assert torch.equal(attributions[..., outside], torch.zeros_like(attributions[..., outside]))
+    with torch.no_grad():  # complete: the attributions sum to C(x) - C(baseline)
+        delta = positive_probability(classifier, x) - positive_probability(classifier, baseline)
+    torch.testing.assert_close(attributions.sum(dim=(1, 2, 3)), delta, rtol=0, atol=1e-3)
+
+
+def test_ig_removal_of_a_plain_generator_is_ig_from_g_z1_0(models, batch):
+    images, z = batch
+    x = images + 0.3 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(build("ig_removal", *models, n_steps=8).attribute(x, latents=z),
+                       build("ig_counterfactual", *models, n_steps=8).attribute(x, latents=z))
 
 
 @pytest.mark.parametrize("name", [name for name, cls in EXPLAINERS.items() if issubclass(cls, RealImageExplainer)])

@@ -98,6 +98,12 @@ def test_the_tuned_generator_draws_tuned_codes_with_their_weights_and_others_wit
                            z2[order] * 0.5)[0]
         assert torch.allclose(drawn[:5], expected, atol=1e-6)
         assert torch.allclose(drawn[5:], G(other, z2[:2]), atol=1e-6)  # (another batch size rounds otherwise)
+        image, mask = generator.compose(batch_z1, batch_z2)
+        assert torch.equal(image, drawn)
+        expected_mask = G.blend(G.anatomy(z1[order], z2[order, :0]),
+                                tuned_lesion(G, tuned[order], z1[order], z2[order] * 0.5), z2[order] * 0.5)[1]
+        assert torch.allclose(mask[:5], expected_mask, atol=1e-6)
+        assert torch.allclose(mask[5:], G.compose(other, z2[:2])[1], atol=1e-6)
         assert torch.equal(generator(z1, torch.zeros_like(z2)), G(z1, torch.zeros_like(z2)))  # G(z1, 0) bit for bit
         assert not torch.allclose(drawn[:5], G(batch_z1[:5], batch_z2[:5]), atol=1e-3)  # the tuning shows
 

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from medxgan.nets.networks import compose
 from medxgan.torch_utils import frozen, module_device
 from medxgan.tuning import TunedGenerator
 
@@ -303,8 +304,30 @@ class CounterfactualIntegratedGradients(RealImageExplainer):
         self.n_steps = n_steps
 
     def _explain_image(self, images: Tensor, z1: Tensor, z2: Tensor, target: int) -> Tensor:
-        negative = self._generate(z1, torch.zeros_like(z2)).to(images.dtype)
-        return _integrated_gradients(self.classifier, images, negative, target, self.n_steps, self.batch_size)
+        baseline = self._baseline(images, z1, z2).to(images.dtype)
+        return _integrated_gradients(self.classifier, images, baseline, target, self.n_steps, self.batch_size)
+
+    def _baseline(self, images: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
+        return self._generate(z1, torch.zeros_like(z2))
+
+
+class RemovalIntegratedGradients(CounterfactualIntegratedGradients):
+    """captum's IG of C's probability along the straight line to x from x with its lesion removed:
+    (1 - m) x + m G(z1, 0), where m is the mask of G(z1, z2), the region z2 changes. The baseline
+    is x outside the mask and the same patient as G draws them without pathology inside it, so the
+    attributions stay inside the mask and sum to C(x) - C(baseline). It is the image the
+    lesion-branch tuning asks C to call negative (`medxgan.tuning`). A plain G's z2 may change any
+    pixel: its region is the whole image, and the method is ig_counterfactual."""
+
+    def _baseline(self, images: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
+        negative = super()._baseline(images, z1, z2)
+        device = module_device(self.generator)
+        with torch.no_grad():
+            _, mask = compose(self.generator, z1.to(device), z2.to(device))
+        if mask is None:
+            return negative
+        mask = mask.to(images.device, images.dtype)
+        return (1 - mask) * images + mask * negative
 
 
 class LatentIGToImage(RealImageExplainer):
@@ -385,6 +408,7 @@ EXPLAINERS: dict[str, type[Explainer]] = {
     "interpolation": Interpolation,
     "latent_ig": LatentIG,
     "ig_counterfactual": CounterfactualIntegratedGradients,
+    "ig_removal": RemovalIntegratedGradients,
     "latent_ig_to_image": LatentIGToImage,
     "latent_shift": LatentShift,
     "gradcam": GradCAM,

@@ -135,6 +135,10 @@ class TunedGenerator(nn.Module):
         self.buffers = dict(G.lesion.named_buffers())
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return self.compose(z1, z2)[0]
+
+    def compose(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image and its mask, as `MaskedGenerator.compose` gives them."""
         matches = (z1[:, None, :] == self.codes[None].to(z1.dtype)).all(dim=2)
         owner = torch.where(matches.any(dim=1), matches.float().argmax(dim=1), -1)
         order, drawn = [], []
@@ -145,7 +149,7 @@ class TunedGenerator(nn.Module):
                          else functional_call(self.G.lesion, params, (z1[rows], z2[rows])))
             order.append(rows)
         lesion = torch.cat(drawn)[torch.cat(order).argsort()]
-        return self.G.blend(self.G.anatomy(z1, z2[:, :0]), lesion, z2)[0]
+        return self.G.blend(self.G.anatomy(z1, z2[:, :0]), lesion, z2)
 
 
 def generator_for(G: nn.Module, z1: torch.Tensor, weights: torch.Tensor | None) -> nn.Module:

@@ -123,6 +123,12 @@ class MaskedGenerator(nn.Module):
         return self.compose(z1, z2)[0]
 
 
+def compose(G: nn.Module, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """G(z1, z2) and the mask of where z2 acts, for a G that composes one (a masked G, or one whose
+    lesion branch `medxgan.tuning` tuned per image); None for a plain G, whose z2 may act anywhere."""
+    return G.compose(z1, z2) if hasattr(G, "compose") else (G(z1, z2), None)
+
+
 def build_generator(composition: str, nz1: int, nz2: int, image_size: int, channels: int, width: float,
                     upsampling: str) -> nn.Module:
     if composition == "plain":

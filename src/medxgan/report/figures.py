@@ -26,7 +26,8 @@ from medxgan.torch_utils import module_device  # noqa: E402
 
 # the pipeline figure's map columns: the paper's four, then the maps of the real image and the peers
 HEATMAP_COLUMNS = {"difference": "difference map", "gradcam": "Grad-CAM", "latent_ig": "Latent IG", "ig": "IG",
-                   "ig_counterfactual": "IG from G(z1, 0)", "latent_ig_to_image": "Latent IG to x",
+                   "ig_counterfactual": "IG from G(z1, 0)", "ig_removal": "IG, lesion removed",
+                   "latent_ig_to_image": "Latent IG to x",
                    "latent_shift": "Latent Shift", "ig_blur": "IG from blur"}
 CELL_INCHES = 1.6
 LOSS_SMOOTHING = 50  # steps in the rolling mean of the loss curves
@@ -163,7 +164,8 @@ def disentanglement_grid(samples: dict[str, dict[str, torch.Tensor]]) -> plt.Fig
 
 
 PERTURBATION_COLUMNS = {"gradcam": "Grad-CAM", "ig": "IG", "ig_blur": "IG from blur", "difference": "medXGAN difference",
-                        "latent_ig": "medXGAN Latent IG", "ig_counterfactual": "medXGAN IG from G(z1, 0)"}
+                        "latent_ig": "medXGAN Latent IG", "ig_counterfactual": "medXGAN IG from G(z1, 0)",
+                        "ig_removal": "medXGAN IG, lesion removed"}
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from medxgan.data.manifest import ImageSet
 from medxgan.files import atomic_path, progress
 from medxgan.hardware import autocast, channels_last
 from medxgan.nets.encoder import Encoder
-from medxgan.nets.networks import MaskedGenerator, build_discriminator, build_generator, dcgan_init
+from medxgan.nets.networks import build_discriminator, build_generator, compose, dcgan_init
 from medxgan.torch_utils import batch_indices, sample_codes
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,6 @@ def mask_area(mask: torch.Tensor | None, positives: torch.Tensor) -> torch.Tenso
     if mask is None or not positives.any():
         return torch.zeros((), device=positives.device)
     return mask[positives].float().mean()
-
-
-def compose(G: nn.Module, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """G(z1, z2) and a masked generator's mask (None for a plain generator)."""
-    return G.compose(z1, z2) if isinstance(G, MaskedGenerator) else (G(z1, z2), None)
 
 
 def reconstruction_terms(G: nn.Module, E: Encoder, C: nn.Module, real: torch.Tensor,
