@@ -372,7 +372,9 @@ def job_times(table: pd.DataFrame, hardware: str) -> plt.Figure:
 
 
 ABLATION_PANELS = ("SSIM", "valid for C and oracle", "difference: pointing game", "latent_ig: pointing game",
-                   "difference: mass in lesion", "latent_ig: mass in lesion")
+                   "ig_removal: pointing game", "difference: mass in lesion", "latent_ig: mass in lesion",
+                   "ig_removal: mass in lesion")
+ABLATION_PANELS_PER_ROW = 4
 
 
 def ablation_summary(table: pd.DataFrame) -> plt.Figure:
@@ -383,8 +385,12 @@ def ablation_summary(table: pd.DataFrame) -> plt.Figure:
     table = table.assign(measure=measure_names(table))
     variants = table[table.variant != C_ONLY]
     panels = [m for m in ABLATION_PANELS if m in set(variants.measure)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
-    for ax, measure in zip(axes[0], panels):
+    columns = min(ABLATION_PANELS_PER_ROW, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, measure in zip(axes.flat, panels):
         sns.stripplot(data=variants[variants.measure == measure], x="variant", y="value", hue="dataset", dodge=True,
                       ax=ax, legend=ax is axes[0][0])
         metric = measure.split(": ")[-1]
