@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,31 @@ def test_debug_shows_a_bad_inputs_traceback_and_a_bug_keeps_its_own(tmp_path):
             cli.main(["divide-by-zero"])
     finally:
         del STEPS["divide-by-zero"]
+
+
+REPEATED_ALLOCATION = """
+import resource, sys
+import torch
+from medxgan.pipeline import cli
+if sys.argv[1] == "keep":
+    cli.keep_freed_memory()
+faults = []
+for _ in range(6):  # a step's activations: the same 40 MB allocated and freed again and again
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = torch.ones(10 * 2**20)
+    del block
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(max(faults[3:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_a_step_reuses_freed_memory_instead_of_page_faulting_it_in_again():
+    def page_faults(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", REPEATED_ALLOCATION, mode], capture_output=True, text=True,
+                              check=True)
+        return int(done.stdout)
+
+    pages = 40 * 2**20 // resource.getpagesize()
+    assert page_faults("default") > pages // 2  # glibc maps the block afresh each time
+    assert page_faults("keep") < pages // 100
