@@ -105,3 +105,14 @@ def test_the_perturbation_figure_shows_each_examples_perturbed_image(examples, t
             assert torch.allclose(torch.as_tensor(shown.data), torch.as_tensor(figures._grey(expected[i])))
     figures.save(fig, tmp_path / "perturbation.png")
     assert (tmp_path / "perturbation.png").stat().st_size > 0
+
+
+def test_the_metrics_figure_gives_each_of_more_methods_than_the_palette_has_colours_its_own():
+    import pandas as pd
+
+    methods = [f"method_{i}" for i in range(12)]
+    table = pd.DataFrame([{"method": method, "metric": metric, "mean": 0.5, "ci_low": 0.4, "ci_high": 0.6}
+                          for metric in ("pointing_game", "mask_auroc") for method in methods])
+    fig = figures.metrics_bars(table)
+    bars = fig.axes[0].patches
+    assert len({bar.get_facecolor() for bar in bars}) == len(methods)

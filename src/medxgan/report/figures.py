@@ -240,6 +240,11 @@ def gan_losses(losses: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def method_colours(count: int) -> list:
+    """One colour per method: the colour-blind palette's ten, evenly spaced hues beyond them."""
+    return sns.color_palette("colorblind" if count <= 10 else "husl", count)
+
+
 def metrics_bars(table: pd.DataFrame) -> plt.Figure:
     """Methods side by side for each metric: means with their 95% bootstrap confidence intervals."""
     scores = table[table.method != INVERSION_METHOD]
@@ -247,7 +252,8 @@ def metrics_bars(table: pd.DataFrame) -> plt.Figure:
     columns = min(METRICS_PER_ROW, len(metrics))
     rows = -(-len(metrics) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.4 * rows), squeeze=False)
-    palette = dict(zip(dict.fromkeys(scores.method), sns.color_palette("colorblind")))
+    methods = list(dict.fromkeys(scores.method))
+    palette = dict(zip(methods, method_colours(len(methods))))
     for ax in axes.flat[len(metrics):]:
         ax.set_visible(False)
     for ax, metric in zip(axes.flat, metrics):
