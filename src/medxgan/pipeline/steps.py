@@ -477,7 +477,8 @@ def bundle(ctx: Context) -> None:
                     "recursively"),
       Argument("--bundle", type=Path, required=True, help="a trained bundle folder, e.g. results/synthetic-cxr/bundle"),
       out("writes figures/NAME.png, heatmaps/NAME_METHOD.npy and explanations.csv there"),
-      Argument("--methods", nargs="+", default=["difference", "latent_ig", "ig_counterfactual", "ig_removal", "gradcam", "ig"],
+      Argument("--methods", nargs="+",
+               default=["difference", "latent_ig", "ig_counterfactual", "ig_removal", "gradcam", "ig"],
                help="explanation methods of explain.methods (default: %(default)s)"),
       Argument("--classifier-factory", metavar="MODULE:FUNCTION",
                help="the factory that builds the bundle's classifier, where it was built by one: a bundle never "
