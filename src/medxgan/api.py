@@ -29,11 +29,11 @@ from medxgan.config import SECTIONS, dataset_settings, load_config
 from medxgan.explainers import GENERATIVE_METHODS, build_explainer
 from medxgan.inversion import InversionRecord, negative_counterfactuals, reconstruct
 from medxgan.tuning import check_tunable
+from medxgan.names import DEFAULT_METHODS
 from medxgan.nets.networks import positive_probability
 from medxgan.nets.user import UserClassifier, input_settings
 from medxgan.torch_utils import pick_device
 
-DEFAULT_METHODS = ("difference", "latent_ig", "ig_counterfactual", "ig_removal", "gradcam", "ig")
 RANGE_SLACK = 1e-4  # float rounding of x * 2 - 1 stays inside; 0..255 or mean/std-normalised input does not
 TO_RANGE = "ToTensor's [0, 1] maps onto [-1, 1] by x * 2 - 1, 8-bit 0..255 by x / 127.5 - 1"
 TARGETS = (0, 1)  # C's negative and positive class

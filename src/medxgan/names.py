@@ -12,5 +12,8 @@ PIXEL_SPACE = ("gradcam", "ig", "ig_blur")                           # read C al
 READ_C_DIRECTLY = ("gradcam", "ig", "ig_blur", "latent_ig", "ig_counterfactual", "ig_removal", "latent_ig_to_image",
                    "latent_shift")
 
+# what the API and `medxgan explain-images` compute when no methods are named
+DEFAULT_METHODS = ("difference", "latent_ig", "ig_counterfactual", "ig_removal", "gradcam", "ig")
+
 RANDOM_METHOD = "random"                   # a random heatmap, scored as chance level
 INVERSION_METHOD = "medxgan inversion"     # the rows of the inversion's own fidelity beside the methods'

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from medxgan.config import SOURCE_DEFAULTS, ConfigError, check_results_owner, record_results_owner
 from medxgan.data.medical_formats import DEFAULT_SLICE_AXIS
+from medxgan.names import DEFAULT_METHODS
 from medxgan.pipeline.context import (
     CHUNK,
     CLASSIFIER,
@@ -477,8 +478,7 @@ def bundle(ctx: Context) -> None:
                     "recursively"),
       Argument("--bundle", type=Path, required=True, help="a trained bundle folder, e.g. results/synthetic-cxr/bundle"),
       out("writes figures/NAME.png, heatmaps/NAME_METHOD.npy and explanations.csv there"),
-      Argument("--methods", nargs="+",
-               default=["difference", "latent_ig", "ig_counterfactual", "ig_removal", "gradcam", "ig"],
+      Argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                help="explanation methods of explain.methods (default: %(default)s)"),
       Argument("--classifier-factory", metavar="MODULE:FUNCTION",
                help="the factory that builds the bundle's classifier, where it was built by one: a bundle never "
