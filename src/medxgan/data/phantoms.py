@@ -443,6 +443,14 @@ def mri_phantom(rng: np.random.Generator, size: int, positive: bool) -> Phantom:
     return _with_lesion(anatomy, *_mri_tumour(rng, anatomy)) if positive else _healthy(anatomy)
 
 
+def template_mri_phantom(rng: np.random.Generator, size: int, positive: bool) -> Phantom:
+    """An axial slice of the MNI152 T1 template with a lesion of its own model
+    (`medxgan.data.template_mri`): real anatomy, for judging on data the phantoms above do not contain."""
+    from medxgan.data.template_mri import template_mri  # reads nilearn's copy of the template once
+
+    return Phantom(*template_mri(rng, size, positive))
+
+
 # --- datasets ---------------------------------------------------------------------------
 
 
@@ -455,6 +463,7 @@ class PhantomKind(NamedTuple):
 PHANTOMS = {
     "synthetic-cxr": PhantomKind(cxr_phantom, "normal", "opacity"),
     "synthetic-mri": PhantomKind(mri_phantom, "no_tumor", "tumor"),
+    "template-mri": PhantomKind(template_mri_phantom, "no_tumor", "tumor"),
 }
 
 
