@@ -14,7 +14,7 @@ RUN pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.p
 # every rule calls.
 COPY pyproject.toml README.md LICENSE /tmp/medxgan/
 COPY src /tmp/medxgan/src
-RUN pip install "/tmp/medxgan[workflow,data]" && rm -rf /tmp/medxgan
+RUN pip install "/tmp/medxgan[workflow,data,template]" && rm -rf /tmp/medxgan
 
 # No ENTRYPOINT: Snakemake runs each job as `apptainer exec IMAGE bash -c COMMAND` (bash is in the
 # base image), and `docker run IMAGE snakemake ...` runs what it is given, in the mounted project.
