@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
-from medxgan.explainers import EXPLAINERS, GENERATIVE_METHODS, BlurIntegratedGradients, CounterfactualIntegratedGradients, DifferenceMap, GenerativeExplainer, GradCAM, IntegratedGradients, Interpolation, LatentIG, LatentIGToImage, LatentShift, RealImageExplainer, build_explainer, to_grey
+from medxgan.explainers import EXPLAINERS, GENERATIVE_METHODS, BlurIntegratedGradients, CounterfactualIntegratedGradients, DifferenceMap, GenerativeExplainer, GradCAM, IntegratedGradients, Interpolation, LatentIG, LatentIGToImage, LatentShift, RealImageExplainer, build_explainer, cell_centres, place_cells, to_grey
 from medxgan import names as methods
 from medxgan.nets.networks import Generator, SimpleCNN, positive_probability
 from helpers import RegionClassifier, calibrate_gan_pair
@@ -279,6 +279,67 @@ def test_gradcam_depends_on_target(models, batch):
     images, _ = batch
     explainer = GradCAM(classifier)
     assert not torch.allclose(explainer.attribute(images, target=0), explainer.attribute(images, target=1))
+
+
+class SpotDetector(nn.Module):
+    """Positive logit = the sum of a 3 x 3 mean filter (no padding) max-pooled by 4: on 32 px, its
+    7 x 7 map's cells look at pixels 2.5 + 4 s, from 2.5 to 26.5."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 1, 3), nn.MaxPool2d(4))
+        self.head = nn.Linear(49, 2)
+        with torch.no_grad():
+            self.features[0].weight.fill_(1 / 9)
+            self.features[0].bias.zero_()
+            self.head.weight.copy_(torch.stack([torch.zeros(49), torch.ones(49)]))
+            self.head.bias.zero_()
+
+    @property
+    def target_layer(self) -> nn.Module:
+        return self.features[-1]
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+def test_gradcam_puts_each_cell_where_it_looks():
+    """A bright spot centred at (27, 27), which only the last cell sees (it looks at 26.5): the
+    registered map peaks on the spot, where pytorch-grad-cam's map, stretched over the image, puts
+    that cell at 29.4 and beyond, off the spot."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    classifier = SpotDetector().eval()
+    images = torch.zeros(1, 1, 32, 32)
+    images[..., 26:29, 26:29] = 1.0
+    spot = torch.zeros(32, 32, dtype=torch.bool)
+    spot[25:30, 25:30] = True
+    registered = GradCAM(classifier).attribute(images)[0]
+    assert spot.flatten()[registered.argmax()]
+    with pytorch_grad_cam.GradCAM(model=classifier, target_layers=[classifier.target_layer]) as cam:
+        stretched = torch.from_numpy(cam(input_tensor=images.clone().requires_grad_(True),
+                                         targets=[ClassifierOutputTarget(1)]))[0]
+    assert not spot.flatten()[stretched.argmax()]
+
+
+def test_cell_centres_of_the_papers_brain_cnn_are_the_middle_of_the_image():
+    """Its unpadded blocks put the 8 x 8 last block's cells at 17.5 + 4 s (by the layers' sizes);
+    the gradient-measured centres agree within a pixel and a half."""
+    classifier = SimpleCNN(64, 1, 0.5).eval()
+    first, last = cell_centres(classifier, classifier.target_layer, torch.zeros(2, 1, 64, 64))
+    torch.testing.assert_close(first, torch.tensor([17.5, 17.5]), atol=1.5, rtol=0)
+    torch.testing.assert_close(last, torch.tensor([45.5, 45.5]), atol=1.5, rtol=0)
+
+
+def test_cells_placed_on_the_whole_image_are_a_corner_aligned_resize():
+    maps = torch.rand(2, 4, 5)
+    placed = place_cells(maps, torch.tensor([0.0, 0.0]), torch.tensor([15.0, 19.0]), (16, 20))
+    expected = nn.functional.interpolate(maps[:, None], size=(16, 20), mode="bilinear", align_corners=True)[:, 0]
+    torch.testing.assert_close(placed, expected)
+    # beyond the first and the last centre, the edge cells' values
+    inside = place_cells(maps, torch.tensor([4.0, 4.0]), torch.tensor([11.0, 15.0]), (16, 20))
+    torch.testing.assert_close(inside[:, :4, 4], maps[:, :1, 0].expand(-1, 4))
 
 
 def test_integrated_gradients_attributes_only_the_driving_region():
