@@ -135,8 +135,8 @@ def test_dockerfile_installs_the_package_on_python_311_with_an_accepted_torch():
         pin = re.search(rf"\b{package}==([0-9][0-9.]*)", dockerfile)
         assert pin and Version(pin.group(1)) in wanted[package], f"the Dockerfile's {package} is not in {wanted[package]}"
     assert "--index-url https://download.pytorch.org/whl/cpu" in dockerfile
-    assert re.search(r'^RUN pip install "?(\.|/[^\s"\[]+)\[workflow,data\]"?( |$)', dockerfile, re.MULTILINE), \
-        "the package (with its workflow and data extras) is not installed"
+    assert re.search(r'^RUN pip install "?(\.|/[^\s"\[]+)\[workflow,data,template\]"?( |$)', dockerfile, re.MULTILINE), \
+        "the package (with its workflow, data and template extras) is not installed"
     assert not re.search(r"^ENTRYPOINT", dockerfile, re.MULTILINE), "apptainer exec runs bash -c in the image"
 
 
