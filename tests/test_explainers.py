@@ -332,6 +332,19 @@ def test_cell_centres_of_the_papers_brain_cnn_are_the_middle_of_the_image():
     torch.testing.assert_close(last, torch.tensor([45.5, 45.5]), atol=1.5, rtol=0)
 
 
+def test_cells_no_probe_moves_keep_the_stretched_place():
+    """Dead activations (a bias far below zero before the ReLU) give no input gradient: the centres
+    are the stretch's, not a division by zero, and the maps stay finite."""
+    classifier = SpotDetector().eval()
+    classifier.features.insert(1, nn.ReLU())
+    with torch.no_grad():
+        classifier.features[0].bias.fill_(-100.0)
+    first, last = cell_centres(classifier, classifier.target_layer, torch.zeros(1, 1, 32, 32))
+    torch.testing.assert_close(first, torch.tensor([(0.5) * 32 / 7 - 0.5] * 2))
+    torch.testing.assert_close(last, torch.tensor([(6.5) * 32 / 7 - 0.5] * 2))
+    assert GradCAM(classifier).attribute(torch.rand(2, 1, 32, 32)).isfinite().all()
+
+
 def test_cells_placed_on_the_whole_image_are_a_corner_aligned_resize():
     maps = torch.rand(2, 4, 5)
     placed = place_cells(maps, torch.tensor([0.0, 0.0]), torch.tensor([15.0, 19.0]), (16, 20))

@@ -95,7 +95,7 @@ def cell_centres(classifier: nn.Module, layer: nn.Module, images: Tensor) -> tup
     """Where the first and the last cell of `layer`'s map look in the image: ((y, x) of cell (0, 0),
     (y, x) of the bottom-right cell), in pixels, as the centroid of the input gradient of each cell's
     activations over a few random images shaped like `images` (seeded: the same classifier gives the
-    same centres)."""
+    same centres). A cell no probe moves (dead activations) keeps pytorch-grad-cam's stretched place."""
     activations = {}
     hook = layer.register_forward_hook(lambda module, inputs, output: activations.update(map=output))
     noise = torch.Generator().manual_seed(0)
@@ -110,9 +110,15 @@ def cell_centres(classifier: nn.Module, layer: nn.Module, images: Tensor) -> tup
                 weight += gradient[0].abs().sum(0).cpu()
     finally:
         hook.remove()
-    rows, columns = (torch.arange(n, dtype=torch.float32) for n in images.shape[-2:])
-    return tuple(torch.stack([(w.sum(1) * rows).sum() / w.sum(), (w.sum(0) * columns).sum() / w.sum()])
-                 for w in weights)
+    size, cells = images.shape[-2:], activations["map"].shape[-2:]
+    rows, columns = (torch.arange(n, dtype=torch.float32) for n in size)
+    centres = []
+    for weight, cell in zip(weights, (0, -1)):
+        if weight.sum() > 0:
+            centres.append(torch.stack([(weight.sum(1) * rows).sum(), (weight.sum(0) * columns).sum()]) / weight.sum())
+        else:  # the stretch puts cell s at (s + 1/2) H / h - 1/2
+            centres.append(torch.tensor([(cell % n + 0.5) * pixels / n - 0.5 for n, pixels in zip(cells, size)]))
+    return tuple(centres)
 
 
 def place_cells(maps: Tensor, first: Tensor, last: Tensor, size: tuple[int, int]) -> Tensor:
