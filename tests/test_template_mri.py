@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from medxgan.config import ConfigError
 from medxgan.data import template_mri
 from medxgan.data.phantoms import PHANTOMS, write_phantom_dataset
 
@@ -63,7 +64,7 @@ def test_a_missing_template_names_the_extra_to_install(monkeypatch):
     template_mri.template_volume.cache_clear()
     monkeypatch.setattr(template_mri, "TEMPLATE_PACKAGE", "no_such_package_here")
     try:
-        with pytest.raises(RuntimeError, match=r"pip install -e '\.\[template\]'"):
+        with pytest.raises(ConfigError, match=r"template-mri .* pip install -e '\.\[template\]'"):
             template_mri.template_volume()
     finally:
         template_mri.template_volume.cache_clear()
