@@ -159,8 +159,8 @@ class GradCAM(Explainer):
                 return width, height
 
         targets = [ClassifierOutputTarget(target)] * len(images)
-        # The input needs a gradient so the target layer's activations carry one with frozen weights.
         layer = self.classifier.target_layer
+        # The input needs a gradient so the target layer's activations carry one with frozen weights.
         with LayerSizeGradCAM(model=self.classifier, target_layers=[layer]) as cam:
             cells = torch.from_numpy(cam(input_tensor=images.detach().requires_grad_(True), targets=targets))
         if self._centres is None:
