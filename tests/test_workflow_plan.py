@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,8 @@ def test_an_image_whose_name_reads_as_a_wildcard_is_checked_and_tracked(tmp_path
     def snakemake(*args: str) -> str:
         run = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--cores", "1", REPORT, *args, "--config",
                               f"manifest={manifest}", "negative=no_tumor", "positive=tumor", "name=study"],
-                             cwd=workdir, capture_output=True, text=True, timeout=300)
+                             cwd=workdir, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
         assert run.returncode == 0, (run.stdout + run.stderr)[-1500:]
         return run.stdout + run.stderr
 

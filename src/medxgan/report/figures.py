@@ -32,6 +32,10 @@ HEATMAP_COLUMNS = {"difference": "difference map", "gradcam": "Grad-CAM", "laten
 CELL_INCHES = 1.6
 LOSS_SMOOTHING = 50  # steps in the rolling mean of the loss curves
 METRICS_PER_ROW = 3
+# Error bars and bands: mean +- 1.96 standard errors, not seaborn's bootstrap, whose 1,000 resamples
+# per point took 8 of the figures step's 23 s and 3.7 of check's (the default run's curves' bands
+# came out 0.8-1.1x as wide)
+MEAN_95 = ("se", 1.96)
 
 
 def save(fig: plt.Figure, path: str | Path) -> None:
@@ -282,9 +286,7 @@ def faithfulness_curves(curves: pd.DataFrame) -> plt.Figure:
             ax.text(0.5, 0.5, "no deletion or insertion metric configured", ha="center", va="center")
             ax.set_axis_off()
             continue
-        # standard errors, not seaborn's bootstrap: 1,000 resamples per point and method took 8 of the
-        # figures step's 23 s; on the default run's curves the bootstrap's bands are 0.8-1.1x as wide
-        sns.lineplot(data=part, x="fraction", y="p_positive", hue="method", errorbar=("se", 1.96), ax=ax)
+        sns.lineplot(data=part, x="fraction", y="p_positive", hue="method", errorbar=MEAN_95, ax=ax)
         action = "replaced by the baseline" if kind == "deletion" else "revealed on the baseline"
         ax.set(title=f"{kind} curve", xlabel=f"share of pixels {action}, most relevant first",
                ylabel="C's probability of positive", ylim=(0, 1))
@@ -303,7 +305,7 @@ def sanity_curves(sanity: pd.DataFrame) -> plt.Figure:
         return fig
     order = sanity.groupby("step")["layer"].first()
     for ax, metric in zip(axes, ("spearman", "ssim")):
-        sns.lineplot(data=sanity, x="step", y=metric, hue="method", marker="o", errorbar=("ci", 95), ax=ax)
+        sns.lineplot(data=sanity, x="step", y=metric, hue="method", marker="o", errorbar=MEAN_95, ax=ax)
         ax.set_xticks(order.index, order.values, rotation=60, fontsize=7)
         ax.set_xlabel("randomised down to layer")
         ax.set_ylabel(f"{metric} with the trained C's heatmap")
@@ -317,10 +319,10 @@ def robustness_curves(table: pd.DataFrame) -> plt.Figure:
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
     for ax, metric in zip(axes, ("spearman", "ssim")):
         sns.lineplot(data=noise[noise.metric == metric], x="sigma", y="value", hue="method", marker="o",
-                     errorbar=("ci", 95), ax=ax)
+                     errorbar=MEAN_95, ax=ax)
         ax.set_xlabel("noise sigma (image range [-1, 1])")
         ax.set_ylabel(f"{metric} with the clean heatmap")
-    sns.barplot(data=table[table.metric == "max_sensitivity"], x="method", y="value", errorbar=("ci", 95), ax=axes[2])
+    sns.barplot(data=table[table.metric == "max_sensitivity"], x="method", y="value", errorbar=MEAN_95, ax=axes[2])
     axes[2].set_ylabel("max-sensitivity (relative)")
     axes[2].tick_params(axis="x", rotation=60)
     fig.tight_layout()
