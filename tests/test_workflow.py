@@ -336,8 +336,10 @@ def test_dag_explains_the_users_own_classifier(workdir: Path, user_resnet: dict,
     assert sanity.empty == (kind == "torchscript")  # TorchScript layers cannot be re-initialised
 
 
-# A GAN long enough to be caught half way, and an inversion long enough to be caught inside its batch.
-INTERRUPTIBLE = {"defaults": {"gan": {"steps": 200, "checkpoint_every": 20}, "inversion": {"steps": 800}}}
+# A GAN long enough to be caught half way, and an inversion long enough to be caught inside its batch;
+# two explanations are enough to be scored (each method is one more job per run, of three runs).
+INTERRUPTIBLE = {"defaults": {"gan": {"steps": 200, "checkpoint_every": 20}, "inversion": {"steps": 800},
+                              "explain": {"methods": ["difference", "ig"]}}}
 
 
 def run_until(workdir: Path, args: list[str], ready, timeout: float = 600) -> None:
