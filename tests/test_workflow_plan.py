@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
+from test_workflow import REPO
+from test_workflow import snakemake as run_snakemake
 
 from medxgan.data.phantoms import write_phantom_dataset
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile")]
 REPORT = "results/study/manifest_check.json"
 
 
@@ -33,10 +30,8 @@ def test_an_image_whose_name_reads_as_a_wildcard_is_checked_and_tracked(tmp_path
     table.to_csv(manifest, index=False)
 
     def snakemake(*args: str) -> str:
-        run = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--cores", "1", REPORT, *args, "--config",
-                              f"manifest={manifest}", "negative=no_tumor", "positive=tumor", "name=study"],
-                             cwd=workdir, capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+        run = run_snakemake(workdir, "--cores", "1", REPORT, *args, "--config", f"manifest={manifest}",
+                            "negative=no_tumor", "positive=tumor", "name=study")
         assert run.returncode == 0, (run.stdout + run.stderr)[-1500:]
         return run.stdout + run.stderr
 

@@ -33,7 +33,7 @@ CELL_INCHES = 1.6
 LOSS_SMOOTHING = 50  # steps in the rolling mean of the loss curves
 METRICS_PER_ROW = 3
 # Error bars and bands: mean +- 1.96 standard errors, not seaborn's bootstrap, whose 1,000 resamples
-# per point took 8 of the figures step's 23 s and 3.7 of check's (the default run's curves' bands
+# per point took 8 of the figures step's 23 s and 2 of check's (the default run's curves' bands
 # came out 0.8-1.1x as wide)
 MEAN_95 = ("se", 1.96)
 
