@@ -37,3 +37,17 @@ def test_speed_benchmark_times_what_the_shipped_config_runs():
     assert [case.removeprefix("default width: explain, ") for case in cases if ": explain, " in case] == \
         config["explain"]["methods"]
     assert "| batched bf16 inversion vs the per-image fp32 loop, default width |" in run.stdout  # the goals table
+
+
+def test_tuning_profile_lists_the_operators_of_a_tuning_step_with_their_shapes():
+    run = subprocess.run([sys.executable, "benchmarks/tuning_profile.py", "--threads", "1", "--images", "2",
+                          "--steps", "1", "--warmup", "0", "--top", "40"],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    assert run.stdout.startswith("lesion-branch tuning, 2 images, 1 thread(s): "), run.stdout
+    rows = [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| aten::")]
+    operators = {row[0].removeprefix("| ") for row in rows}
+    assert {"aten::convolution_backward", "aten::_fused_adam_"} <= operators, operators
+    # the per-image lesion branch runs as a grouped convolution: one group of 8 channels per image
+    assert any("[1, 16, 64, 64]" in row[-1] for row in rows if row[0] == "| aten::convolution_backward"), rows
+    milliseconds = [float(row[1]) for row in rows]
+    assert milliseconds == sorted(milliseconds, reverse=True)  # the slowest operator first
