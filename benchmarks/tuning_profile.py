@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,15 +21,15 @@ import yaml
 from torch.profiler import profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/speed.py
-from speed import CHANNELS, ROOT, SIZE, default_widths, networks  # noqa: E402
+from speed import CHANNELS, ROOT, SIZE, default_widths, networks, rate  # noqa: E402
 
 from medxgan.hardware import channels_last  # noqa: E402
 from medxgan.tuning import tune_lesion_branch  # noqa: E402
 
 
-def profiled_steps(images: int, steps: int, warmup: int) -> tuple[list, float]:
+def profiled_steps(images: int, steps: int) -> tuple[list, float]:
     """The profiler's operator averages (grouped by input shape) over `steps` tuning steps, and the
-    wall-clock seconds per step outside the profiler."""
+    wall-clock seconds per step outside the profiler (speed.rate's median, after a warm-up call)."""
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     G, C = networks(default_widths(config), torch.device("cpu"))
     channels_last(G, C)
@@ -38,12 +37,13 @@ def profiled_steps(images: int, steps: int, warmup: int) -> tuple[list, float]:
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(images, CHANNELS, SIZE, SIZE, generator=generator) * 2 - 1
     z1, z2 = torch.randn(images, G.nz1, generator=generator), torch.randn(images, G.nz2, generator=generator)
-    tune_lesion_branch(G, C, x, z1, z2, {**tuning, "steps": warmup})
-    start = time.perf_counter()
-    tune_lesion_branch(G, C, x, z1, z2, {**tuning, "steps": steps})
-    seconds = (time.perf_counter() - start) / steps
-    with profile(record_shapes=True) as prof:
+
+    def tune():
         tune_lesion_branch(G, C, x, z1, z2, {**tuning, "steps": steps})
+
+    seconds = 1 / rate(tune, steps, torch.device("cpu"))
+    with profile(record_shapes=True) as prof:
+        tune()
     return prof.key_averages(group_by_input_shape=True), seconds
 
 
@@ -52,11 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (a run's job gets one per core share)")
     parser.add_argument("--images", type=int, default=100, help="images tuned together (default: 100)")
     parser.add_argument("--steps", type=int, default=5, help="tuning steps timed and profiled (default: 5)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
     parser.add_argument("--top", type=int, default=15, help="operators listed (default: 15)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    averages, seconds = profiled_steps(args.images, args.steps, args.warmup)
+    averages, seconds = profiled_steps(args.images, args.steps)
     total = sum(event.self_cpu_time_total for event in averages)
     print(f"lesion-branch tuning, {args.images} images, {args.threads} thread(s): {1000 * seconds:.0f} ms per step "
           f"({total / 1000 / args.steps:.0f} ms under the profiler)")
