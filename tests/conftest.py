@@ -1,8 +1,11 @@
 """Shared test set-up: tiny models run on one thread; hypothesis draws the same examples every run."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import settings
+from workflow_runs import tiny_workdir
 
 # Derandomised: a property test checks the same examples on every machine and every run, so a
 # failure reproduces and CI cannot turn red by chance. No example database in the working tree.
@@ -17,3 +20,10 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A working directory for an end-to-end run on the tiny test configuration. Its name has a space
+    and a non-ASCII letter: every path in the rules' commands must be quoted."""
+    return tiny_workdir(tmp_path / "wörk dir")

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from medxgan.config import merge
-from test_workflow import REPO, TINY
+from workflow_runs import REPO, TINY
 
 if not os.environ.get("MEDXGAN_SLURM_CLUSTER"):
     raise RuntimeError("tests/slurm_workflow.py needs the SLURM cluster of tests/slurm/run.sh: run that script")

@@ -10,8 +10,8 @@
   kept in git), not provenance, and `dvc plots` draws the GAN's losses and the deletion/insertion
   curves from their tables; recorded paths are relative to the repository.
 
-The runs use the tiny configuration of test_workflow.py on one dataset, with dvc.yaml written for
-that config by the same generator: DVC runs one stage at a time, each a Snakemake call that starts
+The runs use the end-to-end tests' tiny configuration (workflow_runs.py) on one dataset, with
+dvc.yaml written for that config by the same generator: DVC runs one stage at a time, each a Snakemake call that starts
 `medxgan` anew, so one dataset keeps them to about two minutes on 2 cores.
 """
 
@@ -30,7 +30,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from test_workflow import TINY
+from workflow_runs import TINY
 
 from medxgan.config import merge
 

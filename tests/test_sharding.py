@@ -22,7 +22,7 @@ from medxgan.nets.networks import MaskedGenerator, SimpleCNN
 from medxgan.artifacts import save_model
 from medxgan.shards import ShardError, check_chunk, chunk_ranges, chunk_size, parse_chunk
 from helpers import calibrate_gan_pair
-from test_workflow import REPO, TINY, snakemake
+from workflow_runs import REPO, TINY, snakemake
 
 NZ1, NZ2, SIZE = 8, 4, 64
 # Batches of 4 and chunks of 8 positive test images (12 of them): a chunk holds two batches and the

@@ -23,7 +23,7 @@ from medxgan.data import sources
 from medxgan.data.download import DataSourceError
 from medxgan.data.manifest import load_split, read_manifest
 from loopback import LoopbackServer, md5, sha256, zip_bytes
-from test_workflow import SNAKEMAKE, TINY  # the end-to-end test's runner and tiny settings
+from workflow_runs import SNAKEMAKE, TINY  # the end-to-end test's runner and tiny settings
 
 REPO = Path(__file__).resolve().parents[1]
 SARTAJ_REPO = "sartajbhuvaji/Brain-Tumor-Classification"

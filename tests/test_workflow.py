@@ -3,48 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import pytest
-import yaml
 from PIL import Image
+from workflow_runs import snakemake
 
 from medxgan import names as methods
-from medxgan.config import merge, user_dataset_name
+from medxgan.config import user_dataset_name
 from medxgan.data.phantoms import write_phantom_dataset
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile")]
-TINY = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())  # the catalog's test config
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    """A working directory with the project's config, shrunk so the whole DAG runs in about a minute.
-    Its name has a space and a non-ASCII letter: every path in the rules' commands must be quoted."""
-    workdir = tmp_path / "wörk dir"
-    shutil.copytree(REPO / "config", workdir / "config")
-    shutil.copytree(REPO / "notebooks", workdir / "notebooks")
-    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
-    tiny = {**merge(config, TINY), "ablation": TINY["ablation"]}  # the tiny variants replace, not join, the default ones
-    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(tiny))
-    return workdir
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    bin_dir = str(Path(sys.executable).parent)
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(workdir)}
-    return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=900)
 
 
 def test_default_dag_on_both_synthetic_datasets(workdir: Path, tmp_path_factory):
@@ -276,116 +248,3 @@ def explain_new_images_with_the_bundle(workdir: Path, bundle: Path) -> None:
     with pytest.raises(ValueError, match="settings.json changed since the bundle was written"):
         MedXGAN.from_bundle(bundle)
 
-
-def _train_briefly(net, manifest: Path, spec: dict) -> None:
-    """A few epochs of the user's own training, on phantoms the workflow never sees."""
-    from medxgan.data.manifest import load_split
-    from medxgan.nets.user import to_model_input
-
-    data = load_split(manifest, "train", "normal", "opacity", 64, 1)
-    optimizer = torch.optim.Adam(net.parameters(), 1e-3)
-    for _ in range(2):
-        for start in range(0, len(data), 16):
-            logits = net(to_model_input(data.images[start:start + 16], spec))
-            loss = torch.nn.functional.cross_entropy(logits, data.labels[start:start + 16])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    net.eval()
-
-
-@pytest.fixture(scope="module")
-def user_resnet(tmp_path_factory) -> dict:
-    """A torchvision ResNet-18 trained briefly on the CXR phantom, saved as a state dict and as TorchScript."""
-    import torchvision
-    from safetensors.torch import save_file
-
-    folder = tmp_path_factory.mktemp("user-classifier")
-    manifest = write_phantom_dataset("synthetic-cxr", folder / "data", 64, {"train": 64, "val": 16, "test": 16}, 0.5,
-                                     seed=7)
-    spec = {"range": [0, 1], "size": 64, "channels": 3, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-    torch.manual_seed(0)
-    net = torchvision.models.resnet18(num_classes=2)
-    _train_briefly(net, manifest, spec)
-    save_file(net.state_dict(), str(folder / "resnet18.safetensors"))
-    torch.jit.save(torch.jit.script(net), str(folder / "resnet18_scripted.pt"))
-    return {"input": spec, "state_dict": folder / "resnet18.safetensors", "torchscript": folder / "resnet18_scripted.pt"}
-
-
-@pytest.mark.parametrize("kind", ["state_dict", "torchscript"])
-def test_dag_explains_the_users_own_classifier(workdir: Path, user_resnet: dict, kind: str):
-    config_file = workdir / "config" / "config.yaml"
-    config = yaml.safe_load(config_file.read_text())
-    config["datasets"] = {"synthetic-cxr": config["datasets"]["synthetic-cxr"]}
-    classifier = {"pretrained": str(user_resnet[kind]), "arch": "resnet18", "input": user_resnet["input"],
-                  "target_layer": "layer4"}
-    config["datasets"]["synthetic-cxr"]["classifier"] = classifier
-    methods = ["difference", "latent_ig", "ig"] + (["gradcam"] if kind == "state_dict" else [])  # no hooks in TorchScript
-    config["datasets"]["synthetic-cxr"]["explain"] = {"methods": methods}
-    config_file.write_text(yaml.safe_dump(config))
-    root = workdir / "results" / "synthetic-cxr"
-    run = snakemake(workdir, "--cores", "2", "results/synthetic-cxr/metrics.csv", "results/synthetic-cxr/checks/robustness.csv")
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads((root / "classifier" / "metrics.json").read_text())
-    assert report["history"] == [] and report["test"]["n"] == 16  # imported, not trained, and still scored
-    assert "epoch" not in (root / "logs" / "train_classifier.log").read_text()
-    metrics = pd.read_csv(root / "metrics.csv")
-    assert set(methods) <= set(metrics.method)
-    assert metrics.query("method == 'medxgan inversion' and metric == 'reconstruction_ssim'")["mean"].notna().all()
-    sanity = pd.read_csv(root / "checks" / "sanity.csv")
-    assert sanity.empty == (kind == "torchscript")  # TorchScript layers cannot be re-initialised
-
-
-# A GAN long enough to be caught half way, and an inversion long enough to be caught inside its batch;
-# two explanations are enough to be scored (each method is one more job per run, of three runs).
-INTERRUPTIBLE = {"defaults": {"gan": {"steps": 200, "checkpoint_every": 20}, "inversion": {"steps": 800},
-                              "explain": {"methods": ["difference", "ig"]}}}
-
-
-def run_until(workdir: Path, args: list[str], ready, timeout: float = 600) -> None:
-    """Start snakemake, wait until `ready()` holds, then SIGKILL its whole process group, as a
-    crash or a cluster's time limit would."""
-    bin_dir = str(Path(sys.executable).parent)
-    process = subprocess.Popen([*SNAKEMAKE, "--directory", str(workdir), *args], cwd=workdir,
-                               env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(workdir)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while not ready():
-            assert process.poll() is None, "the run ended before the point where it was to be killed"
-            assert time.monotonic() < deadline, "the run never reached the point where it was to be killed"
-            time.sleep(0.05)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-def test_a_run_killed_in_gan_training_and_in_inversion_finishes_as_an_uninterrupted_one(workdir: Path, tmp_path):
-    """Killed twice (SIGKILL, as a crash or a cluster's time limit would), unlocked and rerun, a run
-    ends with the bytes of an uninterrupted one: the GAN resumes from its checkpoint, the rest reruns."""
-    manifest = write_phantom_dataset("synthetic-mri", tmp_path / "scans", 64, {"train": 32, "val": 8, "test": 16}, 0.5,
-                                     seed=3)
-    (workdir / "config" / "interruptible.yaml").write_text(yaml.safe_dump(INTERRUPTIBLE))
-    options = ["--cores", "2", "--configfile", "config/config.yaml", "config/interruptible.yaml",
-               "--config", f"manifest={manifest}", "negative=no_tumor", "positive=tumor", "name=study"]
-    args = ["results/study/metrics.csv", *options]  # through the explanations to their scores
-    reference = Path(shutil.copytree(workdir, workdir.parent / "reference"))
-    run = snakemake(reference, *args)
-    assert run.returncode == 0, run.stderr[-3000:]
-
-    results = workdir / "results" / "study"
-    run_until(workdir, args, lambda: (results / "gan" / "checkpoint.pt").is_file())
-    assert not (results / "gan" / "generator.safetensors").exists()  # killed inside GAN training
-    assert snakemake(workdir, "--unlock", *options).returncode == 0
-    log = results / "logs" / "invert.log"
-    run_until(workdir, args, lambda: log.is_file() and "inversion batches" in log.read_text())
-    assert (results / "gan" / "generator.safetensors").is_file()
-    assert not (results / "inversion" / "latents.safetensors").exists()  # killed inside the inversion
-    assert snakemake(workdir, "--unlock", *options).returncode == 0
-    finished = snakemake(workdir, *args)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-
-    # Also a second run on the same machine giving byte-identical scores (the first is the reference).
-    for output in ("gan/generator.safetensors", "gan/losses.csv", "inversion/latents.safetensors",
-                   "inversion/inversion.csv", "metrics.csv", "metrics_per_image.csv"):
-        assert (results / output).read_bytes() == (reference / "results" / "study" / output).read_bytes(), output

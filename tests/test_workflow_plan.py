@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from test_workflow import REPO
-from test_workflow import snakemake as run_snakemake
+from workflow_runs import REPO
+from workflow_runs import snakemake as run_snakemake
 
 from medxgan.data.phantoms import write_phantom_dataset
 
