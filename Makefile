@@ -20,8 +20,8 @@ $(VENV)/.installed: pyproject.toml
 run: setup  ## the default DAG on the built-in synthetic datasets
 	snakemake --cores $(CORES)
 
-test: setup  ## the test suite (includes a tiny end-to-end workflow run), one file per core at a time
-	pytest -n $(CORES) --dist loadfile
+test: setup  ## the test suite (includes a tiny end-to-end workflow run)
+	pytest
 
 mutants: setup  ## mutation testing of the core modules (mutmut), then the kill rate per module and the survivors
 	rm -rf mutants/tests mutants/mutmut-stats.json  # mutmut copies the tests once: fresh ones, mapped afresh
