@@ -1,4 +1,5 @@
-"""Shared test set-up: tiny models run on one thread; hypothesis draws the same examples every run."""
+"""Shared test set-up: tiny models run on one thread; hypothesis draws the same examples every run;
+the end-to-end tests get a working directory of their own."""
 
 from pathlib import Path
 
