@@ -15,7 +15,8 @@ from medxgan.evaluate import robustness, scoring
 from medxgan.explainers import build_explainer
 from medxgan.inversion import reconstruct
 from medxgan.nets.networks import Generator, MaskedGenerator, dcgan_init
-from medxgan.tuning import TunedGenerator, branch_shapes, check_tunable, from_vectors, tune_lesion_branch, tuning_loss
+from medxgan.tuning import (RESIDUAL, TunedGenerator, branch_shapes, check_tunable, from_vectors, tune_lesion_branch,
+                            tuning_loss)
 from helpers import TUNING_OFF, RegionClassifier, calibrate_batch_norm
 
 NZ1, NZ2, SIZE = 8, 4, 64
@@ -50,10 +51,13 @@ def case(pair):
 
 
 def tuned_lesion(G: MaskedGenerator, weights: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-    """L's output for each code with its image's weights, one image at a time."""
+    """L's output for each code with its image's weights, one image at a time, plus its residual image."""
     params, buffers = from_vectors(weights, branch_shapes(G)), dict(G.lesion.named_buffers())
-    return torch.cat([functional_call(G.lesion, ({k: v[i] for k, v in params.items()}, buffers),
-                                      (z1[i:i + 1], z2[i:i + 1])) for i in range(len(z1))])
+    residual = params.pop(RESIDUAL)
+    lesion = torch.cat([functional_call(G.lesion, ({k: v[i] for k, v in params.items()}, buffers),
+                                        (z1[i:i + 1], z2[i:i + 1])) for i in range(len(z1))])
+    lesion[:, :-1] += residual
+    return lesion
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +74,8 @@ def tuned(pair, case):
 def test_tuning_moves_the_mask_onto_the_lesion_the_inversion_missed(pair, case, tuned):
     G, C = pair
     z1, z2, images = case
-    assert tuned.shape == (3, sum(p.numel() for p in G.lesion.parameters()))
+    assert tuned.shape == (3, sum(p.numel() for p in G.lesion.parameters()) + SIZE * SIZE)
+    assert not from_vectors(tuned, branch_shapes(G))[RESIDUAL].any()  # residual_lr 0: no residual
     with torch.no_grad():
         anatomy = G.anatomy(z1, z2[:, :0])
         _, before = G.blend(anatomy, G.lesion(z1, z2), z2)
@@ -134,6 +139,23 @@ def test_a_lesion_code_of_small_norm_caps_the_mask_unless_the_code_is_tuned_too(
             assert torch.equal(TunedGenerator(G, z1, weights)(z1, torch.zeros_like(code)), G(z1, torch.zeros_like(code)))
     assert masks[0.0].max() <= gate + 1e-6  # tuning L alone cannot raise the mask over the gate ...
     assert (masks[0.05].flatten(1).mean(1) > 0.8).all()  # ... the tuned code opens it over the lesion
+
+
+def test_a_residual_image_draws_what_l_cannot_where_the_mask_is_and_leaves_g_z1_0_bit_identical(pair, case):
+    G, C = pair
+    z1, z2, images = case
+    errors = {}
+    for residual_lr in (0.0, 0.1):
+        weights, code = tune_lesion_branch(G, C, images, z1, z2, {**TUNING, "residual_lr": residual_lr})
+        generator = TunedGenerator(G, z1, weights)
+        with torch.no_grad():
+            drawn, mask = generator.compose(z1, code)
+            assert torch.equal(generator(z1, torch.zeros_like(code)), G(z1, torch.zeros_like(code)))
+        # the branch's own image against x, weighed by the mask: what G(z1, z2) draws where it differs from G0
+        errors[residual_lr] = ((drawn - images).pow(2) * mask).sum() / mask.sum()
+        residual = from_vectors(weights, branch_shapes(G))[RESIDUAL]
+        assert residual.any() == (residual_lr > 0)
+    assert errors[0.1] < 0.6 * errors[0.0]  # measured: 0.45x
 
 
 def test_the_tuning_loss_is_its_five_weighted_terms(pair, case):

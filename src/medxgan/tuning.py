@@ -13,6 +13,12 @@ mask, `MaskedGenerator`) for each image, with G0 frozen, makes the pair right:
   (`image_weight`): where m = 0 and L = G0 neither would get a gradient otherwise, and the tuning
   could not start drawing the lesion.
 
+L is a small generator: in 200 steps it does not draw a tumour's dark core (its error there stays
+near G0's). Each image therefore also tunes a residual image added to L's image channels
+(`residual_lr`; 0 keeps it at 0): where the mask is, G(z1, z2) can then draw x itself, so the
+reconstruction holds the lesion and the difference map is m (x - G0(z1)), C's smallest region times
+what G0 changed there. The mask stays L's own, smooth drawing.
+
 The image's lesion code z2 is tuned with L (`code_lr`): the mask's ceiling is the gate
 tanh(2 |z2| / sqrt(nz2)), and an inversion that lands at a z2 of small norm (a tenth of synthetic-cxr's
 test positives below 0.35) closes it where no tuning of L can open it. z1 is not tuned.
@@ -45,8 +51,13 @@ def check_tunable(G: nn.Module, cfg: dict) -> None:
                          f"{type(G).__name__}: set gan.composition: masked, or inversion.tuning.steps: 0")
 
 
+RESIDUAL = "residual"  # the name of each image's own image added to L's image channels
+
+
 def branch_shapes(G: MaskedGenerator) -> dict[str, torch.Size]:
-    return {name: p.shape for name, p in G.lesion.named_parameters()}
+    """The shapes of one image's tuned branch: L's weights, then its residual image."""
+    shapes = {name: p.shape for name, p in G.lesion.named_parameters()}
+    return shapes | {RESIDUAL: torch.Size((G.channels, G.image_size, G.image_size))}
 
 
 def as_vectors(params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -60,14 +71,21 @@ def from_vectors(vectors: torch.Tensor, shapes: dict[str, torch.Size]) -> dict[s
     return {name: part.reshape(len(vectors), *shape) for (name, shape), part in zip(shapes.items(), parts)}
 
 
+def with_residual(lesion: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    """L's output (image channels, then the mask logit) with a residual added to its image channels."""
+    return lesion if residual is None else torch.cat([lesion[:, :-1] + residual, lesion[:, -1:]], dim=1)
+
+
 def draw_branch(G: MaskedGenerator, params: dict[str, torch.Tensor], z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-    """L's output for each code with its own weights: params hold one set per code, (N, ...)."""
+    """L's output for each code with its own weights and residual: params hold one set per code,
+    (N, ...); without a RESIDUAL entry, L's output alone."""
     buffers = dict(G.lesion.named_buffers())
+    weights = {name: p for name, p in params.items() if name != RESIDUAL}
 
     def one(p, a, b):
         return functional_call(G.lesion, (p, buffers), (a[None], b[None]))[0]
 
-    return vmap(one)(params, z1, z2)
+    return with_residual(vmap(one)(weights, z1, z2), params.get(RESIDUAL))
 
 
 def tuning_loss(G: MaskedGenerator, C: nn.Module, params: dict[str, torch.Tensor], z1: torch.Tensor,
@@ -101,10 +119,14 @@ def tune_lesion_branch(G: MaskedGenerator, C: nn.Module, images: torch.Tensor, z
     # 1.7x slower on channels-last copies (measured on a 2-core AMD EPYC)
     params = {name: p.detach().expand(len(images), *p.shape).clone(memory_format=torch.contiguous_format)
               .requires_grad_() for name, p in G.lesion.named_parameters()}
-    code = z2.clone().requires_grad_(cfg["code_lr"] > 0)
     groups = [{"params": list(params.values()), "lr": cfg["lr"]}]
-    if cfg["code_lr"] > 0:
-        groups.append({"params": [code], "lr": cfg["code_lr"]})
+    params[RESIDUAL] = torch.zeros_like(images).requires_grad_(cfg["residual_lr"] > 0)
+    code = z2.clone().requires_grad_(cfg["code_lr"] > 0)
+    # the residual's own rate: an Adam step moves a pixel by about its rate, so L's 1e-3 would move
+    # it a tenth of the [-1, 1] range in 200 steps
+    for tensor, lr in ((params[RESIDUAL], cfg["residual_lr"]), (code, cfg["code_lr"])):
+        if lr > 0:
+            groups.append({"params": [tensor], "lr": lr})
     # fused: one kernel for the whole update; with a copy of L per image, Adam's loop over tensors was
     # about a tenth of each step (one core)
     optimizer = torch.optim.Adam(groups, fused=True)
@@ -142,14 +164,17 @@ class TunedGenerator(nn.Module):
         matches = (z1[:, None, :] == self.codes[None].to(z1.dtype)).all(dim=2)
         owner = torch.where(matches.any(dim=1), matches.float().argmax(dim=1), -1)
         order, drawn = [], []
-        for image in owner.unique().tolist():  # each code's rows drawn once, with its own weights or G's (-1)
+        for image in owner.unique().tolist():  # each code's rows drawn once, with its own branch or G's (-1)
             rows = (owner == image).nonzero().flatten()
-            params = None if image < 0 else ({name: p[image] for name, p in self.params.items()}, self.buffers)
-            drawn.append(self.G.lesion(z1[rows], z2[rows]) if params is None
-                         else functional_call(self.G.lesion, params, (z1[rows], z2[rows])))
+            drawn.append(self.G.lesion(z1[rows], z2[rows]) if image < 0 else self._draw_tuned(image, z1[rows], z2[rows]))
             order.append(rows)
         lesion = torch.cat(drawn)[torch.cat(order).argsort()]
         return self.G.blend(self.G.anatomy(z1, z2[:, :0]), lesion, z2)
+
+    def _draw_tuned(self, image: int, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        weights = {name: p[image] for name, p in self.params.items() if name != RESIDUAL}
+        lesion = functional_call(self.G.lesion, (weights, self.buffers), (z1, z2))
+        return with_residual(lesion, self.params[RESIDUAL][image])
 
 
 def generator_for(G: nn.Module, z1: torch.Tensor, weights: torch.Tensor | None) -> nn.Module:

@@ -104,7 +104,7 @@ class MaskedGenerator(nn.Module):
     def __init__(self, nz1: int, nz2: int, image_size: int = 64, channels: int = 3, width: float = 1.0,
                  upsampling: str = "transposed"):
         super().__init__()
-        self.nz1, self.nz2, self.image_size, self.upsampling = nz1, nz2, image_size, upsampling
+        self.nz1, self.nz2, self.image_size, self.channels, self.upsampling = nz1, nz2, image_size, channels, upsampling
         self.anatomy = Generator(nz1, 0, image_size, channels, width, upsampling)
         self.lesion = Generator(nz1, nz2, image_size, channels + 1, width, upsampling)  # + the mask channel
 
