@@ -271,6 +271,16 @@ def test_tuning_a_plain_generator_is_refused_and_steps_0_accepts_it():
     check_tunable(plain, {"steps": 0})
 
 
+def test_weights_recorded_without_a_residual_draw_as_a_zero_residual(pair, case, tuned):
+    G, _ = pair
+    z1, z2, _ = case
+    without = tuned[:, :-SIZE * SIZE]  # the branch's weights alone, as records were written before residuals
+    with torch.no_grad():
+        assert torch.equal(TunedGenerator(G, z1, without)(z1, z2), TunedGenerator(G, z1, tuned)(z1, z2))
+    with pytest.raises(ValueError, match="written with another G"):
+        TunedGenerator(G, z1, tuned[:, :-1])  # any other length is not a branch of this G
+
+
 def test_tuned_weights_must_match_the_codes(pair, case, tuned):
     G, _ = pair
     z1, _, _ = case

@@ -67,6 +67,12 @@ def as_vectors(params: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def from_vectors(vectors: torch.Tensor, shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
     sizes = [shape.numel() for shape in shapes.values()]
+    if RESIDUAL in shapes and vectors.shape[1] == sum(sizes) - shapes[RESIDUAL].numel():
+        # a record written before branches carried a residual: its residual is 0
+        vectors = torch.cat([vectors, vectors.new_zeros(len(vectors), shapes[RESIDUAL].numel())], dim=1)
+    if vectors.shape[1] != sum(sizes):
+        raise ValueError(f"tuned lesion branches of {vectors.shape[1]} numbers per image do not fit this G's "
+                         f"branch of {sum(sizes)}: the record was written with another G")
     parts = vectors.split(sizes, dim=1)
     return {name: part.reshape(len(vectors), *shape) for (name, shape), part in zip(shapes.items(), parts)}
 
