@@ -151,7 +151,7 @@ def test_a_residual_image_draws_what_l_cannot_where_the_mask_is_and_leaves_g_z1_
         with torch.no_grad():
             drawn, mask = generator.compose(z1, code)
             assert torch.equal(generator(z1, torch.zeros_like(code)), G(z1, torch.zeros_like(code)))
-        # the branch's own image against x, weighed by the mask: what G(z1, z2) draws where it differs from G0
+        # G(z1, z2)'s error against x, weighed by the mask: where it may differ from G0
         errors[residual_lr] = ((drawn - images).pow(2) * mask).sum() / mask.sum()
         residual = from_vectors(weights, branch_shapes(G))[RESIDUAL]
         assert residual.any() == (residual_lr > 0)
