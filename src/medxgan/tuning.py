@@ -172,7 +172,8 @@ class TunedGenerator(nn.Module):
         order, drawn = [], []
         for image in owner.unique().tolist():  # each code's rows drawn once, with its own branch or G's (-1)
             rows = (owner == image).nonzero().flatten()
-            drawn.append(self.G.lesion(z1[rows], z2[rows]) if image < 0 else self._draw_tuned(image, z1[rows], z2[rows]))
+            codes = z1[rows], z2[rows]
+            drawn.append(self.G.lesion(*codes) if image < 0 else self._draw_tuned(image, *codes))
             order.append(rows)
         lesion = torch.cat(drawn)[torch.cat(order).argsort()]
         return self.G.blend(self.G.anatomy(z1, z2[:, :0]), lesion, z2)
