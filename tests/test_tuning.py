@@ -15,7 +15,8 @@ from medxgan.evaluate import robustness, scoring
 from medxgan.explainers import build_explainer
 from medxgan.inversion import reconstruct
 from medxgan.nets.networks import Generator, MaskedGenerator, dcgan_init
-from medxgan.tuning import (RESIDUAL, TunedGenerator, branch_shapes, check_tunable, from_vectors, tune_lesion_branch,
+from medxgan.tuning import (RESIDUAL, TunedGenerator, branch_shapes, check_tunable, completion_region, from_vectors,
+                            tune_lesion_branch,
                             tuning_loss)
 from helpers import TUNING_OFF, RegionClassifier, calibrate_batch_norm
 
@@ -286,3 +287,51 @@ def test_tuned_weights_must_match_the_codes(pair, case, tuned):
     z1, _, _ = case
     with pytest.raises(ValueError, match="2 images given with 3 anatomy codes"):
         TunedGenerator(G, z1, tuned[:2])
+
+
+def disk(radius: float, centre=(32, 32), size: int = SIZE) -> torch.Tensor:
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return ((rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius ** 2).float()
+
+
+def between(region: torch.Tensor, inner: float, outer: float) -> bool:
+    """Whether a region holds the centred disk of radius `inner` and lies inside that of radius `outer`."""
+    return bool((region >= disk(inner)).all() and (region <= disk(outer)).all())
+
+
+def test_the_completion_region_grows_the_mask_over_its_lesion_in_one_piece_and_within_reach():
+    # x differs from G0 over a disk of radius 12 and over a far blob; the mask's core is the middle
+    # (radius 6): the region is the core grown by at most half its radius (3 px), over the disk only
+    anatomy = torch.zeros(2, 1, SIZE, SIZE)
+    images = (0.5 * disk(12) + 0.5 * disk(3, centre=(8, 56)))[None, None].repeat(2, 1, 1, 1)
+    mask = torch.stack([disk(6), torch.zeros(SIZE, SIZE)])[:, None] * 0.9
+    cfg = {**TUNING, "completion_level": 0.5, "completion_reach": 0.5}
+    region = completion_region(images, anatomy, mask, cfg)
+    assert region.shape == mask.shape and set(region.unique().tolist()) <= {0.0, 1.0}
+    assert between(region[0, 0], 8, 10)  # 6 + 3 px: the reach, inside the disk
+    assert not region[1].any()  # no core: nothing to complete
+    wider = completion_region(images, anatomy, mask, {**cfg, "completion_reach": 5.0})
+    assert between(wider[0, 0], 11.5, 13) and not wider[0, 0, :16, 48:].any()  # the disk, not the blob apart
+    stricter = completion_region(images, anatomy, mask, {**cfg, "completion_reach": 5.0, "completion_level": 2.0})
+    assert torch.equal(stricter[0, 0], disk(6))  # nothing differs by twice the core's median: the core alone
+
+
+def test_completion_steps_cover_the_lesion_c_does_not_need_and_leave_g_z1_0_bit_identical(pair, case):
+    G, C = pair
+    z1, z2, _ = case
+    with torch.no_grad():
+        images = G(z1, z2)
+    images[:, :, 12:20, 12:32] = 1.0  # columns 24..32 of the lesion lie outside what C reads
+    unseen = (slice(None), slice(None), slice(12, 20), slice(24, 32))
+    covered, errors = {}, {}
+    for steps in (0, 60):
+        cfg = {**TUNING, "residual_lr": 0.1, "code_lr": 0.01, "completion_steps": steps, "completion_reach": 2.0}
+        weights, code = tune_lesion_branch(G, C, images, z1, z2, cfg)
+        generator = TunedGenerator(G, z1, weights)
+        with torch.no_grad():
+            drawn, mask = generator.compose(z1, code)
+            assert torch.equal(generator(z1, torch.zeros_like(code)), G(z1, torch.zeros_like(code)))
+        covered[steps] = mask[unseen].mean()
+        errors[steps] = (drawn - images)[unseen].pow(2).mean()
+    assert covered[0] < 0.1 and covered[60] > 0.5  # measured: 0.005 and 0.96
+    assert errors[60] < 0.1 * errors[0]  # measured: 0.015x

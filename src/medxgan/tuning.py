@@ -19,6 +19,14 @@ near G0's). Each image therefore also tunes a residual image added to L's image 
 reconstruction holds the lesion and the difference map is m (x - G0(z1)), C's smallest region times
 what G0 changed there. The mask stays L's own, smooth drawing.
 
+The mask is the smallest region C needs, and C is satisfied before the lesion is covered: on
+synthetic-cxr, x with the mask's region drawn by G0 is already as negative to C as G0(z1) itself,
+while a third of the opacity lies outside the mask. `completion_steps` more steps may then grow the
+mask over the rest of the lesion: where x differs from G0(z1) by at least `completion_level` of what
+it differs under the mask, in one piece with the mask, and no farther from it than
+`completion_reach` times its radius. There the mask's price is lifted and it is pulled to 1
+(`completion_weight`); elsewhere it keeps its price.
+
 The image's lesion code z2 is tuned with L (`code_lr`): the mask's ceiling is the gate
 tanh(2 |z2| / sqrt(nz2)), and an inversion that lands at a z2 of small norm (a tenth of synthetic-cxr's
 test positives below 0.35) closes it where no tuning of L can open it. z1 is not tuned.
@@ -32,6 +40,7 @@ each image the result it would get alone (up to the kernels' rounding at another
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -95,8 +104,10 @@ def draw_branch(G: MaskedGenerator, params: dict[str, torch.Tensor], z1: torch.T
 
 
 def tuning_loss(G: MaskedGenerator, C: nn.Module, params: dict[str, torch.Tensor], z1: torch.Tensor,
-                z2: torch.Tensor, images: torch.Tensor, anatomy: torch.Tensor, cfg: dict) -> torch.Tensor:
-    """Per-image objective of the tuning (see the module's notes), shape (N,)."""
+                z2: torch.Tensor, images: torch.Tensor, anatomy: torch.Tensor, cfg: dict,
+                region: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image objective of the tuning (see the module's notes), shape (N,). `region` (N, 1, H, W),
+    1 where the completion phase lets the mask grow: no price there, and a pull towards 1."""
     lesion = draw_branch(G, params, z1, z2)
     drawn, mask = G.blend(anatomy, lesion, z2)
     removed = (1 - mask) * images + mask * anatomy  # x with the masked region drawn as G0 draws it
@@ -108,15 +119,42 @@ def tuning_loss(G: MaskedGenerator, C: nn.Module, params: dict[str, torch.Tensor
     weight = mask.detach()
     # a floor of one pixel's weight: an empty mask divides by 1, not 0
     lesion_error = (weight * branch_error).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1.0)
-    return (cfg["mse_weight"] * (drawn - images).pow(2).flatten(1).mean(1) + cross_entropy[:n]
-            + cfg["removal_weight"] * cross_entropy[n:] + cfg["mask_weight"] * mask.flatten(1).mean(1)
-            + cfg["lesion_weight"] * lesion_error + cfg["image_weight"] * branch_error.flatten(1).mean(1))
+    loss = (cfg["mse_weight"] * (drawn - images).pow(2).flatten(1).mean(1) + cross_entropy[:n]
+            + cfg["removal_weight"] * cross_entropy[n:] + cfg["lesion_weight"] * lesion_error
+            + cfg["image_weight"] * branch_error.flatten(1).mean(1))
+    if region is None:
+        return loss + cfg["mask_weight"] * mask.flatten(1).mean(1)
+    return (loss + cfg["mask_weight"] * (mask * (1 - region)).flatten(1).mean(1)
+            + cfg["completion_weight"] * ((1 - mask).pow(2) * region).flatten(1).mean(1))
+
+
+def completion_region(images: torch.Tensor, anatomy: torch.Tensor, mask: torch.Tensor, cfg: dict) -> torch.Tensor:
+    """Where the completion phase lets each image's mask grow, (N, 1, H, W) in {0, 1}: the mask's core
+    (m > 0.5) and the pixels in one piece with it where |x - G0(z1)| (smoothed over 3 x 3) is at
+    least `completion_level` times its median under the core, no farther from the core than
+    `completion_reach` times the core's radius (that of a disk of its area). Empty where the core is empty."""
+    from scipy import ndimage  # imported here: only the completion phase needs it
+
+    difference = F.avg_pool2d((images - anatomy).abs().mean(dim=1, keepdim=True), 3, stride=1, padding=1,
+                              count_include_pad=False)[:, 0].cpu().numpy()
+    cores = (mask[:, 0] > 0.5).cpu().numpy()
+    region = np.zeros_like(cores)
+    for i, (core, change) in enumerate(zip(cores, difference)):
+        if not core.any():
+            continue
+        pieces, _ = ndimage.label(change >= cfg["completion_level"] * np.median(change[core]))
+        touching = np.unique(pieces[core])
+        radius = cfg["completion_reach"] * np.sqrt(core.sum() / np.pi)
+        near = ndimage.distance_transform_edt(~core) <= radius
+        region[i] = core | (np.isin(pieces, touching[touching > 0]) & near)
+    return torch.from_numpy(region)[:, None].to(mask.dtype).to(mask.device)
 
 
 def tune_lesion_branch(G: MaskedGenerator, C: nn.Module, images: torch.Tensor, z1: torch.Tensor,
                        z2: torch.Tensor, cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Each image's tuned lesion-branch weights, (N, P), and lesion code z2, (N, nz2), on the CPU,
-    starting from G's weights and the given z2. `cfg` is inversion.tuning."""
+    starting from G's weights and the given z2. `cfg` is inversion.tuning: `steps` steps, then
+    `completion_steps` with the mask free to grow over `completion_region`."""
     reference = next(G.parameters())
     images, z1, z2 = (t.to(reference.device, reference.dtype) for t in (images, z1, z2))
     with torch.no_grad():
@@ -136,8 +174,13 @@ def tune_lesion_branch(G: MaskedGenerator, C: nn.Module, images: torch.Tensor, z
     # fused: one kernel for the whole update; with a copy of L per image, Adam's loop over tensors was
     # about a tenth of each step (one core)
     optimizer = torch.optim.Adam(groups, fused=True)
-    for _ in progress(range(cfg["steps"]), desc="lesion-branch tuning"):
-        loss = tuning_loss(G, C, params, z1, code, images, anatomy, cfg)
+    region = None
+    for step in progress(range(cfg["steps"] + cfg["completion_steps"]), desc="lesion-branch tuning"):
+        if step == cfg["steps"] and cfg["completion_steps"] > 0:
+            with torch.no_grad():
+                _, mask = G.blend(anatomy, draw_branch(G, params, z1, code), code)
+            region = completion_region(images, anatomy, mask, cfg)
+        loss = tuning_loss(G, C, params, z1, code, images, anatomy, cfg, region)
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()  # a sum keeps each image's gradient its own
         optimizer.step()
