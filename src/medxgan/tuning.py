@@ -119,13 +119,13 @@ def tuning_loss(G: MaskedGenerator, C: nn.Module, params: dict[str, torch.Tensor
     weight = mask.detach()
     # a floor of one pixel's weight: an empty mask divides by 1, not 0
     lesion_error = (weight * branch_error).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1.0)
+    priced = mask if region is None else mask * (1 - region)
     loss = (cfg["mse_weight"] * (drawn - images).pow(2).flatten(1).mean(1) + cross_entropy[:n]
-            + cfg["removal_weight"] * cross_entropy[n:] + cfg["lesion_weight"] * lesion_error
-            + cfg["image_weight"] * branch_error.flatten(1).mean(1))
+            + cfg["removal_weight"] * cross_entropy[n:] + cfg["mask_weight"] * priced.flatten(1).mean(1)
+            + cfg["lesion_weight"] * lesion_error + cfg["image_weight"] * branch_error.flatten(1).mean(1))
     if region is None:
-        return loss + cfg["mask_weight"] * mask.flatten(1).mean(1)
-    return (loss + cfg["mask_weight"] * (mask * (1 - region)).flatten(1).mean(1)
-            + cfg["completion_weight"] * ((1 - mask).pow(2) * region).flatten(1).mean(1))
+        return loss
+    return loss + cfg["completion_weight"] * ((1 - mask).pow(2) * region).flatten(1).mean(1)
 
 
 def completion_region(images: torch.Tensor, anatomy: torch.Tensor, mask: torch.Tensor, cfg: dict) -> torch.Tensor:
