@@ -31,8 +31,12 @@ def tiny_workdir(path: Path) -> Path:
 
 
 def run_environment(workdir: Path) -> dict:
-    """The venv's bin on PATH (the rules call `medxgan`) and HOME inside the working directory."""
-    return {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(workdir)}
+    """The venv's bin on PATH (the rules call `medxgan`), HOME inside the working directory, and one
+    precision-probe cache beside it: `precision: auto` measured separately by two runs of a test
+    (an uninterrupted reference and a resumed run) under another load could choose differently, and
+    their bytes would differ, where one user's runs share one cache."""
+    return {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(workdir),
+            "MEDXGAN_CACHE_DIR": str(workdir.parent / "probe-cache")}
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
