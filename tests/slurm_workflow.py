@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from medxgan.config import merge
-from workflow_runs import REPO, TINY
+from workflow_runs import REPO, TINY, run_environment
 
 if not os.environ.get("MEDXGAN_SLURM_CLUSTER"):
     raise RuntimeError("tests/slurm_workflow.py needs the SLURM cluster of tests/slurm/run.sh: run that script")
@@ -47,10 +47,8 @@ def make_workdir(path: Path, overrides: dict) -> Path:
 
 def snakemake_command(workdir: Path, *args: str, stdout=subprocess.PIPE) -> dict:
     bin_dir = str(Path(sys.executable).parent)
-    # One precision-probe cache for every run and job: `precision: auto` measured separately by two
-    # runs that load the same cores could choose differently, and their bytes would differ.
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(workdir),
-           "MEDXGAN_CACHE_DIR": str(workdir.parent / "probe-cache")}
+    # the tests' HOME and shared precision-probe cache, with this machine's PATH (the cluster's commands)
+    env = {**os.environ, **run_environment(workdir), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     return {"args": [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
                      "--directory", str(workdir), *args],
             "cwd": workdir, "env": env, "stdout": stdout, "stderr": subprocess.STDOUT, "text": True}

@@ -16,8 +16,7 @@ from medxgan.explainers import build_explainer
 from medxgan.inversion import reconstruct
 from medxgan.nets.networks import Generator, MaskedGenerator, dcgan_init
 from medxgan.tuning import (RESIDUAL, TunedGenerator, branch_shapes, check_tunable, completion_region, from_vectors,
-                            tune_lesion_branch,
-                            tuning_loss)
+                            tune_lesion_branch, tuning_loss)
 from helpers import TUNING_OFF, RegionClassifier, calibrate_batch_norm
 
 NZ1, NZ2, SIZE = 8, 4, 64
