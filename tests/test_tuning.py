@@ -334,3 +334,22 @@ def test_completion_steps_cover_the_lesion_c_does_not_need_and_leave_g_z1_0_bit_
         errors[steps] = (drawn - images)[unseen].pow(2).mean()
     assert covered[0] < 0.1 and covered[60] > 0.5  # measured: 0.005 and 0.96
     assert errors[60] < 0.1 * errors[0]  # measured: 0.015x
+
+
+def test_the_robustness_check_explains_each_distinct_image_set_once_per_method(pair, case, monkeypatch):
+    G, C = pair
+    _, _, images = case
+    data = ImageSet(images, torch.ones(3, dtype=torch.long), torch.zeros(3, SIZE, SIZE, dtype=torch.bool),
+                    torch.zeros(3, dtype=torch.bool), ["a", "b", "c"], torch.tensor([4, 1, 7]))
+    s = {"seed": 0, "precision": "fp32", "explain": {**EXPLAIN, "methods": ["ig", "ig_blur"]},
+         "checks": {"noise_sigmas": [0.1, 0.2], "sensitivity_radius": 0.05, "sensitivity_samples": 2}}
+    explained = []
+    heatmaps_for = scoring.heatmaps_for
+    monkeypatch.setattr(scoring, "heatmaps_for", lambda method, C, G, images, *rest, **options: explained.append(
+        (method, scoring._image_key(images))) or heatmaps_for(method, C, G, images, *rest, **options))
+    table = scoring.robustness_table(C, G, data, s)
+    # the clean images (also sigma 0 and max-sensitivity's reference), two noise levels, two samples
+    assert sorted(explained) == sorted(set(explained)) and len(explained) == 2 * 5
+    # the same numbers as explaining every call afresh
+    monkeypatch.setattr(scoring, "_image_key", lambda images, count=iter(range(10 ** 6)): str(next(count)))
+    pd.testing.assert_frame_equal(scoring.robustness_table(C, G, data, s), table)
