@@ -298,7 +298,8 @@ def robustness_table(C, G, data: ImageSet, s: dict, encoder=None,
     generative methods, and every perturbed copy is inverted in one call (an image's inversion does
     not depend on the others in its batch, up to the kernels' rounding). `record`, the inversion
     step's record of these images, stands for their clean inversion (and sigma 0's, the same
-    images): one inversion fewer.
+    images): one inversion fewer. The clean maps also stand for sigma 0's and max-sensitivity's
+    reference, so sigma 0's row is 1 wherever the map is not constant.
     """
     cfg = s["checks"]
     sigmas = [0.0, *cfg["noise_sigmas"]]
@@ -316,10 +317,13 @@ def robustness_table(C, G, data: ImageSet, s: dict, encoder=None,
 
         def explain(images):
             key = _image_key(images)
-            if key not in done:
-                record = inversions.get(key)
-                done[key] = (heatmaps_for(method, C, G, images, s, latents=None) if method not in GENERATIVE_METHODS
-                             else heatmaps_for(method, C, record.drawn_by(G), images, s, latents=record.codes))
+            if key in done:
+                return done[key]
+            if method in GENERATIVE_METHODS:
+                record = inversions[key]
+                done[key] = heatmaps_for(method, C, record.drawn_by(G), images, s, latents=record.codes)
+            else:
+                done[key] = heatmaps_for(method, C, G, images, s, latents=None)
             return done[key]
         return explain
 
