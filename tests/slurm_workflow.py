@@ -27,13 +27,13 @@ if not os.environ.get("MEDXGAN_SLURM_CLUSTER"):
 
 PROFILES = ["--profile", str(REPO / "workflow/profiles/slurm"), "--profile", str(REPO / "tests/slurm/profile")]
 DATASET = "synthetic-mri"
-TARGETS = [f"results/{DATASET}/explanations/latent_ig.safetensors", f"results/{DATASET}/inversion/inversion.csv"]
+TARGETS = [f"results/{DATASET}/explanations/heatmaps.safetensors", f"results/{DATASET}/inversion/inversion.csv"]
 BATCH = 4  # inversion and explanation batches; chunks of one batch cut its 8 positive test images in two
 CONFIG = merge(TINY, {"defaults": {"inversion": {"batch_size": BATCH},
                                    "explain": {"methods": ["latent_ig"], "batch_size": BATCH}}})
 SHARDS = {"defaults": {"inversion": {"chunk_size": BATCH}, "explain": {"chunk_size": BATCH}}}
 COMPARED = ["classifier/model.safetensors", "gan/generator.safetensors", "inversion/latents.safetensors",
-            "inversion/inversion.csv", "explanations/latent_ig.safetensors"]
+            "inversion/inversion.csv", "explanations/heatmaps.safetensors"]
 RUN_TIMEOUT = 300  # seconds; a run that hangs fails the test instead of holding CI
 
 

@@ -178,7 +178,7 @@ def project(tmp_path_factory) -> SimpleNamespace:
     config = merge(yaml.safe_load((root / "config" / "config.yaml").read_text()), TINY)
     config["datasets"] = {DATASET: config["datasets"][DATASET]}
     # the maps the headline metrics and the plots are checked for: DVC's stages, not each
-    # method, are on trial here, and every method is a job in each of the explain stage's runs
+    # method, are on trial here, and every method costs time in each of the explain stage's runs
     config["defaults"]["explain"]["methods"] = ["difference", "latent_ig", "gradcam", "ig"]
     (root / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     remote = root.parent / "remote"

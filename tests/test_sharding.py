@@ -18,6 +18,7 @@ from medxgan.pipeline import cli
 from medxgan.config import ConfigError, dataset_settings, load_config, merge
 from medxgan.data.phantoms import write_phantom_dataset
 from medxgan.explainers import EXPLAINERS
+from medxgan.files import InputFileError
 from medxgan.nets.networks import MaskedGenerator, SimpleCNN
 from medxgan.artifacts import save_model
 from medxgan.shards import ShardError, check_chunk, chunk_ranges, chunk_size, parse_chunk
@@ -134,18 +135,50 @@ def test_gathered_provenance_names_the_manifest_and_every_chunk(inversions, stud
     assert [(c["start"], c["stop"], c["total"]) for c in record["chunks"]] == [(0, 8, 12), (8, 12, 12)]
 
 
-@pytest.mark.parametrize("method", EXPLAINERS)
-def test_sharded_explanations_equal_unsharded_byte_for_byte(method, study, inversions):
+def test_sharded_explanations_equal_unsharded_byte_for_byte(study, inversions):
     root, settings, models = study
     latents = inversions[0] / "latents.safetensors"
-    whole = root / f"{method}.safetensors"
-    medxgan("explain", settings, models, inversion=latents, method=method, out=whole)
-    chunks = [root / f"chunks/{method}/{start}-{stop}.safetensors" for start, stop in chunk_ranges(12, CHUNK)]
+    whole = root / "heatmaps.safetensors"
+    medxgan("explain", settings, models, inversion=latents, out=whole)  # every method of explain.methods
+    chunks = [root / f"chunks/{start}-{stop}.safetensors" for start, stop in chunk_ranges(12, CHUNK)]
     for path, (start, stop) in zip(chunks, chunk_ranges(12, CHUNK)):
-        medxgan("explain", settings, models, inversion=latents, method=method, out=path, chunk=(start, stop))
-    medxgan("gather-explanations", None, {}, chunks=chunks, out=root / f"{method}-sharded.safetensors")
-    assert (root / f"{method}-sharded.safetensors").read_bytes() == whole.read_bytes()
-    assert read_heatmaps([root / f"{method}-sharded.safetensors"])[method].shape == (12, SIZE, SIZE)
+        medxgan("explain", settings, models, inversion=latents, out=path, chunk=(start, stop))
+    medxgan("gather-explanations", None, {}, chunks=chunks, out=root / "sharded.safetensors")
+    assert (root / "sharded.safetensors").read_bytes() == whole.read_bytes()
+    heatmaps = read_heatmaps([root / "sharded.safetensors"])
+    assert list(heatmaps) == settings["explain"]["methods"] and set(heatmaps) == set(EXPLAINERS)
+    assert all(maps.shape == (12, SIZE, SIZE) for maps in heatmaps.values())
+
+
+def test_a_method_explained_alone_equals_its_maps_from_the_job_of_every_method(study, inversions, tmp_path):
+    """One job explains every method in turn: no method's maps may depend on those computed before it."""
+    root, settings, models = study
+    latents = inversions[0] / "latents.safetensors"
+    medxgan("explain", settings, models, inversion=latents, out=tmp_path / "all.safetensors")
+    every = read_heatmaps([tmp_path / "all.safetensors"])
+    for method in ("ig", "latent_ig", "difference"):  # the last two after ig, which runs late in the job
+        medxgan("explain", settings, models, inversion=latents, method=method, out=tmp_path / f"{method}.safetensors")
+        assert torch.equal(read_heatmaps([tmp_path / f"{method}.safetensors"])[method], every[method]), method
+
+
+def test_an_unknown_method_is_refused_before_any_is_explained(study, inversions, tmp_path):
+    root, settings, models = study
+    out = tmp_path / "heatmaps.safetensors"
+    with pytest.raises(ConfigError, match=r"unknown explanation method 'lime'; known: difference, "):
+        medxgan("explain", settings, models, inversion=inversions[0] / "latents.safetensors",
+                method=["difference", "lime"], out=out)
+    assert not out.exists()
+
+
+def test_heatmap_files_that_overlap_or_hold_none_are_named(study, inversions, tmp_path):
+    root, settings, models = study
+    latents = inversions[0] / "latents.safetensors"
+    for name, methods in (("first", ["difference", "ig"]), ("second", ["ig"])):
+        medxgan("explain", settings, models, inversion=latents, method=methods, out=tmp_path / f"{name}.safetensors")
+    with pytest.raises(InputFileError, match=r"second\.safetensors holds heatmaps of ig, which an earlier file holds too"):
+        read_heatmaps([tmp_path / "first.safetensors", tmp_path / "second.safetensors"])
+    with pytest.raises(InputFileError, match=r"latents\.safetensors holds no heatmaps"):
+        read_heatmaps([latents])
 
 
 def test_a_chunk_off_the_batch_grid_is_refused(study, tmp_path):
@@ -168,12 +201,16 @@ def test_gather_names_a_missing_or_misplaced_chunk(study, inversions, tmp_path):
         medxgan("gather-explanations", None, {}, chunks=chunks[::-1], out=out)
     with pytest.raises(ShardError, match="not one chunk"):
         medxgan("gather-explanations", None, {}, chunks=[latents], out=out)
+    other = tmp_path / "other-8-12.safetensors"  # the second chunk with another method's heatmaps
+    medxgan("explain", settings, models, inversion=latents, method="ig", out=other, chunk=(8, 12))
+    with pytest.raises(ShardError, match=r'different methods: \["difference"\] and \["ig"\]'):
+        medxgan("gather-explanations", None, {}, chunks=[chunks[0], other], out=out)
     assert not out.exists()
 
 
 # --- The real workflow, sharded ---
 
-TARGETS = ["results/synthetic-mri/explanations/latent_ig.safetensors", "results/synthetic-mri/inversion/inversion.csv"]
+TARGETS = ["results/synthetic-mri/explanations/heatmaps.safetensors", "results/synthetic-mri/inversion/inversion.csv"]
 SHARDED = merge(TINY, {"defaults": {"inversion": {"init": "random", "batch_size": BATCH, "chunk_size": BATCH},
                                     "explain": {"methods": ["latent_ig"], "batch_size": BATCH, "chunk_size": BATCH}}})
 
@@ -231,10 +268,10 @@ def test_workflow_reruns_only_the_failed_chunk_and_matches_one_job(sharded_workd
     medxgan("invert", settings, models, out_dir=work / "whole", threads=threads)
     for name in ("latents.safetensors", "inversion.csv"):
         assert (results / "inversion" / name).read_bytes() == (work / "whole" / name).read_bytes(), name
-    medxgan("explain", settings, models, inversion=work / "whole/latents.safetensors", method="latent_ig",
-                       out=work / "whole/latent_ig.safetensors")
-    assert (results / "explanations/latent_ig.safetensors").read_bytes() == \
-        (work / "whole/latent_ig.safetensors").read_bytes()
+    medxgan("explain", settings, models, inversion=work / "whole/latents.safetensors",
+            out=work / "whole/heatmaps.safetensors")
+    assert (results / "explanations/heatmaps.safetensors").read_bytes() == \
+        (work / "whole/heatmaps.safetensors").read_bytes()
 
     again = snakemake(work, "--cores", "2", "-n", *TARGETS)
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -148,17 +148,28 @@ def gather_inversion(chunks: list[Path], out_dir: Path) -> int:
     return len(places)
 
 
-# Heatmaps: one safetensors file per method, the method's name in its metadata.
-def write_heatmaps(heatmaps: torch.Tensor, rows: torch.Tensor, method: str, out: Path, place: dict | None = None) -> None:
-    save_tensors({"heatmaps": heatmaps, "rows": rows}, out, {"method": method, **(place or {})})
+# Heatmaps: one safetensors file per explain job, each method's heatmaps under HEATMAPS + its name.
+HEATMAPS = "heatmaps/"
+
+
+def write_heatmaps(heatmaps: dict[str, torch.Tensor], rows: torch.Tensor, out: Path, place: dict | None = None) -> None:
+    """Each method's heatmaps (N, H, W) by name, and the test rows they explain, in one file."""
+    tensors = {f"{HEATMAPS}{method}": maps for method, maps in heatmaps.items()}
+    save_tensors({**tensors, "rows": rows}, out, {"methods": json.dumps(list(heatmaps)), **(place or {})})
 
 
 def read_heatmaps(paths: list[Path]) -> dict[str, torch.Tensor]:
-    """Method name -> heatmaps, from the files `explain` wrote."""
+    """Method name -> heatmaps, from the files `explain` wrote, in the order of their methods (the
+    tables' column order); a method in two files is an error."""
     heatmaps = {}
     for path in paths:
         with safe_open(str(path), "pt") as f:
-            heatmaps[f.metadata()["method"]] = f.get_tensor("heatmaps")
+            if "methods" not in (f.metadata() or {}):
+                raise InputFileError(f"{path} holds no heatmaps: it was not written by `medxgan explain`")
+            for method in json.loads(f.metadata()["methods"]):  # the file's keys are sorted by name
+                if method in heatmaps:
+                    raise InputFileError(f"{path} holds heatmaps of {method}, which an earlier file holds too")
+                heatmaps[method] = f.get_tensor(HEATMAPS + method)
     return heatmaps
 
 
@@ -166,10 +177,10 @@ def gather_heatmaps(chunks: list[Path], out: Path) -> int:
     """Join the heatmap files that `explain --chunk` wrote into the file one unsharded `explain`
     writes; the number of chunks."""
     places = chunk_places(chunks)
-    methods = {place["method"] for place in places}
+    methods = {place["methods"] for place in places}
     if len(methods) != 1:
-        raise ShardError(f"the chunks given hold heatmaps of several methods: {', '.join(sorted(methods))}")
-    save_tensors(_gather_tensors(chunks), out, {"method": methods.pop()})
+        raise ShardError(f"the chunks given hold heatmaps of different methods: {' and '.join(sorted(methods))}")
+    save_tensors(_gather_tensors(chunks), out, {"methods": methods.pop()})
     return len(places)
 
 

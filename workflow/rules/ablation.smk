@@ -104,11 +104,11 @@ rule ablation_explain:
         generator=variant_generator,
         latents=rules.ablation_invert.output.latents,
     output:
-        heatmaps=f"{VARIANT_DIR}/explanations/{{method}}.safetensors",
+        heatmaps=f"{VARIANT_DIR}/explanations/heatmaps.safetensors",
     log:
-        f"{VARIANT_DIR}/logs/explain_{{method}}.log",
+        f"{VARIANT_DIR}/logs/explain.log",
     benchmark:
-        f"{VARIANT_DIR}/benchmarks/explain_{{method}}.tsv"
+        f"{VARIANT_DIR}/benchmarks/explain.tsv"
     conda:
         "../envs/medxgan.yaml"
     threads: JOB_THREADS
@@ -118,9 +118,10 @@ rule ablation_explain:
         runtime=60,
     params:
         settings=variant_params("data", "explain"),
+        methods=ABLATION_METHODS,
     shell:
         "medxgan explain --settings {params.settings:q} --manifest {input.manifest:q} --classifier {input.classifier:q}"
-        " --generator {input.generator:q} --inversion {input.latents:q} --method {wildcards.method}"
+        " --generator {input.generator:q} --inversion {input.latents:q} --method {params.methods:q}"
         " --out {output.heatmaps:q} --threads {threads} 2> {log:q}"
 
 
@@ -130,9 +131,7 @@ rule ablation_evaluate:
         classifier=rules.train_classifier.output.model,
         oracle=rules.train_oracle.output.model,
         latents=rules.ablation_invert.output.latents,
-        explanations=expand(
-            f"{VARIANT_DIR}/explanations/{{method}}.safetensors", method=ABLATION_METHODS, allow_missing=True
-        ),
+        explanations=rules.ablation_explain.output.heatmaps,
     output:
         summary=f"{VARIANT_DIR}/metrics.csv",
     log:

@@ -61,18 +61,6 @@ def settings(*sections):
     return lambda wildcards: step_settings(config, wildcards.dataset, *sections)
 
 
-def methods_of(dataset):
-    return dataset_settings(config, dataset)["explain"]["methods"]
-
-
-def explanations_of(wildcards):
-    return expand(
-        "results/{dataset}/explanations/{method}.safetensors",
-        dataset=wildcards.dataset,
-        method=methods_of(wildcards.dataset),
-    )
-
-
 def encoder_of(wildcards):
     """The encoder's weights where the dataset's inversion starts from it (inversion.init: encoder)."""
     if dataset_settings(config, wildcards.dataset)["inversion"]["init"] != "encoder":
@@ -100,6 +88,11 @@ def job_threads():
 
 
 JOB_THREADS = job_threads()
+
+# The priority of the jobs from the classifier to the inversion, the longest path through a dataset's
+# jobs: given a free core, they go before the oracle, which only the evaluation needs, so both
+# datasets' GANs train side by side from the start and the oracles fill the cores later.
+ON_THE_LONG_PATH = 1
 
 
 # --- data.smk: the public datasets ---

@@ -7,7 +7,7 @@ rule evaluate:
         classifier=rules.train_classifier.output.model,
         classifier_metrics=rules.train_classifier.output.metrics,
         latents=rules.invert.output.latents,
-        explanations=explanations_of,
+        explanations=rules.explain.output.heatmaps,
         oracle=rules.train_oracle.output.model,
     output:
         summary="results/{dataset}/metrics.csv",
@@ -41,7 +41,7 @@ rule figures:
         classifier=rules.train_classifier.output.model,
         generator=rules.train_gan.output.generator,
         latents=rules.invert.output.latents,
-        explanations=explanations_of,
+        explanations=rules.explain.output.heatmaps,
         metrics=rules.evaluate.output.summary,
         curves=rules.evaluate.output.curves,
         oracle=rules.train_oracle.output.model,

@@ -1,7 +1,8 @@
-# Inversion of the positive test images, then one job per explanation method.
+# Inversion of the positive test images, then one job for every explanation method: they share the
+# images, networks and inversion, which one job reads once.
 #
 # With `inversion.chunk_size` or `explain.chunk_size` set, that step runs as one job per chunk of
-# the positive test images (per method, for explanations), and a gather job joins the chunks into
+# the positive test images, and a gather job joins the chunks into
 # exactly the files one job writes. The chunks are planned from the number of positive test
 # images, which is known only once the data exist: the `count_test_positives` checkpoint.
 
@@ -24,6 +25,7 @@ rule invert:
         "results/{dataset}/benchmarks/invert.tsv"
     wildcard_constraints:
         dataset=unsharded("inversion"),
+    priority: ON_THE_LONG_PATH
     conda:
         "../envs/medxgan.yaml"
     threads: JOB_THREADS
@@ -47,11 +49,11 @@ rule explain:
         generator=rules.train_gan.output.generator,
         latents=rules.invert.output.latents,
     output:
-        heatmaps="results/{dataset}/explanations/{method}.safetensors",
+        heatmaps="results/{dataset}/explanations/heatmaps.safetensors",
     log:
-        "results/{dataset}/logs/explain_{method}.log",
+        "results/{dataset}/logs/explain.log",
     benchmark:
-        "results/{dataset}/benchmarks/explain_{method}.tsv"
+        "results/{dataset}/benchmarks/explain.tsv"
     wildcard_constraints:
         dataset=unsharded("explain"),
     conda:
@@ -60,13 +62,13 @@ rule explain:
     resources:
         gpu=1,
         mem_mb=8000,
-        runtime=60,  # minutes on one GPU
+        runtime=120,  # minutes on one GPU, every method
     params:
         settings=settings("data", "explain"),
     shell:
         "medxgan explain --settings {params.settings:q} --manifest {input.manifest:q}"
         " --classifier {input.classifier:q} --generator {input.generator:q} --inversion {input.latents:q}"
-        " --method {wildcards.method} --out {output.heatmaps:q} --threads {threads} 2> {log:q}"
+        " --out {output.heatmaps:q} --threads {threads} 2> {log:q}"
 
 
 # --- The same two steps in chunks ---
@@ -109,6 +111,7 @@ rule invert_chunk:
     wildcard_constraints:
         start=r"\d+",
         stop=r"\d+",
+    priority: ON_THE_LONG_PATH
     conda:
         "../envs/medxgan.yaml"
     threads: JOB_THREADS
@@ -166,11 +169,11 @@ rule explain_chunk:
         generator=rules.train_gan.output.generator,
         latents=rules.invert.output.latents,
     output:
-        heatmaps=temp("results/{dataset}/explanations/chunks/{method}/{start}-{stop}.safetensors"),
+        heatmaps=temp("results/{dataset}/explanations/chunks/{start}-{stop}.safetensors"),
     log:
-        "results/{dataset}/logs/explain_{method}_{start}-{stop}.log",
+        "results/{dataset}/logs/explain_{start}-{stop}.log",
     benchmark:
-        "results/{dataset}/benchmarks/explain_{method}_{start}-{stop}.tsv"
+        "results/{dataset}/benchmarks/explain_{start}-{stop}.tsv"
     wildcard_constraints:
         start=r"\d+",
         stop=r"\d+",
@@ -180,30 +183,29 @@ rule explain_chunk:
     resources:
         gpu=1,
         mem_mb=8000,
-        runtime=30,  # minutes on one GPU, one chunk
+        runtime=60,  # minutes on one GPU, one chunk, every method
     params:
         settings=settings("data", "explain"),
     shell:
         "medxgan explain --settings {params.settings:q} --manifest {input.manifest:q}"
         " --classifier {input.classifier:q} --generator {input.generator:q} --inversion {input.latents:q}"
-        " --method {wildcards.method} --chunk {wildcards.start}:{wildcards.stop} --out {output.heatmaps:q}"
+        " --chunk {wildcards.start}:{wildcards.stop} --out {output.heatmaps:q}"
         " --threads {threads} 2> {log:q}"
 
 
 rule gather_explanations:
     input:
         chunks=lambda w: expand(
-            "results/{dataset}/explanations/chunks/{method}/{chunk}.safetensors",
+            "results/{dataset}/explanations/chunks/{chunk}.safetensors",
             dataset=w.dataset,
-            method=w.method,
             chunk=chunks_of(w.dataset, "explain"),
         ),
     output:
-        heatmaps="results/{dataset}/explanations/{method}.safetensors",
+        heatmaps="results/{dataset}/explanations/heatmaps.safetensors",
     log:
-        "results/{dataset}/logs/gather_explanations_{method}.log",
+        "results/{dataset}/logs/gather_explanations.log",
     benchmark:
-        "results/{dataset}/benchmarks/gather_explanations_{method}.tsv"
+        "results/{dataset}/benchmarks/gather_explanations.tsv"
     wildcard_constraints:
         dataset=one_of(SHARDED["explain"]),
     localrule: True

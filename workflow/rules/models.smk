@@ -36,6 +36,7 @@ rule train_classifier:
         "results/{dataset}/logs/train_classifier.log",
     benchmark:
         "results/{dataset}/benchmarks/train_classifier.tsv"
+    priority: ON_THE_LONG_PATH
     conda:
         "../envs/medxgan.yaml"
     threads: JOB_THREADS
@@ -94,6 +95,7 @@ rule train_gan:
         "results/{dataset}/logs/train_gan.log",
     benchmark:
         "results/{dataset}/benchmarks/train_gan.tsv"
+    priority: ON_THE_LONG_PATH
     conda:
         "../envs/medxgan.yaml"
     threads: JOB_THREADS
@@ -120,6 +122,7 @@ rule train_encoder:
         "results/{dataset}/logs/train_encoder.log",
     benchmark:
         "results/{dataset}/benchmarks/train_encoder.tsv"
+    priority: ON_THE_LONG_PATH
     conda:
         "../envs/medxgan.yaml"
     threads: JOB_THREADS

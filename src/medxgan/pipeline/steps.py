@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 from medxgan.config import SOURCE_DEFAULTS, ConfigError, check_results_owner, record_results_owner
@@ -248,21 +249,32 @@ def invert(ctx: Context) -> None:
                                                          "provenance": ctx.provenance(precision)}, place)
 
 
-@step("explain", "compute one method's heatmaps for the test positives", MANIFEST, CLASSIFIER, GENERATOR, INVERSION,
-      Argument("--method", required=True,
-               help="an explanation method of explain.methods, e.g. latent_ig or ig_counterfactual"),
-      out("heatmaps file (.safetensors)"), CHUNK)
+@step("explain", "compute the heatmaps of every method of explain.methods for the test positives, in one file",
+      MANIFEST, CLASSIFIER, GENERATOR, INVERSION,
+      Argument("--method", nargs="+", metavar="METHOD",
+               help="only these methods, e.g. latent_ig ig_counterfactual (default: explain.methods); the images, "
+                    "networks and inversion are read once for all of them"),
+      out("heatmaps file (.safetensors): each method's heatmaps"), CHUNK)
 def explain(ctx: Context) -> None:
     from medxgan.artifacts import read_inversion, write_heatmaps
-    from medxgan.explainers import build_explainer
+    from medxgan.explainers import EXPLAINERS, build_explainer
+    from medxgan.files import progress
 
+    cfg = ctx.settings["explain"]
+    methods = ctx.args.method or cfg["methods"]
+    unknown = [method for method in methods if method not in EXPLAINERS]
+    if unknown:  # before any work: a typo in the last method name wastes no run
+        raise ConfigError(f"unknown explanation method {', '.join(map(repr, unknown))}; known: {', '.join(EXPLAINERS)}")
     ctx.start()
     data, place = ctx.test_positives_of("explain")
     record = read_inversion(ctx.args.inversion, data, slice(place["start"], place["stop"]) if place else None)
-    explainer = build_explainer(ctx.args.method, ctx.network("classifier"), record.drawn_by(ctx.network("generator")),
-                                ctx.settings["explain"])
-    heatmaps = explainer.attribute(data.images, target=1, latents=record.codes)
-    write_heatmaps(heatmaps, data.rows, ctx.args.method, ctx.args.out, place)
+    C, G = ctx.network("classifier"), record.drawn_by(ctx.network("generator"))
+    heatmaps = {}
+    for method in progress(methods, desc="explanation methods", unit="method"):
+        started = time.perf_counter()
+        heatmaps[method] = build_explainer(method, C, G, cfg).attribute(data.images, target=1, latents=record.codes)
+        log.info("%s: %d images in %.1f s", method, len(data.images), time.perf_counter() - started)
+    write_heatmaps(heatmaps, data.rows, ctx.args.out, place)
 
 
 @step("gather-inversion", "join the chunks of a sharded inversion into the files one unsharded invert writes",
@@ -275,8 +287,7 @@ def gather_inversion(ctx: Context) -> None:
 
 
 @step("gather-explanations", "join the chunks of a sharded explain into the file one unsharded explain writes",
-      Argument("--chunks", type=Path, nargs="+", required=True,
-               help="the heatmap files `explain --chunk` wrote for one method, in order"),
+      Argument("--chunks", type=Path, nargs="+", required=True, help="the heatmap files `explain --chunk` wrote, in order"),
       out("heatmaps file (.safetensors)"), settings=False)
 def gather_explanations(ctx: Context) -> None:
     from medxgan.artifacts import gather_heatmaps
