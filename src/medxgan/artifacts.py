@@ -164,9 +164,10 @@ def read_heatmaps(paths: list[Path]) -> dict[str, torch.Tensor]:
     heatmaps = {}
     for path in paths:
         with safe_open(str(path), "pt") as f:
-            if "methods" not in (f.metadata() or {}):
+            metadata = f.metadata() or {}
+            if "methods" not in metadata:
                 raise InputFileError(f"{path} holds no heatmaps: it was not written by `medxgan explain`")
-            for method in json.loads(f.metadata()["methods"]):  # the file's keys are sorted by name
+            for method in json.loads(metadata["methods"]):  # the file's keys are sorted by name
                 if method in heatmaps:
                     raise InputFileError(f"{path} holds heatmaps of {method}, which an earlier file holds too")
                 heatmaps[method] = f.get_tensor(HEATMAPS + method)
