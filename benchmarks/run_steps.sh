@@ -38,12 +38,12 @@ for ds in "$@"; do
         e=(--encoder "$out/encoder/model.safetensors")
     fi
     timed "$ds invert" $medxgan invert "${common[@]}" "${m[@]}" "${c[@]}" "${g[@]}" "${e[@]}" --out-dir "$out/inversion" 2>"$out/logs/invert.log"
-    heatmaps=("$out/explanations/heatmaps.safetensors")  # every method of explain.methods, in one job
+    heatmaps=$out/explanations/heatmaps.safetensors  # every method of explain.methods, in one job
     timed "$ds explain" $medxgan explain "${common[@]}" "${m[@]}" "${c[@]}" "${g[@]}" "${i[@]}" \
-        --out "${heatmaps[0]}" 2>"$out/logs/explain.log"
-    timed "$ds evaluate" $medxgan evaluate "${common[@]}" "${m[@]}" "${c[@]}" "${i[@]}" --explanations "${heatmaps[@]}" \
+        --out "$heatmaps" 2>"$out/logs/explain.log"
+    timed "$ds evaluate" $medxgan evaluate "${common[@]}" "${m[@]}" "${c[@]}" "${i[@]}" --explanations "$heatmaps" \
         --oracle "$out/oracle/model.safetensors" --out-dir "$out" 2>"$out/logs/evaluate.log"
-    timed "$ds figures" $medxgan figures "${common[@]}" "${m[@]}" "${c[@]}" "${g[@]}" "${i[@]}" --explanations "${heatmaps[@]}" \
+    timed "$ds figures" $medxgan figures "${common[@]}" "${m[@]}" "${c[@]}" "${g[@]}" "${i[@]}" --explanations "$heatmaps" \
         --metrics "$out/metrics.csv" --curves "$out/metrics_curves.csv" --oracle "$out/oracle/model.safetensors" \
         --out-dir "$out/figures" 2>"$out/logs/figures.log"
 done
