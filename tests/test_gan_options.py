@@ -131,3 +131,21 @@ def test_mask_sparsity_prior_pushes_only_the_positives_masks_down():
     torch.testing.assert_close(mask.grad, torch.tensor([[[[0.5, 0.5]]], [[[0.0, 0.0]]]]))
     assert mask_area(None, positives).item() == 0.0
     assert mask_area(mask, torch.tensor([False, False])).item() == 0.0
+
+
+def test_a_wider_anatomy_branch_widens_g0_alone_and_survives_the_trainers_spec(tmp_path):
+    torch.manual_seed(0)
+    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(SIZE * SIZE, 2)).eval().requires_grad_(False)
+    cfg = {**GAN_CFG, "composition": "masked", "upsampling": "resize", "anatomy_width": 0.125}
+    trainer = GANTrainer(classifier, cfg, {"image_size": SIZE, "channels": 1}, 0, "cpu")
+    G, narrow = trainer.G, build_generator("masked", NZ1, NZ2, SIZE, 1, 0.0625, "resize")
+
+    def size(module):
+        return sum(p.numel() for p in module.parameters())
+
+    assert size(G.anatomy) > 2 * size(narrow.anatomy) and size(G.lesion) == size(narrow.lesion)
+    save_model(G.eval(), tmp_path / "g.safetensors", trainer.g_spec)
+    z1, z2 = torch.randn(3, NZ1), torch.randn(3, NZ2)
+    torch.testing.assert_close(load_model(tmp_path / "g.safetensors")(z1, z2), G(z1, z2))
+    with pytest.raises(ValueError, match="anatomy_width"):  # a plain G has no anatomy branch to widen
+        GANTrainer(classifier, {**cfg, "composition": "plain"}, {"image_size": SIZE, "channels": 1}, 0, "cpu")

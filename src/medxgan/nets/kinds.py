@@ -23,7 +23,8 @@ def _classifier(spec: dict, allowed_factory) -> nn.Module:
 def _generator(spec: dict, allowed_factory) -> nn.Module:
     # files written before these options have the release's design
     return build_generator(spec.get("composition", "plain"), spec["nz1"], spec["nz2"], spec["image_size"],
-                           spec["channels"], spec["width"], spec.get("upsampling", "transposed"))
+                           spec["channels"], spec["width"], spec.get("upsampling", "transposed"),
+                           spec.get("anatomy_width"))
 
 
 def _discriminator(spec: dict, allowed_factory) -> nn.Module:

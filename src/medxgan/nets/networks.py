@@ -102,10 +102,11 @@ class MaskedGenerator(nn.Module):
     GATE_SCALE = 2.0  # gate = tanh(GATE_SCALE * |z2| / sqrt(nz2)): about 0.96 for a typical N(0, I) draw
 
     def __init__(self, nz1: int, nz2: int, image_size: int = 64, channels: int = 3, width: float = 1.0,
-                 upsampling: str = "transposed"):
+                 upsampling: str = "transposed", anatomy_width: float | None = None):
         super().__init__()
         self.nz1, self.nz2, self.image_size, self.channels, self.upsampling = nz1, nz2, image_size, channels, upsampling
-        self.anatomy = Generator(nz1, 0, image_size, channels, width, upsampling)
+        # G0 may be wider than L: its anatomy is what the difference map reads beside every lesion
+        self.anatomy = Generator(nz1, 0, image_size, channels, anatomy_width or width, upsampling)
         self.lesion = Generator(nz1, nz2, image_size, channels + 1, width, upsampling)  # + the mask channel
 
     def compose(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,11 +131,14 @@ def compose(G: nn.Module, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Ten
 
 
 def build_generator(composition: str, nz1: int, nz2: int, image_size: int, channels: int, width: float,
-                    upsampling: str) -> nn.Module:
+                    upsampling: str, anatomy_width: float | None = None) -> nn.Module:
+    """G of the given composition; `anatomy_width` (a masked G's G0, None: `width`) is refused for a plain G."""
     if composition == "plain":
+        if anatomy_width is not None:
+            raise ValueError("anatomy_width is the width of a masked G's anatomy branch; a plain G has none")
         return Generator(nz1, nz2, image_size, channels, width, upsampling)
     if composition == "masked":
-        return MaskedGenerator(nz1, nz2, image_size, channels, width, upsampling)
+        return MaskedGenerator(nz1, nz2, image_size, channels, width, upsampling, anatomy_width)
     raise ValueError(f"unknown generator composition {composition!r} (expected one of {', '.join(COMPOSITIONS)})")
 
 

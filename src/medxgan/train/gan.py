@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medxgan.config import ConfigError
 from medxgan.data.manifest import ImageSet
 from medxgan.files import atomic_path, progress
 from medxgan.hardware import autocast, channels_last
@@ -85,10 +86,16 @@ class GANTrainer:
         self.g_spec = {"kind": "generator", "nz1": cfg["nz1"], "nz2": cfg["nz2"], "image_size": size,
                        "channels": channels, "width": cfg["width"], "upsampling": cfg["upsampling"],
                        "composition": cfg["composition"]}
+        anatomy_width = cfg.get("anatomy_width")
+        if anatomy_width is not None:  # only where set: the specs of other generators stay as they were
+            if cfg["composition"] != "masked":
+                raise ConfigError("gan.anatomy_width is the width of a masked G's anatomy branch G0: set "
+                                  "gan.composition: masked, or gan.anatomy_width: null")
+            self.g_spec["anatomy_width"] = anatomy_width
         self.d_spec = {"kind": "discriminator", "design": cfg["discriminator"], "image_size": size,
                        "channels": channels, "width": cfg["d_width"], "dropout": cfg["d_dropout"]}
         self.G = build_generator(cfg["composition"], cfg["nz1"], cfg["nz2"], size, channels, cfg["width"],
-                                 cfg["upsampling"]).to(self.device)
+                                 cfg["upsampling"], anatomy_width).to(self.device)
         self.D = build_discriminator(cfg["discriminator"], size, channels, cfg["d_width"], cfg["d_dropout"]).to(self.device)
         dcgan_init(self.G)
         if cfg["discriminator"] == "unconditional":  # the spectrally normalised D keeps PyTorch's initialisation
