@@ -116,3 +116,16 @@ def test_the_metrics_figure_gives_each_of_more_methods_than_the_palette_has_colo
     fig = figures.metrics_bars(table)
     bars = fig.axes[0].patches
     assert len({bar.get_facecolor() for bar in bars}) == len(methods)
+
+
+def test_the_metrics_figure_draws_an_interval_that_misses_its_mean_where_the_table_puts_it(tmp_path):
+    import pandas as pd
+
+    # few bootstrap resamples can give an interval that lies wholly on one side of the mean
+    table = pd.DataFrame([{"method": "ig", "metric": "pointing_game", "mean": 0.5, "ci_low": 0.55, "ci_high": 0.7},
+                          {"method": "gradcam", "metric": "pointing_game", "mean": 0.3, "ci_low": 0.1, "ci_high": 0.2}])
+    fig = figures.metrics_bars(table)
+    (lines,) = fig.axes[0].collections[:1]
+    assert [tuple(segment[:, 1]) for segment in lines.get_segments()] == [(0.55, 0.7), (0.1, 0.2)]
+    figures.save(fig, tmp_path / "metrics.png")
+    assert (tmp_path / "metrics.png").stat().st_size > 0

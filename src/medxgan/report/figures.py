@@ -264,8 +264,10 @@ def metrics_bars(table: pd.DataFrame) -> plt.Figure:
         part = scores[scores.metric == metric]
         # the bars are the table's means; their intervals are the table's, drawn below (not re-bootstrapped)
         sns.barplot(data=part, x="method", y="mean", hue="method", palette=palette, ax=ax, legend=False, errorbar=None)
-        error = [part["mean"] - part["ci_low"], part["ci_high"] - part["mean"]]
-        ax.errorbar(range(len(part)), part["mean"], yerr=error, fmt="none", ecolor="black", capsize=3)
+        # drawn from its ends, not as offsets from the mean: a bootstrap interval of few resamples may miss it
+        ax.vlines(range(len(part)), part["ci_low"], part["ci_high"], color="black", linewidth=1)
+        for end in ("ci_low", "ci_high"):
+            ax.scatter(range(len(part)), part[end], marker="_", color="black", s=40, linewidths=1)
         ax.set_title(metric.replace("_", " "), fontsize=9)
         ax.set_xlabel("")
         ax.set_ylabel("")
