@@ -125,7 +125,8 @@ class GANTrainer:
         z1, z2 = sample_codes(fake_labels, cfg["nz1"], cfg["nz2"], self.noise)
         real_labels, fake_labels, labels = labels.to(dev), fake_labels.to(dev), labels.to(dev)
         with autocast(dev, self.precision):  # a projection D judges each image against its class
-            fake = self.G(z1.to(dev), z2.to(dev)).detach()
+            with torch.no_grad():  # D's step needs G's images, not a graph back to G's weights
+                fake = self.G(z1.to(dev), z2.to(dev))
             d_real, d_fake = self.D(real, real_labels).float(), self.D(fake, fake_labels).float()
         d_loss = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
                   + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
