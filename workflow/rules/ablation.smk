@@ -60,7 +60,7 @@ rule ablation_train_encoder:
         mem_mb=8000,
         runtime=60,
     params:
-        settings=variant_params("data", "encoder", "precision"),
+        settings=variant_params("data", "encoder"),
     shell:
         "medxgan train-encoder --settings {params.settings:q} --manifest {input.manifest:q}"
         " --generator {input.generator:q}"

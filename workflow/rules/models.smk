@@ -131,7 +131,7 @@ rule train_encoder:
         mem_mb=8000,
         runtime=60,
     params:
-        settings=settings("data", "encoder", "precision"),
+        settings=settings("data", "encoder"),
     shell:
         "medxgan train-encoder --settings {params.settings:q} --manifest {input.manifest:q}"
         " --generator {input.generator:q} --out-dir results/{wildcards.dataset:q}/encoder --threads {threads} 2> {log:q}"

@@ -220,10 +220,10 @@ def train_encoder(ctx: Context) -> None:
 
     s, device = ctx.settings, ctx.start()
     encoder, report = train_encoder(ctx.network("generator"), ctx.split("train"), ctx.split("val"), s["encoder"],
-                                    s["data"], s["seed"], device, ctx.precision)
+                                    s["data"], s["seed"], device)
     log.info("encoder: validation MSE(G(E(x)), x) %.4f", report["val_reconstruction_mse"])
     save_model(encoder, ctx.args.out_dir / "model.safetensors", ctx.with_labels(report.pop("spec")))
-    write_json(ctx.args.out_dir / "metrics.json", {**report, "settings": s, "provenance": ctx.provenance(ctx.precision)})
+    write_json(ctx.args.out_dir / "metrics.json", {**report, "settings": s, "provenance": ctx.provenance("fp32")})
 
 
 # --- inversion and explanations -----------------------------------------------------------------

@@ -18,7 +18,6 @@ from torch import nn
 
 from medxgan.data.manifest import ImageSet
 from medxgan.files import progress
-from medxgan.hardware import autocast, channels_last
 from medxgan.nets.encoder import Encoder
 from medxgan.torch_utils import batch_indices, sample_codes
 
@@ -53,16 +52,14 @@ def reconstruction_mse(E: Encoder, G: nn.Module, data: ImageSet, device, batch_s
 
 
 def train_encoder(G: nn.Module, train: ImageSet, val: ImageSet, cfg: dict, data_cfg: dict, seed: int,
-                  device, precision: str = "fp32") -> tuple[Encoder, dict]:
-    """E trained against the frozen G (in eval mode: its batch-norm statistics are fixed), the
-    forward passes under `precision` as in the GAN's training."""
+                  device) -> tuple[Encoder, dict]:
+    """E trained against the frozen G (in eval mode: its batch-norm statistics are fixed)."""
     torch.manual_seed(seed)
     device = torch.device(device)
     G = G.to(device).eval().requires_grad_(False)
     spec = {"kind": "encoder", "nz1": G.nz1, "nz2": G.nz2, "image_size": data_cfg["image_size"],
             "channels": data_cfg["channels"], "width": cfg["width"]}
     E = Encoder(G.nz1, G.nz2, spec["image_size"], spec["channels"], cfg["width"]).to(device)
-    channels_last(G, E)
     optimizer = torch.optim.Adam(E.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]))
     noise = torch.Generator().manual_seed(seed + 4)
     history, report_every = [], max(1, cfg["steps"] // 10)
@@ -70,8 +67,7 @@ def train_encoder(G: nn.Module, train: ImageSet, val: ImageSet, cfg: dict, data_
         E.train()
         real = train.images[batch_indices(len(train), cfg["batch_size"], step, seed)].to(device)
         labels = torch.randint(0, 2, (len(real),), generator=noise)
-        with autocast(device, precision):
-            code_loss, image_loss = (loss.float() for loss in encoder_losses(E, G, real, labels, noise))
+        code_loss, image_loss = encoder_losses(E, G, real, labels, noise)
         optimizer.zero_grad(set_to_none=True)
         (code_loss + cfg["image_weight"] * image_loss).backward()
         optimizer.step()
