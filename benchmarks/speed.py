@@ -179,22 +179,30 @@ def encoder(widths: dict, device: torch.device) -> Encoder:
 
 
 def encoder_rows(name: str, widths: dict, encoder_cfg: dict, device: torch.device) -> list[Row]:
-    """One encoder training step (its code and image terms, backward, Adam) as `train_encoder` runs it."""
-    G, _ = networks(widths, device)
-    E = encoder(widths, device).train()
-    optimizer = torch.optim.Adam(E.parameters(), lr=encoder_cfg["lr"])
+    """One encoder training step (its code and image terms, backward, Adam) as `train_encoder` runs it
+    (fp32), and channels-last in bf16, which it does not use: on a paired seed it lowered the results
+    (docs/speed.md)."""
     real = (torch.rand(encoder_cfg["batch_size"], CHANNELS, SIZE, SIZE) * 2 - 1).to(device)
     labels = torch.arange(len(real)) % 2
-    noise = torch.Generator().manual_seed(0)
 
-    def step():
-        code_loss, image_loss = encoder_losses(E, G, real, labels, noise)
-        optimizer.zero_grad(set_to_none=True)
-        (code_loss + encoder_cfg["image_weight"] * image_loss).backward()
-        optimizer.step()
+    def row(case: str, precision: str, layout) -> Row:
+        G, _ = networks(widths, device)
+        E = encoder(widths, device).train()
+        layout(G, E)
+        optimizer = torch.optim.Adam(E.parameters(), lr=encoder_cfg["lr"])
+        noise = torch.Generator().manual_seed(0)
 
-    return [Row(f"{name}: encoder training step, batch {len(real)}", rate(step, 1, device), "steps/s", flops(step),
-                "fp32")]
+        def step():
+            with hardware.autocast(device, precision):
+                code_loss, image_loss = encoder_losses(E, G, real, labels, noise)
+            optimizer.zero_grad(set_to_none=True)
+            (code_loss.float() + encoder_cfg["image_weight"] * image_loss.float()).backward()
+            optimizer.step()
+
+        return Row(f"{name}: encoder training step, batch {len(real)}{case}", rate(step, 1, device), "steps/s",
+                   flops(step), precision)
+
+    return [row("", "fp32", lambda *modules: None), row(", channels-last, bf16", "bf16", hardware.channels_last)]
 
 
 def compiled_inversion_rows(name: str, widths: dict, inversion_cfg: dict, batch: int, device: torch.device) -> list[Row]:

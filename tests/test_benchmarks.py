@@ -51,3 +51,15 @@ def test_tuning_profile_lists_the_operators_of_a_tuning_step_with_their_shapes()
     assert any("[1, 16, 64, 64]" in row[-1] for row in rows if row[0] == "| aten::convolution_backward"), rows
     milliseconds = [float(row[1]) for row in rows]
     assert milliseconds == sorted(milliseconds, reverse=True)  # the slowest operator first
+
+
+def test_gan_variants_benchmark_times_each_named_generator_and_refuses_an_unknown_one():
+    command = [sys.executable, "benchmarks/gan_variants.py", "--threads", "1", "--rounds", "1", "--steps", "1"]
+    run = subprocess.run([*command, "--variants", "defaults", "wide"], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    rows = [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| defaults") or
+            line.startswith("| wide ")]
+    assert [row[0].removeprefix("| ") for row in rows] == ["defaults", "wide"]
+    assert rows[0][-1] == "1.00x |" and float(rows[1][3]) > 0
+    unknown = subprocess.run([*command, "--variants", "huge"], cwd=ROOT, capture_output=True, text=True)
+    assert unknown.returncode != 0 and "unknown variant 'huge'" in unknown.stderr
