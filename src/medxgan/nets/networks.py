@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medxgan.config import ConfigError
 from medxgan.files import load_state_dict
 
 CLASSIFIER_ARCHS = ("simple_cnn", "vgg16", "residual_cnn")
@@ -135,7 +136,8 @@ def build_generator(composition: str, nz1: int, nz2: int, image_size: int, chann
     """G of the given composition; `anatomy_width` (a masked G's G0, None: `width`) is refused for a plain G."""
     if composition == "plain":
         if anatomy_width is not None:
-            raise ValueError("anatomy_width is the width of a masked G's anatomy branch; a plain G has none")
+            raise ConfigError("gan.anatomy_width is the width of a masked G's anatomy branch G0: set "
+                              "gan.composition: masked, or gan.anatomy_width: null")
         return Generator(nz1, nz2, image_size, channels, width, upsampling)
     if composition == "masked":
         return MaskedGenerator(nz1, nz2, image_size, channels, width, upsampling, anatomy_width)

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medxgan.config import ConfigError
 from medxgan.data.manifest import ImageSet
 from medxgan.files import atomic_path, progress
 from medxgan.hardware import autocast, channels_last
@@ -88,9 +87,6 @@ class GANTrainer:
                        "composition": cfg["composition"]}
         anatomy_width = cfg.get("anatomy_width")
         if anatomy_width is not None:  # only where set: the specs of other generators stay as they were
-            if cfg["composition"] != "masked":
-                raise ConfigError("gan.anatomy_width is the width of a masked G's anatomy branch G0: set "
-                                  "gan.composition: masked, or gan.anatomy_width: null")
             self.g_spec["anatomy_width"] = anatomy_width
         self.d_spec = {"kind": "discriminator", "design": cfg["discriminator"], "image_size": size,
                        "channels": channels, "width": cfg["d_width"], "dropout": cfg["d_dropout"]}
