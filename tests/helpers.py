@@ -9,7 +9,8 @@ from torch import nn
 # inversion.tuning switched off (the paper's G as trained), for tests that build the inversion's settings by hand
 TUNING_OFF = {"steps": 0, "lr": 1e-3, "residual_lr": 0.0, "code_lr": 0.0, "mse_weight": 1.0, "removal_weight": 1.0,
               "mask_weight": 5.0, "lesion_weight": 10.0, "image_weight": 0.1,
-              "completion_steps": 0, "completion_level": 0.5, "completion_reach": 0.25, "completion_weight": 10.0}
+              "completion_steps": 0, "completion_level": 0.5, "completion_reach": 0.25, "completion_evidence": False,
+              "completion_weight": 10.0}
 
 
 def calibrate_batch_norm(model: nn.Module, *inputs: torch.Tensor) -> None:

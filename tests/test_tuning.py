@@ -16,7 +16,7 @@ from medxgan.explainers import build_explainer
 from medxgan.inversion import reconstruct
 from medxgan.nets.networks import Generator, MaskedGenerator, dcgan_init
 from medxgan.tuning import (RESIDUAL, TunedGenerator, branch_shapes, check_tunable, completion_region, from_vectors,
-                            tune_lesion_branch, tuning_loss)
+                            removal_evidence, tune_lesion_branch, tuning_loss)
 from helpers import TUNING_OFF, RegionClassifier, calibrate_batch_norm
 
 NZ1, NZ2, SIZE = 8, 4, 64
@@ -315,6 +315,29 @@ def test_the_completion_region_grows_the_mask_over_its_lesion_in_one_piece_and_w
     assert torch.equal(stricter[0, 0], disk(6))  # nothing differs by twice the core's median: the core alone
 
 
+def test_with_evidence_the_completion_grows_only_where_c_reads_x_as_more_positive_than_g0():
+    # C's positive logit is the mean of rows/cols 8..24. Image 0 is brighter than G0 over a disk of
+    # radius 12 at (16, 16), of which only the part in that square adds to the logit; image 1 is darker there.
+    anatomy = torch.zeros(2, 1, SIZE, SIZE)
+    bright = disk(12, centre=(16, 16))
+    images = torch.stack([0.5 * bright, -0.5 * bright])[:, None]
+    core = disk(4, centre=(16, 16))
+    mask = 0.9 * core[None, None].repeat(2, 1, 1, 1)
+    evidence = torch.from_numpy(removal_evidence(RegionClassifier(gain=8.0), images, anatomy, mask))
+    square = torch.zeros(SIZE, SIZE)
+    square[8:24, 8:24] = 1.0
+    near = F.max_pool2d((square * bright)[None, None], 3, stride=1, padding=1)[0, 0].bool()  # one pixel of smoothing
+    assert torch.equal(evidence[0] > 0, near)
+    assert not (evidence[1] > 0).any()  # darker than G0: against C's positive call everywhere
+    cfg = {**TUNING, "completion_level": 0.5, "completion_reach": 5.0}
+    level_only = completion_region(images.abs(), anatomy, mask, cfg)[0, 0].bool()
+    with_evidence = completion_region(images.abs(), anatomy, mask, cfg, evidence.numpy())
+    outside = disk(11, centre=(16, 16)).bool() & ~near
+    assert level_only[outside].all()  # the level rule alone takes the disk (but its rim, smoothed below the level)
+    assert not with_evidence[0, 0][outside].any() and with_evidence[0, 0][(square * bright).bool()].all()
+    assert torch.equal(with_evidence[1, 0], core)  # no evidence: the core alone
+
+
 def test_completion_steps_cover_the_lesion_c_does_not_need_and_leave_g_z1_0_bit_identical(pair, case):
     G, C = pair
     z1, z2, _ = case
@@ -323,17 +346,20 @@ def test_completion_steps_cover_the_lesion_c_does_not_need_and_leave_g_z1_0_bit_
     images[:, :, 12:20, 12:32] = 1.0  # columns 24..32 of the lesion lie outside what C reads
     unseen = (slice(None), slice(None), slice(12, 20), slice(24, 32))
     covered, errors = {}, {}
-    for steps in (0, 60):
-        cfg = {**TUNING, "residual_lr": 0.1, "code_lr": 0.01, "completion_steps": steps, "completion_reach": 2.0}
+    for name, steps, evidence in (("tuned", 0, False), ("completed", 60, False), ("with evidence", 60, True)):
+        cfg = {**TUNING, "residual_lr": 0.1, "code_lr": 0.01, "completion_steps": steps, "completion_reach": 2.0,
+               "completion_evidence": evidence}
         weights, code = tune_lesion_branch(G, C, images, z1, z2, cfg)
         generator = TunedGenerator(G, z1, weights)
         with torch.no_grad():
             drawn, mask = generator.compose(z1, code)
             assert torch.equal(generator(z1, torch.zeros_like(code)), G(z1, torch.zeros_like(code)))
-        covered[steps] = mask[unseen].mean()
-        errors[steps] = (drawn - images)[unseen].pow(2).mean()
-    assert covered[0] < 0.1 and covered[60] > 0.5  # measured: 0.005 and 0.96
-    assert errors[60] < 0.1 * errors[0]  # measured: 0.015x
+        covered[name] = mask[unseen].mean()
+        errors[name] = (drawn - images)[unseen].pow(2).mean()
+    assert covered["tuned"] < 0.1 and covered["completed"] > 0.5  # measured: 0.005 and 0.96
+    assert errors["completed"] < 0.1 * errors["tuned"]  # measured: 0.015x
+    # C's gradient is 0 there: the evidence rule keeps it out but for the column its 3 x 3 smoothing reaches
+    assert covered["with evidence"] < 0.25 * covered["completed"]  # measured: 0.14 against 0.96
 
 
 def test_the_robustness_check_explains_each_distinct_image_set_once_per_method(pair, case, monkeypatch):

@@ -24,7 +24,9 @@ synthetic-cxr, x with the mask's region drawn by G0 is already as negative to C 
 while a third of the opacity lies outside the mask. `completion_steps` more steps may then grow the
 mask over the rest of the lesion: where x differs from G0(z1) by at least `completion_level` of what
 it differs under the mask, in one piece with the mask, and no farther from it than
-`completion_reach` times its radius. There the mask's price is lifted and it is pulled to 1
+`completion_reach` times its radius; with `completion_evidence`, only where C's gradient says that
+x's pixel, in place of G0's, adds to its positive call (the lesion's faint edge does, G0's misdrawn
+anatomy beside it mostly does not). There the mask's price is lifted and it is pulled to 1
 (`completion_weight`); elsewhere it keeps its price.
 
 The image's lesion code z2 is tuned with L (`code_lr`): the mask's ceiling is the gate
@@ -128,21 +130,40 @@ def tuning_loss(G: MaskedGenerator, C: nn.Module, params: dict[str, torch.Tensor
     return loss + cfg["completion_weight"] * ((1 - mask).pow(2) * region).flatten(1).mean(1)
 
 
-def completion_region(images: torch.Tensor, anatomy: torch.Tensor, mask: torch.Tensor, cfg: dict) -> torch.Tensor:
+def smoothed(values: torch.Tensor) -> np.ndarray:
+    """(N, 1, H, W) averaged over 3 x 3, as (N, H, W) on the CPU."""
+    return F.avg_pool2d(values, 3, stride=1, padding=1, count_include_pad=False)[:, 0].cpu().numpy()
+
+
+def removal_evidence(C: nn.Module, images: torch.Tensor, anatomy: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """Per pixel, how much x's value instead of G0(z1)'s adds to C's positive-minus-negative logit, to
+    first order at the removed image ((1 - m) x + m G0(z1)): the gradient there times (x - G0(z1)),
+    summed over channels and smoothed over 3 x 3, (N, H, W)."""
+    removed = ((1 - mask) * images + mask * anatomy).detach().requires_grad_()
+    logits = C(removed).float()
+    gradient, = torch.autograd.grad((logits[:, POSITIVE] - logits[:, NEGATIVE]).sum(), removed)
+    return smoothed((gradient * (images - anatomy)).sum(dim=1, keepdim=True))
+
+
+def completion_region(images: torch.Tensor, anatomy: torch.Tensor, mask: torch.Tensor, cfg: dict,
+                      evidence: np.ndarray | None = None) -> torch.Tensor:
     """Where the completion phase lets each image's mask grow, (N, 1, H, W) in {0, 1}: the mask's core
     (m > 0.5) and the pixels in one piece with it where |x - G0(z1)| (smoothed over 3 x 3) is at
-    least `completion_level` times its median under the core, no farther from the core than
-    `completion_reach` times the core's radius (that of a disk of its area). Empty where the core is empty."""
+    least `completion_level` times its median under the core, and `evidence` (N, H, W), where given,
+    is above 0, no farther from the core than `completion_reach` times the core's radius (that of a
+    disk of its area). Empty where the core is empty."""
     from scipy import ndimage  # imported here: only the completion phase needs it
 
-    difference = F.avg_pool2d((images - anatomy).abs().mean(dim=1, keepdim=True), 3, stride=1, padding=1,
-                              count_include_pad=False)[:, 0].cpu().numpy()
+    difference = smoothed((images - anatomy).abs().mean(dim=1, keepdim=True))
     cores = (mask[:, 0] > 0.5).cpu().numpy()
     region = np.zeros_like(cores)
     for i, (core, change) in enumerate(zip(cores, difference)):
         if not core.any():
             continue
-        pieces, _ = ndimage.label(change >= cfg["completion_level"] * np.median(change[core]))
+        candidates = change >= cfg["completion_level"] * np.median(change[core])
+        if evidence is not None:
+            candidates &= evidence[i] > 0
+        pieces, _ = ndimage.label(candidates)
         touching = np.unique(pieces[core])
         radius = cfg["completion_reach"] * np.sqrt(core.sum() / np.pi)
         near = ndimage.distance_transform_edt(~core) <= radius
@@ -179,7 +200,8 @@ def tune_lesion_branch(G: MaskedGenerator, C: nn.Module, images: torch.Tensor, z
         if step == cfg["steps"] and cfg["completion_steps"] > 0:
             with torch.no_grad():
                 _, mask = G.blend(anatomy, draw_branch(G, params, z1, code), code)
-            region = completion_region(images, anatomy, mask, cfg)
+            evidence = removal_evidence(C, images, anatomy, mask) if cfg["completion_evidence"] else None
+            region = completion_region(images, anatomy, mask, cfg, evidence)
         loss = tuning_loss(G, C, params, z1, code, images, anatomy, cfg, region)
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()  # a sum keeps each image's gradient its own
