@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
-from medxgan.config import ConfigError, add_user_manifest, dataset_settings, load_config, step_settings
+from medxgan.config import ConfigError, add_user_manifest, dataset_settings, load_config, step_settings, variant_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,6 +44,16 @@ def test_each_shipped_overlay_is_valid_over_the_config_and_listed_in_its_readme(
     config = load_config(REPO / "config" / "config.yaml", REPO / "config" / overlay)
     assert config != base  # it changes something
     assert f"| `{overlay}` |" in (REPO / "config" / "README.md").read_text()
+
+
+def test_the_lesion_overlay_trains_and_inverts_as_the_ablation_variant_it_reports():
+    """docs/results.md reports config/lesion.yaml by the ablation's `wide_evidence`: the same settings."""
+    config = load_config(REPO / "config" / "config.yaml")
+    overlaid = load_config(REPO / "config" / "config.yaml", REPO / "config" / "lesion.yaml")
+    sections = ("gan", "encoder", "inversion")
+    for dataset in config["datasets"]:
+        assert (variant_settings(config, dataset, "wide_evidence", config["seed"], *sections)
+                == step_settings(overlaid, dataset, *sections))
 
 
 def test_wrong_type_names_the_key(config_dir: Path):
