@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from medxgan.nets.networks import compose
 from medxgan.torch_utils import frozen, module_device
-from medxgan.tuning import TunedGenerator
+from medxgan.tuning import TunedGenerator, lesion_removed
 
 Latents = tuple[Tensor, Tensor]
 
@@ -394,7 +394,7 @@ class RemovalIntegratedGradients(CounterfactualIntegratedGradients):
         if mask is None:
             return negative
         mask = mask.to(images.device, images.dtype)
-        return (1 - mask) * images + mask * negative
+        return lesion_removed(images, negative, mask)
 
 
 class LatentIGToImage(RealImageExplainer):

@@ -105,6 +105,11 @@ def draw_branch(G: MaskedGenerator, params: dict[str, torch.Tensor], z1: torch.T
     return with_residual(vmap(one)(weights, z1, z2), params.get(RESIDUAL))
 
 
+def lesion_removed(images: torch.Tensor, anatomy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x with its masked region drawn as G0 draws it: (1 - m) x + m G0(z1), the image C must call negative."""
+    return (1 - mask) * images + mask * anatomy
+
+
 def tuning_loss(G: MaskedGenerator, C: nn.Module, params: dict[str, torch.Tensor], z1: torch.Tensor,
                 z2: torch.Tensor, images: torch.Tensor, anatomy: torch.Tensor, cfg: dict,
                 region: torch.Tensor | None = None) -> torch.Tensor:
@@ -112,7 +117,7 @@ def tuning_loss(G: MaskedGenerator, C: nn.Module, params: dict[str, torch.Tensor
     1 where the completion phase lets the mask grow: no price there, and a pull towards 1."""
     lesion = draw_branch(G, params, z1, z2)
     drawn, mask = G.blend(anatomy, lesion, z2)
-    removed = (1 - mask) * images + mask * anatomy  # x with the masked region drawn as G0 draws it
+    removed = lesion_removed(images, anatomy, mask)
     n = len(images)
     logits = C(torch.cat([drawn, removed]))
     targets = torch.cat([torch.full((n,), POSITIVE), torch.full((n,), NEGATIVE)]).to(images.device)
@@ -137,9 +142,9 @@ def smoothed(values: torch.Tensor) -> np.ndarray:
 
 def removal_evidence(C: nn.Module, images: torch.Tensor, anatomy: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     """Per pixel, how much x's value instead of G0(z1)'s adds to C's positive-minus-negative logit, to
-    first order at the removed image ((1 - m) x + m G0(z1)): the gradient there times (x - G0(z1)),
+    first order at `lesion_removed`: the gradient there times (x - G0(z1)),
     summed over channels and smoothed over 3 x 3, (N, H, W)."""
-    removed = ((1 - mask) * images + mask * anatomy).detach().requires_grad_()
+    removed = lesion_removed(images, anatomy, mask).detach().requires_grad_()
     logits = C(removed).float()
     gradient, = torch.autograd.grad((logits[:, POSITIVE] - logits[:, NEGATIVE]).sum(), removed)
     return smoothed((gradient * (images - anatomy)).sum(dim=1, keepdim=True))
