@@ -2,10 +2,12 @@
 interleaved rounds so that the machine's drift falls on every variant alike.
 
     python benchmarks/gan_variants.py --threads 1 --variants defaults wide wide_anatomy_residual
+    python benchmarks/gan_variants.py --threads 1 --variants defaults --image-sizes 64 128
 
 `defaults` is the main run's GAN; any other name is an ablation variant of config/config.yaml, its
-settings laid over `ablation.base` as the ablation trains it. The classifier has the shipped
-config's size and random weights (its cost, not its verdicts, matters here); the images are random.
+settings laid over `ablation.base` as the ablation trains it. `--image-sizes` times each variant at
+each of the generator's output sizes (default: the config's). The classifier has the shipped
+config's width and random weights (its cost, not its verdicts, matters here); the images are random.
 Precision is the run's (`precision: auto` resolves as a run does).
 """
 
@@ -22,10 +24,11 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/speed.py
-from speed import CHANNELS, ROOT, SIZE, default_widths, networks  # noqa: E402
+from speed import CHANNELS, ROOT, default_widths  # noqa: E402
 
 from medxgan import hardware  # noqa: E402
 from medxgan.config import step_settings, variant_settings  # noqa: E402
+from medxgan.nets.networks import SimpleCNN  # noqa: E402
 from medxgan.train.gan import GANTrainer  # noqa: E402
 
 SECTIONS = ("data", "gan", "precision")
@@ -40,14 +43,19 @@ def settings_of(config: dict, variant: str) -> dict:
     return json.loads(variant_settings(config, dataset, variant, 0, *SECTIONS))
 
 
-def trainer_for(settings: dict, classifier: torch.nn.Module, device: torch.device) -> GANTrainer:
+def trainer_for(settings: dict, size: int, classifier_width: float, device: torch.device) -> GANTrainer:
+    """The variant's GAN at `size` px, against a random classifier of the shipped width and that size."""
     precision = hardware.resolve_precision(settings["precision"], device)
-    return GANTrainer(classifier, settings["gan"], settings["data"], 0, device, precision)
+    torch.manual_seed(0)
+    classifier = SimpleCNN(size, CHANNELS, classifier_width).to(device).eval().requires_grad_(False)
+    return GANTrainer(classifier, settings["gan"], {**settings["data"], "image_size": size}, 0, device, precision)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=["defaults"], help="'defaults' and/or ablation variant names")
+    parser.add_argument("--image-sizes", nargs="+", type=int, choices=(64, 128),
+                        help="the generator's output sizes to time (default: the config's image_size)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per variant and round (default 40)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -57,10 +65,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     config = yaml.safe_load(args.config.read_text())
-    _, classifier = networks(default_widths(config), device)
-    trainers = {name: trainer_for(settings_of(config, name), classifier, device) for name in args.variants}
-    batches = {name: (torch.rand(t.cfg["batch_size"], CHANNELS, SIZE, SIZE) * 2 - 1,
-                      torch.arange(t.cfg["batch_size"]) % 2) for name, t in trainers.items()}
+    sizes = args.image_sizes or [config["defaults"]["data"]["image_size"]]
+    classifier_width = default_widths(config)["classifier_width"]
+    trainers = {(name if len(sizes) == 1 else f"{name}, {size} px"):
+                trainer_for(settings_of(config, name), size, classifier_width, device)
+                for name in args.variants for size in sizes}
+    batches = {name: (torch.rand(t.cfg["batch_size"], CHANNELS, size, size) * 2 - 1, torch.arange(t.cfg["batch_size"]) % 2)
+               for name, t in trainers.items() for size in [t.G.image_size]}
     for name, trainer in trainers.items():  # warm-up: first calls allocate and pick kernels
         trainer.train_step(*batches[name])
     rates = {name: [] for name in trainers}
@@ -70,7 +81,7 @@ def main() -> None:
             for _ in range(args.steps):
                 trainer.train_step(*batches[name])
             rates[name].append(args.steps / (time.perf_counter() - start))
-    first = statistics.median(rates[args.variants[0]])
+    first = statistics.median(next(iter(rates.values())))
     print(f"GAN training step, {hardware.cpu_model()}, {torch.get_num_threads()} torch threads, "
           f"{args.rounds} interleaved rounds of {args.steps} steps")
     print("| variant | precision | steps/s per round | median | time per step against the first |")

@@ -63,3 +63,12 @@ def test_gan_variants_benchmark_times_each_named_generator_and_refuses_an_unknow
     assert rows[0][-1] == "1.00x |" and float(rows[1][3]) > 0
     unknown = subprocess.run([*command, "--variants", "huge"], cwd=ROOT, capture_output=True, text=True)
     assert unknown.returncode != 0 and "unknown variant 'huge'" in unknown.stderr
+
+
+def test_gan_variants_benchmark_times_a_variant_at_each_image_size():
+    run = subprocess.run([sys.executable, "benchmarks/gan_variants.py", "--threads", "1", "--rounds", "1", "--steps",
+                          "1", "--variants", "defaults", "--image-sizes", "64", "128"],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    rows = [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| defaults")]
+    assert [row[0].removeprefix("| ") for row in rows] == ["defaults, 64 px", "defaults, 128 px"], run.stdout
+    assert rows[0][-1] == "1.00x |" and float(rows[1][-1].removesuffix("x |")) > 0

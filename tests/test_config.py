@@ -11,7 +11,8 @@ import jsonschema
 import pytest
 import yaml
 
-from medxgan.config import ConfigError, add_user_manifest, dataset_settings, load_config, step_settings, variant_settings
+from medxgan.config import (ConfigError, add_user_manifest, dataset_settings, load_config, step_settings, validate_resolved,
+                            variant_settings)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,6 +45,25 @@ def test_each_shipped_overlay_is_valid_over_the_config_and_listed_in_its_readme(
     config = load_config(REPO / "config" / "config.yaml", REPO / "config" / overlay)
     assert config != base  # it changes something
     assert f"| `{overlay}` |" in (REPO / "config" / "README.md").read_text()
+    validate_resolved(config)  # every dataset's and variant's settings, laid together
+
+
+def test_keys_valid_apart_but_not_together_are_refused_naming_the_dataset_variant_and_key(config_dir: Path):
+    """A variant widens G0 but forgets that `ablation.base` makes G plain: the file is valid, the variant's
+    settings laid over the base are not, and the refusal says where and what to do."""
+    config = load_config(edit(config_dir, lambda c: c["ablation"]["variants"].update(g0_wide={"gan": {"anatomy_width": 0.25}})))
+    with pytest.raises(ConfigError) as refused:
+        validate_resolved(config)
+    message = str(refused.value)
+    assert message.startswith("invalid settings of dataset synthetic-cxr, ablation variant g0_wide: "
+                              "gan.anatomy_width: 0.25 is not of type 'null'"), message
+    assert "set gan.composition: masked, or gan.anatomy_width: null" in message
+    config["ablation"]["variants"]["g0_wide"]["gan"]["composition"] = "masked"
+    validate_resolved(config)
+    config["ablation"]["variants"]["g0_wide"]["gan"]["composition"] = "plain"  # refused where it is written
+    (config_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"ablation.variants.g0_wide.gan.anatomy_width: 0.25 is not of type 'null' \(a plain G"):
+        load_config(config_dir / "config.yaml")
 
 
 def test_the_lesion_overlay_trains_and_inverts_as_the_ablation_variant_it_reports():
@@ -238,7 +258,7 @@ def schema_nodes(node: dict, where: str = "#"):
     for keyword in ("properties", "$defs"):
         for key, sub in node.get(keyword, {}).items():
             yield from schema_nodes(sub, f"{where}/{keyword}/{key}")
-    for keyword in ("items", "additionalProperties", "propertyNames"):
+    for keyword in ("items", "additionalProperties", "propertyNames", "then"):
         if isinstance(node.get(keyword), dict):
             yield from schema_nodes(node[keyword], f"{where}/{keyword}")
     for keyword in ("allOf", "anyOf", "oneOf"):

@@ -40,3 +40,14 @@ def test_an_image_whose_name_reads_as_a_wildcard_is_checked_and_tracked(tmp_path
     assert (workdir / REPORT).is_file() and "Nothing to be done" in snakemake("-n")
     Image.fromarray(255 - np.asarray(Image.open(braced))).save(braced)  # the same name, other content
     assert "rule check_manifest:" in snakemake("-n")
+
+
+def test_a_variant_whose_keys_clash_only_when_laid_together_stops_the_plan_before_any_job(tmp_path: Path):
+    workdir = tmp_path / "work"
+    shutil.copytree(REPO / "config", workdir / "config")
+    (workdir / "clash.yaml").write_text("ablation:\n  variants:\n    g0_wide: {gan: {anatomy_width: 0.25}}\n")
+    run = run_snakemake(workdir, "--cores", "1", "-n", "--configfile", "config/config.yaml", "clash.yaml")
+    assert run.returncode != 0
+    assert ("invalid settings of dataset synthetic-cxr, ablation variant g0_wide: gan.anatomy_width"
+            in run.stdout + run.stderr), (run.stdout + run.stderr)[-1500:]
+    assert not (workdir / "results").exists()

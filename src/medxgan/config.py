@@ -42,11 +42,16 @@ def validate(config: dict, schema_path: str | Path) -> None:
 
 
 def _refuse_invalid(what: str, errors) -> None:
-    """One line naming every invalid key and what is wrong with it, if any is."""
+    """One line naming every invalid key and what is wrong with it, if any is (with the schema's
+    `explanation` of a rule across keys, where it gives one)."""
     errors = sorted(errors, key=lambda e: list(e.path))
     if errors:
-        raise ConfigError(f"invalid {what}: " + "; ".join(f"{'.'.join(map(str, e.path)) or '(top level)'}: {e.message}"
-                                                          for e in errors))
+        raise ConfigError(f"invalid {what}: " + "; ".join(_error_line(e) for e in errors))
+
+
+def _error_line(error: jsonschema.ValidationError) -> str:
+    explanation = error.schema.get("explanation") if isinstance(error.schema, dict) else None
+    return f"{'.'.join(map(str, error.path)) or '(top level)'}: {error.message}" + (f" ({explanation})" if explanation else "")
 
 
 RUN_WIDE_KEYS = ("seed", "device", "precision")
@@ -164,6 +169,26 @@ def dataset_settings(config: dict, dataset: str) -> dict:
                     phantom=entry.get("phantom"),
                     source={**SOURCE_DEFAULTS, **entry["source"]} if "source" in entry else None)
     return settings
+
+
+def validate_resolved(config: dict, schema_path: str | Path = PROJECT_SCHEMA) -> None:
+    """Each dataset's settings, and each ablation variant's, as its steps will receive them, against
+    the schema's sections: a rule across keys (a plain G has no anatomy width) can break only once
+    the defaults, a dataset's and a variant's overrides are laid together, and is refused here,
+    before the first job runs, rather than when the step that reads it starts."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    sections = [section for section in SECTIONS if section in schema["$defs"]]
+    validator = jsonschema.Draft202012Validator(
+        {"$defs": schema["$defs"], "properties": {section: {"$ref": f"#/$defs/{section}"} for section in sections}})
+    for dataset in config["datasets"]:
+        resolved = {f"dataset {dataset}": dataset_settings(config, dataset)}
+        for variant in config.get("ablation", {}).get("variants", {}):
+            resolved[f"dataset {dataset}, ablation variant {variant}"] = json.loads(
+                variant_settings(config, dataset, variant, config["seed"], *sections))
+        for where, settings in resolved.items():
+            checked = {section: settings[section] for section in sections}
+            checked["data"] = {k: v for k, v in checked["data"].items() if k not in ("negative", "positive")}
+            _refuse_invalid(f"settings of {where}", validator.iter_errors(checked))
 
 
 def step_settings(config: dict, dataset: str, *sections: str) -> str:
