@@ -65,14 +65,21 @@ def validate_settings(settings: dict, schema_path: str | Path = PROJECT_SCHEMA, 
     if not isinstance(settings, dict):
         raise ConfigError(f"invalid settings: a JSON object of sections is needed, not {type(settings).__name__}")
     schema = yaml.safe_load(Path(schema_path).read_text())
-    if isinstance(settings.get("data"), dict):  # the class names come from the dataset's entry, not from the data section
-        settings = {**settings, "data": {k: v for k, v in settings["data"].items() if k not in ("negative", "positive")}}
+    settings = _without_class_names(settings)
     full_sections = schema["properties"]["defaults"]["properties"]
     properties = {key: full_sections[key] if key in complete else {"$ref": f"#/$defs/{key}"}
                   for key in settings if key in schema["$defs"] and key in SECTIONS}
     properties.update({key: schema["properties"][key] for key in RUN_WIDE_KEYS if key in settings})
     checked = {"$defs": schema["$defs"], "properties": properties, "required": list(complete)}
     _refuse_invalid("settings", jsonschema.Draft202012Validator(checked).iter_errors(settings))
+
+
+def _without_class_names(settings: dict) -> dict:
+    """Settings without the data section's class names, which come from the dataset's entry, not
+    from the schema's data section."""
+    if not isinstance(settings.get("data"), dict):
+        return settings
+    return {**settings, "data": {k: v for k, v in settings["data"].items() if k not in ("negative", "positive")}}
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -186,8 +193,7 @@ def validate_resolved(config: dict, schema_path: str | Path = PROJECT_SCHEMA) ->
             resolved[f"dataset {dataset}, ablation variant {variant}"] = json.loads(
                 variant_settings(config, dataset, variant, config["seed"], *sections))
         for where, settings in resolved.items():
-            checked = {section: settings[section] for section in sections}
-            checked["data"] = {k: v for k, v in checked["data"].items() if k not in ("negative", "positive")}
+            checked = _without_class_names({section: settings[section] for section in sections})
             _refuse_invalid(f"settings of {where}", validator.iter_errors(checked))
 
 
