@@ -70,8 +70,8 @@ def main() -> None:
     trainers = {(name if len(sizes) == 1 else f"{name}, {size} px"):
                 trainer_for(settings_of(config, name), size, classifier_width, device)
                 for name in args.variants for size in sizes}
-    batches = {name: (torch.rand(t.cfg["batch_size"], CHANNELS, size, size) * 2 - 1, torch.arange(t.cfg["batch_size"]) % 2)
-               for name, t in trainers.items() for size in [t.G.image_size]}
+    batches = {name: (torch.rand(t.cfg["batch_size"], CHANNELS, t.G.image_size, t.G.image_size) * 2 - 1,
+                      torch.arange(t.cfg["batch_size"]) % 2) for name, t in trainers.items()}
     for name, trainer in trainers.items():  # warm-up: first calls allocate and pick kernels
         trainer.train_step(*batches[name])
     rates = {name: [] for name in trainers}
