@@ -313,6 +313,17 @@ def test_paired_wilcoxon():
     assert math.isnan(paired_wilcoxon([1.0, float("nan")], [0.0, 2.0]))  # one pair left
 
 
+@pytest.mark.parametrize("pairs", range(2, 17))
+def test_paired_wilcoxon_gives_scipys_p_value_with_ties_zeros_and_none(pairs: int):
+    """Below EXACT_WILCOXON_PAIRS the sign flips are enumerated here, not by scipy: the p-value must
+    be scipy's to the last bit, for tied and zero differences (its permutation test) and for
+    distinct ones (its exact distribution)."""
+    rng = np.random.default_rng(pairs)
+    for differences in (rng.integers(-3, 4, pairs).astype(np.float64) / 2, rng.normal(size=pairs)):
+        if differences.any():
+            assert paired_wilcoxon(differences, np.zeros(pairs)) == wilcoxon(differences).pvalue, differences
+
+
 def test_pointing_game_misses_when_the_lesion_holds_only_a_lower_peak():
     # The lesion's own maximum (0.9) is high, but the global peak (1.0) lies outside it: a miss.
     masks = square_masks(n=1)

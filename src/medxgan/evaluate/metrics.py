@@ -27,6 +27,9 @@ EIGHT_BIT_MAX = 255
 # without the lesion, stored alike, so elsewhere the two hold the same grey levels (a difference of 0),
 # and a whole grey level of difference (IMAGE_RANGE / EIGHT_BIT_MAX) is the lesion's doing.
 LESION_SUPPORT_THRESHOLD = 0.5 * IMAGE_RANGE / EIGHT_BIT_MAX
+# Paired tests on this many pairs or fewer enumerate every sign flip (2**13 = 8,192), as scipy's
+# `wilcoxon` does below its default 9,999 resamples; above it, scipy's own exact or normal p-value.
+EXACT_WILCOXON_PAIRS = 13
 
 
 def pointing_game(heatmaps: Tensor, masks: Tensor) -> Tensor:
@@ -281,13 +284,29 @@ def paired_wilcoxon(a, b) -> float:
     """Two-sided Wilcoxon signed-rank p-value for paired per-image values.
 
     Pairs with a NaN on either side are dropped. The p-value is NaN when fewer than 2 pairs are left
-    or every difference is zero: there is then nothing to test.
+    or every difference is zero: there is then nothing to test. Up to EXACT_WILCOXON_PAIRS pairs,
+    every sign flip is enumerated, as scipy's `wilcoxon` does for so few pairs, with a statistic
+    vectorised over the flips: scipy evaluates its own once per flip, 80 ms a test, 9 s of a small
+    test set's evaluation.
     """
-    from scipy.stats import wilcoxon
+    from scipy.stats import permutation_test, wilcoxon
 
     a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
     paired = ~(np.isnan(a) | np.isnan(b))
     differences = a[paired] - b[paired]
     if differences.size < 2 or not differences.any():
         return float("nan")
-    return float(wilcoxon(differences).pvalue)
+    if differences.size > EXACT_WILCOXON_PAIRS:
+        return float(wilcoxon(differences).pvalue)
+    return float(permutation_test((differences,), _signed_rank_sum, permutation_type="samples", vectorized=True,
+                                  n_resamples=2**EXACT_WILCOXON_PAIRS, alternative="two-sided").pvalue)
+
+
+def _signed_rank_sum(differences: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Wilcoxon's W+: the ranks of |d| summed over the positive d, zeros left out of the ranking
+    (scipy's default zero_method, "wilcox")."""
+    from scipy.stats import rankdata
+
+    magnitudes = np.where(differences == 0, np.nan, np.abs(differences))
+    ranks = rankdata(magnitudes, axis=axis, nan_policy="omit")
+    return np.where(differences > 0, ranks, 0.0).sum(axis=axis)
