@@ -24,7 +24,7 @@ GAN_CFG = {"steps": 12, "checkpoint_every": 4, "width": 0.0625, "d_width": 0.062
            "lambda_cls": 1.0, "lr": 2e-4, "betas": [0.5, 0.999], "disentanglement_samples": 8,
            "upsampling": "transposed", "discriminator": "unconditional", "proximity_weight": 0.0,
            "reconstruction_weight": 0.0,
-           "composition": "plain", "mask_sparsity_weight": 0.0}
+           "composition": "plain", "mask_sparsity_weight": 0.0, "ema_decay": 0.0}
 # 3 epochs of 8 steps: the training loss falls (measured 0.82 -> 0.58 for seed 0; 0.92 -> 0.43 and 0.97 -> 0.49
 # for seeds 1, 2), while eval-mode accuracy is still ~0.5 because batch-norm running statistics lag this early.
 CLASSIFIER_CFG = {"arch": "simple_cnn", "width": 0.5, "weights": None, "epochs": 3, "batch_size": 8, "lr": 1e-3,
@@ -335,6 +335,40 @@ def test_a_killed_gan_run_with_an_encoder_resumes_exactly(frozen_classifier, pha
     assert resumed.losses == reference.losses
     for network in ("G", "D", "E"):
         assert_same_state(getattr(resumed, network), getattr(reference, network))
+
+
+def test_a_killed_gan_run_with_averaged_weights_resumes_exactly(frozen_classifier, phantoms, tmp_path, monkeypatch):
+    # The average is part of the state: resumed from G's weights alone it would restart at the
+    # checkpoint's G and keep none of the steps before.
+    reference = fit(frozen_classifier, phantoms["train"], tmp_path / "a" / "checkpoint.pt", ema_decay=0.9)
+    checkpoint = tmp_path / "b" / "checkpoint.pt"
+    fit_until_killed(frozen_classifier, phantoms["train"], checkpoint, monkeypatch, ema_decay=0.9)
+    resumed = fit(frozen_classifier, phantoms["train"], checkpoint, ema_decay=0.9)
+    assert_same_state(resumed.G_average, reference.G_average)
+    assert_same_state(resumed.generator(), reference.generator())
+
+
+def test_the_averaged_g_is_the_moving_average_of_gs_weights_with_its_own_statistics(frozen_classifier, phantoms):
+    trainer = GANTrainer(frozen_classifier, {**GAN_CFG, "ema_decay": 0.75}, DATA_CFG, seed=0, device="cpu")
+    batch = phantoms["train"].images[:8], phantoms["train"].labels[:8]
+    expected = {name: weight.clone() for name, weight in trainer.G.named_parameters()}
+    for _ in range(3):
+        trainer.train_step(*batch)
+        expected = {name: 0.75 * expected[name] + 0.25 * weight.detach() for name, weight in trainer.G.named_parameters()}
+    for name, average in trainer.G_average.named_parameters():
+        torch.testing.assert_close(average, expected[name], rtol=1e-6, atol=1e-7)
+    G = trainer.generator()
+    assert not G.training and G is trainer.G_average
+    live = dict(trainer.G.named_buffers())
+    measured = {name: buffer for name, buffer in G.named_buffers() if name.endswith("running_mean")}
+    assert measured and all(not torch.equal(buffer, live[name]) for name, buffer in measured.items())
+    assert all(m.momentum == 0.1 for m in G.modules() if isinstance(m, nn.BatchNorm2d))  # restored after measuring
+    assert trainer.generator().state_dict().keys() == trainer.G.state_dict().keys()  # saved as any G is
+
+
+def test_without_averaging_the_trained_g_is_g_itself(uninterrupted):
+    trainer, _ = uninterrupted
+    assert trainer.G_average is None and trainer.generator() is trainer.G and not trainer.G.training
 
 
 def test_negatives_reconstruct_from_z1_alone(frozen_classifier, phantoms):

@@ -9,6 +9,7 @@ float32 weights and Adam's state stay float32 (mixed precision in the usual sens
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import pickle
@@ -26,6 +27,10 @@ from medxgan.nets.networks import build_discriminator, build_generator, compose,
 from medxgan.torch_utils import batch_indices, sample_codes
 
 log = logging.getLogger(__name__)
+
+# The averaged G's batch-norm statistics are measured afresh on this many batches of random codes:
+# the live G's statistics belong to other weights.
+AVERAGE_STATISTICS_BATCHES = 20
 
 
 def proximity(fake: torch.Tensor, negatives: torch.Tensor | None, positives: torch.Tensor) -> torch.Tensor:
@@ -106,6 +111,8 @@ class GANTrainer:
         self.opt_g = torch.optim.Adam(learned, lr=cfg["lr"], betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg["lr"], betas=betas)
         self.noise = torch.Generator().manual_seed(seed + 2)
+        # StyleGAN's G_ema: an exponential moving average of G's weights, kept beside G, is the G it keeps
+        self.G_average = copy.deepcopy(self.G).requires_grad_(False) if cfg["ema_decay"] > 0 else None
         self.step = 0
         self.losses: list[list[float]] = []  # one row of LOSS_COLUMNS per step
         self._unlogged: list[torch.Tensor] = []  # the rows since the last checkpoint, still on the device
@@ -150,9 +157,36 @@ class GANTrainer:
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
+        if self.G_average is not None:
+            with torch.no_grad():
+                for average, weight in zip(self.G_average.parameters(), self.G.parameters()):
+                    average.lerp_(weight, 1.0 - cfg["ema_decay"])
         self.step += 1
         self._unlogged.append(torch.stack([d_loss, g_adv, g_cls, g_prox, g_mask, g_rec, torch.sigmoid(d_real).mean(),
                                            torch.sigmoid(d_fake).mean()]).detach())
+
+    @torch.no_grad()
+    def generator(self) -> nn.Module:
+        """The trained G, in eval mode: G itself, or with `ema_decay` its weights' moving average, whose
+        batch-norm statistics are measured on AVERAGE_STATISTICS_BATCHES batches of codes drawn as in
+        training (seeded: the same run keeps the same G)."""
+        if self.G_average is None:
+            return self.G.eval()
+        G, cfg = self.G_average.train(), self.cfg
+        norms = [m for m in G.modules() if isinstance(m, nn.BatchNorm2d)]
+        momenta = [m.momentum for m in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a plain average over the batches below
+        codes = torch.Generator().manual_seed(self.seed + 4)
+        for _ in range(AVERAGE_STATISTICS_BATCHES):
+            labels = torch.randint(0, 2, (cfg["batch_size"],), generator=codes)
+            z1, z2 = sample_codes(labels, cfg["nz1"], cfg["nz2"], codes)
+            with autocast(self.device, self.precision):
+                compose(G, z1.to(self.device), z2.to(self.device))
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        return G.eval()
 
     def _fakes(self, z1: torch.Tensor, z2: torch.Tensor,
                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -199,6 +233,8 @@ class GANTrainer:
                  "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                  "noise_rng": self.noise.get_state(), "torch_rng": torch.get_rng_state(),
                  "losses": self.losses, "settings": self._resume_key()}
+        if self.G_average is not None:
+            state["G_average"] = self.G_average.state_dict()
         return state if self.E is None else {**state, "E": self.E.state_dict()}
 
     NOT_IN_RESUME_KEY = ("steps", "checkpoint_every", "disentanglement_samples")
@@ -231,6 +267,8 @@ class GANTrainer:
         self.D.load_state_dict(state["D"])
         if self.E is not None:
             self.E.load_state_dict(state["E"])
+        if self.G_average is not None:
+            self.G_average.load_state_dict(state["G_average"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.noise.set_state(state["noise_rng"])
