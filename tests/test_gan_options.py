@@ -15,7 +15,7 @@ NZ1, NZ2, SIZE = 8, 4, 64
 GAN_CFG = {"nz1": NZ1, "nz2": NZ2, "lambda_cls": 1.0, "width": 0.0625, "d_width": 0.0625, "d_dropout": 0.0,
            "upsampling": "transposed", "discriminator": "unconditional", "proximity_weight": 0.0,
            "reconstruction_weight": 0.0, "composition": "plain",
-           "mask_sparsity_weight": 0.0, "ema_decay": 0.0, "steps": 2,
+           "mask_sparsity_weight": 0.0, "ema_decay": 0.0, "d_fakes": "own", "lesion_rows": "all", "steps": 2,
            "batch_size": 8, "lr": 2e-4, "betas": [0.5, 0.999], "checkpoint_every": 1, "disentanglement_samples": 8}
 
 

@@ -131,7 +131,7 @@ def test_bf16_gan_step_keeps_weights_and_optimiser_state_in_fp32(gan_pair):
            "steps": 2, "batch_size": 4, "lr": 2e-4, "betas": [0.5, 0.999], "checkpoint_every": 1,
            "upsampling": "transposed", "discriminator": "unconditional", "proximity_weight": 0.0,
            "reconstruction_weight": 0.0,
-           "composition": "plain", "mask_sparsity_weight": 0.0, "ema_decay": 0.0}
+           "composition": "plain", "mask_sparsity_weight": 0.0, "ema_decay": 0.0, "d_fakes": "own", "lesion_rows": "all"}
     trainer = GANTrainer(copy.deepcopy(classifier), cfg, {"image_size": SIZE, "channels": 1}, 0, CPU, "bf16")
     before = copy.deepcopy(trainer.G.state_dict())
     trainer.train_step(torch.rand(4, 1, SIZE, SIZE) * 2 - 1, torch.tensor([0, 1, 0, 1]))

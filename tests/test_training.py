@@ -24,7 +24,7 @@ GAN_CFG = {"steps": 12, "checkpoint_every": 4, "width": 0.0625, "d_width": 0.062
            "lambda_cls": 1.0, "lr": 2e-4, "betas": [0.5, 0.999], "disentanglement_samples": 8,
            "upsampling": "transposed", "discriminator": "unconditional", "proximity_weight": 0.0,
            "reconstruction_weight": 0.0,
-           "composition": "plain", "mask_sparsity_weight": 0.0, "ema_decay": 0.0}
+           "composition": "plain", "mask_sparsity_weight": 0.0, "ema_decay": 0.0, "d_fakes": "own", "lesion_rows": "all"}
 # 3 epochs of 8 steps: the training loss falls (measured 0.82 -> 0.58 for seed 0; 0.92 -> 0.43 and 0.97 -> 0.49
 # for seeds 1, 2), while eval-mode accuracy is still ~0.5 because batch-norm running statistics lag this early.
 CLASSIFIER_CFG = {"arch": "simple_cnn", "width": 0.5, "weights": None, "epochs": 3, "batch_size": 8, "lr": 1e-3,

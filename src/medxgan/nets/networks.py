@@ -110,9 +110,23 @@ class MaskedGenerator(nn.Module):
         self.anatomy = Generator(nz1, 0, image_size, channels, anatomy_width or width, upsampling)
         self.lesion = Generator(nz1, nz2, image_size, channels + 1, width, upsampling)  # + the mask channel
 
+    # In training, "positive" draws L for the codes with z2 != 0 alone (gan.lesion_rows; GANTrainer sets
+    # it): elsewhere the mask is 0, so the image is G0(z1) either way and only L's batch statistics differ.
+    lesion_rows = "all"
+
     def compose(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The image and its mask m, shape (N, 1, H, W), in [0, 1]."""
-        return self.blend(self.anatomy(z1, z2[:, :0]), self.lesion(z1, z2), z2)
+        anatomy = self.anatomy(z1, z2[:, :0])
+        return self.blend(anatomy, self._lesion(z1, z2, anatomy), z2)
+
+    def _lesion(self, z1: torch.Tensor, z2: torch.Tensor, anatomy: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.lesion_rows == "positive"):
+            return self.lesion(z1, z2)
+        rows = (z2 != 0).any(dim=1)
+        lesion = anatomy.new_zeros(len(z1), self.channels + 1, *anatomy.shape[2:])  # ignored: the mask is 0 there
+        if rows.any():
+            lesion = lesion.index_put((rows,), self.lesion(z1[rows], z2[rows]).to(lesion.dtype))
+        return lesion
 
     def blend(self, anatomy: torch.Tensor, lesion: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The image and mask from G0's anatomy and L's output (its image channels and mask logit),

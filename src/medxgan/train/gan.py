@@ -97,6 +97,8 @@ class GANTrainer:
                        "channels": channels, "width": cfg["d_width"], "dropout": cfg["d_dropout"]}
         self.G = build_generator(cfg["composition"], cfg["nz1"], cfg["nz2"], size, channels, cfg["width"],
                                  cfg["upsampling"], anatomy_width).to(self.device)
+        if cfg["composition"] == "masked":
+            self.G.lesion_rows = cfg["lesion_rows"]
         self.D = build_discriminator(cfg["discriminator"], size, channels, cfg["d_width"], cfg["d_dropout"]).to(self.device)
         dcgan_init(self.G)
         if cfg["discriminator"] == "unconditional":  # the spectrally normalised D keeps PyTorch's initialisation
@@ -122,25 +124,29 @@ class GANTrainer:
 
     def train_step(self, real: torch.Tensor, labels: torch.Tensor) -> None:
         cfg, dev = self.cfg, self.device
-        real = real.to(dev)
-        # D: real vs fake; fake images carry uniformly drawn labels (as in the release).
-        fake_labels = torch.randint(0, 2, (len(labels),), generator=self.noise)
-        z1, z2 = sample_codes(fake_labels, cfg["nz1"], cfg["nz2"], self.noise)
-        real_labels, fake_labels, labels = labels.to(dev), fake_labels.to(dev), labels.to(dev)
-        with autocast(dev, self.precision):  # a projection D judges each image against its class
-            with torch.no_grad():  # D's step needs G's images, not a graph back to G's weights
-                fake = self.G(z1.to(dev), z2.to(dev))
-            d_real, d_fake = self.D(real, real_labels).float(), self.D(fake, fake_labels).float()
+        real, labels = real.to(dev), labels.to(dev)
+        shared = cfg["d_fakes"] == "shared"
+        if shared:  # D judges the images G's step then improves: one pass of G per step
+            g_codes = self._codes(labels)
+            with autocast(dev, self.precision):
+                fake, negative, mask = self._fakes(*g_codes, labels)
+            d_fake_images, fake_labels = fake.detach(), labels
+        else:  # D's own fakes with uniformly drawn labels (as in the release)
+            fake_labels = torch.randint(0, 2, (len(labels),), generator=self.noise).to(dev)
+            with torch.no_grad(), autocast(dev, self.precision):  # no graph back to G's weights
+                d_fake_images = self.G(*self._codes(fake_labels))
+        # D: real vs fake; a projection D judges each image against its class.
+        with autocast(dev, self.precision):
+            d_real, d_fake = self.D(real, labels).float(), self.D(d_fake_images, fake_labels).float()
         d_loss = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
                   + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
         # G: fool D, and make C agree with the class the code encodes (labels follow the real batch).
-        z1, z2 = sample_codes(labels, cfg["nz1"], cfg["nz2"], self.noise)
-        z1, z2 = z1.to(dev), z2.to(dev)
         with autocast(dev, self.precision):
-            fake, negative, mask = self._fakes(z1, z2, labels)
+            if not shared:
+                fake, negative, mask = self._fakes(*self._codes(labels), labels)
             d_out, c_logits = self.D(fake, labels).float(), self.C(fake).float()
         g_adv = F.binary_cross_entropy_with_logits(d_out, torch.ones_like(d_out))
         g_cls = F.cross_entropy(c_logits, labels)  # on logits: the release applied softmax twice
@@ -164,6 +170,11 @@ class GANTrainer:
         self.step += 1
         self._unlogged.append(torch.stack([d_loss, g_adv, g_cls, g_prox, g_mask, g_rec, torch.sigmoid(d_real).mean(),
                                            torch.sigmoid(d_fake).mean()]).detach())
+
+    def _codes(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes (z1, z2) for `labels` from the run's noise generator, on the device."""
+        z1, z2 = sample_codes(labels.cpu(), self.cfg["nz1"], self.cfg["nz2"], self.noise)
+        return z1.to(self.device), z2.to(self.device)
 
     @torch.no_grad()
     def generator(self) -> nn.Module:
