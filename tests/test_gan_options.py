@@ -110,6 +110,29 @@ def test_masked_generator_draws_exactly_its_anatomy_when_z2_is_zero(upsampling):
     assert (generator.compose(z1, 0.1 * z2)[1].mean() < generator.compose(z1, z2)[1].mean())
 
 
+def test_in_training_a_masked_gs_lesion_branch_may_be_drawn_for_the_positive_codes_alone():
+    torch.manual_seed(0)
+    generator = MaskedGenerator(NZ1, NZ2, SIZE, channels=1, width=0.0625, upsampling="resize")
+    generator.lesion_rows = "positive"
+    batches = []
+    generator.lesion.register_forward_hook(lambda module, inputs, output: batches.append(len(output)))
+    rows = torch.tensor([True, False, True, False, False, True])
+    z1, z2 = torch.randn(6, NZ1), torch.randn(6, NZ2) * rows[:, None]
+    image, mask = generator.compose(z1, z2)
+    assert batches == [3]  # L normalised over the three positive codes alone
+    anatomy = generator.anatomy(z1, z2[:, :0])
+    assert torch.equal(mask[~rows], torch.zeros_like(mask[~rows])) and torch.equal(image[~rows], anatomy[~rows])
+    lesion = generator.lesion(z1[rows], z2[rows])
+    expected, _ = generator.blend(anatomy[rows], lesion, z2[rows])
+    torch.testing.assert_close(image[rows], expected)
+    batches.clear()
+    image, _ = generator.compose(z1, torch.zeros(6, NZ2))  # a batch of negatives draws no lesion at all
+    assert batches == [] and torch.equal(image, generator.anatomy(z1, z2[:, :0]))
+    generator.eval()  # outside training every code goes through L, as a saved G has always run
+    generator.compose(z1, z2)
+    assert batches == [6]
+
+
 def test_masked_generator_round_trips_through_its_spec(tmp_path):
     generator = build_generator("masked", NZ1, NZ2, SIZE, 1, 0.0625, "resize").eval()
     spec = {"kind": "generator", "nz1": NZ1, "nz2": NZ2, "image_size": SIZE, "channels": 1, "width": 0.0625,

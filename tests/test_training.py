@@ -348,6 +348,33 @@ def test_a_killed_gan_run_with_averaged_weights_resumes_exactly(frozen_classifie
     assert_same_state(resumed.generator(), reference.generator())
 
 
+def test_a_killed_gan_run_with_the_lean_step_resumes_exactly(frozen_classifier, phantoms, tmp_path, monkeypatch):
+    lean = {"composition": "masked", "mask_sparsity_weight": 0.5, "d_fakes": "shared", "lesion_rows": "positive"}
+    reference = fit(frozen_classifier, phantoms["train"], tmp_path / "a" / "checkpoint.pt", **lean)
+    checkpoint = tmp_path / "b" / "checkpoint.pt"
+    fit_until_killed(frozen_classifier, phantoms["train"], checkpoint, monkeypatch, **lean)
+    resumed = fit(frozen_classifier, phantoms["train"], checkpoint, **lean)
+    assert resumed.losses == reference.losses
+    assert_same_state(resumed.G, reference.G)
+    assert_same_state(resumed.D, reference.D)
+
+
+@pytest.mark.parametrize("d_fakes, g_passes", [("own", 2), ("shared", 1)])
+def test_with_shared_fakes_d_judges_the_images_gs_step_then_improves(frozen_classifier, phantoms, d_fakes, g_passes):
+    trainer = GANTrainer(frozen_classifier, {**GAN_CFG, "d_fakes": d_fakes}, DATA_CFG, seed=0, device="cpu")
+    drawn, judged = [], []
+    handles = [trainer.G.register_forward_hook(lambda module, inputs, output: drawn.append(output.detach())),
+               trainer.D.register_forward_hook(lambda module, inputs, output: judged.append(inputs[0].detach()))]
+    try:
+        trainer.train_step(phantoms["train"].images[:8], phantoms["train"].labels[:8])
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(drawn) == g_passes and len(judged) == 3  # D: real, fakes for its own step, G's images for G's
+    assert torch.equal(judged[1], drawn[0]) and torch.equal(judged[2], drawn[-1])
+    assert torch.equal(judged[1], judged[2]) == (d_fakes == "shared")
+
+
 def test_the_averaged_g_is_the_moving_average_of_gs_weights_with_its_own_statistics(frozen_classifier, phantoms):
     trainer = GANTrainer(frozen_classifier, {**GAN_CFG, "ema_decay": 0.75}, DATA_CFG, seed=0, device="cpu")
     batch = phantoms["train"].images[:8], phantoms["train"].labels[:8]
@@ -424,10 +451,25 @@ def test_a_checkpoint_past_the_requested_steps_is_not_resumed(frozen_classifier,
 KEYS = {"samples", "positive_draws_per_sample", "negative_called_negative", "positive_called_positive"}
 
 
+def reference_compose(G: nn.Module, cfg: dict, z1, z2):
+    """G(z1, z2) and a masked G's mask; with lesion_rows "positive", L drawn by hand for the codes
+    with z2 != 0 alone, in one batch, and no lesion elsewhere (where the mask is 0)."""
+    if cfg["composition"] != "masked":
+        return G(z1, z2), None
+    if cfg["lesion_rows"] == "all":
+        return G.compose(z1, z2)
+    anatomy, rows = G.anatomy(z1, z2[:, :0]), z2.abs().sum(dim=1) > 0
+    lesion = torch.zeros(len(z1), G.channels + 1, *anatomy.shape[2:])
+    lesion[rows] = G.lesion(z1[rows], z2[rows])
+    gate = torch.tanh(G.GATE_SCALE * z2.norm(dim=1) / G.nz2 ** 0.5)
+    mask = (lesion[:, -1:] + 1) / 2 * gate[:, None, None, None]
+    return (1 - mask) * anatomy + mask * lesion[:, :-1], mask
+
+
 def reference_step(trainer: GANTrainer, real, labels, noise: torch.Generator):
     """One step of medXGAN's objective written out from the paper, on copies of the trainer's
     networks and Adam states at step 0: D on real vs G's fakes (uniform labels, z2 = 0 for
-    negatives); then G on adversarial + lambda_cls * CE(C(G(z)), label) + proximity_weight *
+    negatives; with d_fakes "shared", G's own step's images and labels); then G on adversarial + lambda_cls * CE(C(G(z)), label) + proximity_weight *
     |G(z1, z2) - G(z1, 0)| + mask_sparsity_weight * mask area, over the positive codes; with an
     encoder E, G and E also on reconstruction_weight * MSE(G(E(x)), x), z2 = 0 for negatives, C's
     CE on the positives' reconstructions (positive) and their G(z1, 0) (negative), and their mask area."""
@@ -436,22 +478,32 @@ def reference_step(trainer: GANTrainer, real, labels, noise: torch.Generator):
     learned = list(G.parameters()) + (list(E.parameters()) if E is not None else [])
     opt_g = torch.optim.Adam(learned, lr=cfg["lr"], betas=tuple(cfg["betas"]))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]))
-    fake_labels = torch.randint(0, 2, (len(labels),), generator=noise)
-    z1, z2 = sample_codes(fake_labels, cfg["nz1"], cfg["nz2"], noise)
-    with torch.no_grad():
-        fake = G(z1, z2)
-    d_real, d_fake = D(real, labels), D(fake, fake_labels)
+    positives, n = labels == 1, len(labels)
+
+    def g_pass():
+        z1, z2 = sample_codes(labels, cfg["nz1"], cfg["nz2"], noise)
+        if cfg["proximity_weight"] > 0:  # G(z1, 0) of the positives, in the same forward pass
+            z1, z2 = torch.cat([z1, z1[positives]]), torch.cat([z2, torch.zeros_like(z2[positives])])
+        both, mask = reference_compose(G, cfg, z1, z2)
+        return both[:n], both[n:], mask
+
+    shared = cfg["d_fakes"] == "shared"
+    if shared:  # D judges the very images G's step then improves
+        fake, negative, mask = g_pass()
+        d_fake_images, fake_labels = fake.detach(), labels
+    else:
+        fake_labels = torch.randint(0, 2, (len(labels),), generator=noise)
+        z1, z2 = sample_codes(fake_labels, cfg["nz1"], cfg["nz2"], noise)
+        with torch.no_grad():
+            d_fake_images = G(z1, z2)
+    d_real, d_fake = D(real, labels), D(d_fake_images, fake_labels)
     d_loss = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
               + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
     opt_d.zero_grad()
     d_loss.backward()
     opt_d.step()
-    z1, z2 = sample_codes(labels, cfg["nz1"], cfg["nz2"], noise)
-    positives, n = labels == 1, len(labels)
-    if cfg["proximity_weight"] > 0:  # G(z1, 0) of the positives, in the same forward pass
-        z1, z2 = torch.cat([z1, z1[positives]]), torch.cat([z2, torch.zeros_like(z2[positives])])
-    both, mask = G.compose(z1, z2) if cfg["composition"] == "masked" else (G(z1, z2), None)
-    fake, negative = both[:n], both[n:]
+    if not shared:
+        fake, negative, mask = g_pass()
     d_out = D(fake, labels)
     g_adv = F.binary_cross_entropy_with_logits(d_out, torch.ones_like(d_out))
     g_cls = F.cross_entropy(trainer.C(fake), labels)
@@ -484,7 +536,10 @@ def reference_step(trainer: GANTrainer, real, labels, noise: torch.Generator):
     {"discriminator": "unconditional", "composition": "plain", "lambda_cls": 3.0},  # the release's design
     # G and E trained together on real images as well (issue 25's lever 1)
     {"composition": "masked", "mask_sparsity_weight": 0.3, "reconstruction_weight": 5.0, "lambda_cls": 2.0},
-], ids=["all-terms", "release", "reconstruction"])
+    # one pass of G per step, L drawn for positive codes alone (the variant lean_step)
+    {"composition": "masked", "mask_sparsity_weight": 0.3, "proximity_weight": 0.5, "d_fakes": "shared",
+     "lesion_rows": "positive"},
+], ids=["all-terms", "release", "reconstruction", "lean-step"])
 def test_a_training_step_is_medxgans_objective(frozen_classifier, phantoms, options):
     cfg = {**GAN_CFG, **options, "lr": 1e-2}
     trainer = GANTrainer(frozen_classifier, cfg, DATA_CFG, seed=0, device="cpu")
